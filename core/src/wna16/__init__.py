@@ -1,0 +1,56 @@
+"""wna16: one hardware-abstraction layer for weight-only quantized linear layers (WnA16).
+
+Read top-down: :mod:`~wna16.scheme` -> :mod:`~wna16.packing` -> :mod:`~wna16.weight` -> :mod:`~wna16.formats` ->
+:mod:`~wna16.reference` (the oracle) -> :mod:`~wna16.quantize` -> :mod:`~wna16.partition` -> :mod:`~wna16.protocol`
+-> :mod:`~wna16.registry` -> :mod:`~wna16.nn`.
+"""
+
+from wna16.errors import (
+    BackendLoadError,
+    CheckpointError,
+    ConfigError,
+    FormatError,
+    NoBackendError,
+    SchemeError,
+    UnsupportedError,
+    Wna16Error,
+)
+from wna16.formats import AWQ, FORMATS, GPTQ_V1, GPTQ_V2, get_format
+from wna16.partition import Shard, shard_bias, shard_weight
+from wna16.protocol import Availability, Backend, Capability, LayerSpec, Support
+from wna16.quantize import quantize_rtn
+from wna16.registry import Registry, default_registry, select
+from wna16.scheme import Scheme
+from wna16.weight import QuantizedWeight
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AWQ",
+    "FORMATS",
+    "GPTQ_V1",
+    "GPTQ_V2",
+    "Availability",
+    "Backend",
+    "BackendLoadError",
+    "Capability",
+    "CheckpointError",
+    "ConfigError",
+    "FormatError",
+    "LayerSpec",
+    "NoBackendError",
+    "QuantizedWeight",
+    "Registry",
+    "Scheme",
+    "SchemeError",
+    "Shard",
+    "Support",
+    "UnsupportedError",
+    "Wna16Error",
+    "default_registry",
+    "get_format",
+    "quantize_rtn",
+    "select",
+    "shard_bias",
+    "shard_weight",
+]

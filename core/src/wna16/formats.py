@@ -1,0 +1,183 @@
+"""On-disk packed layouts, one class each, with lossless conversion to and from :class:`QuantizedWeight`.
+
+- :data:`GPTQ_V1`: AutoGPTQ and ``auto_round:auto_gptq``. ``qweight`` int32 [K*b/32, N] packed along K, ``qzeros``
+  int32 [G, N*b/32] packed along N holding *zero - 1*, ``scales`` [G, N], ``g_idx`` int32 [K].
+- :data:`GPTQ_V2`: native ``auto_round``, ``auto_round:gptqmodel`` and ``checkpoint_format: gptq_v2``: the same
+  tensors with the zero stored as is.
+- :data:`AWQ`: AutoAWQ gemm and ``auto_round:auto_awq``. 4-bit only; ``qweight`` int32 [K, N/8] and ``qzeros``
+  int32 [G, N/8] packed along N, nibble p of a word holding column ``[0, 2, 4, 6, 1, 3, 5, 7][p]`` of its block of 8;
+  zeros stored as is; no ``g_idx``.
+
+The v1 policy. A v1 writer stores ``zero - 1`` masked to ``bits`` bits, so a true zero of 0 cannot be written
+(:class:`FormatError`), and a stored ``2**bits - 1`` is read as a true zero of ``2**bits``, as AutoGPTQ-era readers
+(and auto-round's own modules) compute ``stored + 1`` without wrapping. The canonical weight keeps zeros unpacked so
+that ``2**bits`` is representable; writing it to v2 or AWQ is a :class:`FormatError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from wna16.errors import FormatError, describe
+from wna16.packing import pack_cols, pack_rows, packed_rows, unpack_cols, unpack_rows
+from wna16.scheme import Scheme
+from wna16.weight import SCALE_DTYPES, QuantizedWeight, trivial_g_idx
+
+Tensors = Mapping[str, torch.Tensor]
+
+AWQ_ORDER: tuple[int, ...] = (0, 2, 4, 6, 1, 3, 5, 7)
+"""Nibble p of an AWQ word holds column ``AWQ_ORDER[p]`` of its block of 8 columns."""
+
+
+def _get(tensors: Tensors, prefix: str, key: str) -> torch.Tensor:
+    tensor = tensors.get(key)
+    if tensor is None:
+        raise FormatError(f"{prefix}{key}: missing (have {sorted(tensors)})")
+    return tensor
+
+
+def _check(tensor: torch.Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    if tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
+        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
+
+
+@dataclass(frozen=True)
+class GPTQFormat:
+    """GPTQ packing; ``zero_offset`` is 1 for v1 (stored zero = zero - 1) and 0 for v2."""
+
+    name: str
+    zero_offset: int
+
+    def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors this layout stores for a layer (``g_idx`` optional on read)."""
+        groups = scheme.num_groups(in_features)
+        return {
+            "qweight": (packed_rows(in_features, scheme.bits, "qweight"), out_features),
+            "qzeros": (groups, packed_rows(out_features, scheme.bits, "qzeros")),
+            "scales": (groups, out_features),
+            "g_idx": (in_features,),
+        }
+
+    def unpack(
+        self, tensors: Tensors, scheme: Scheme, in_features: int, out_features: int, prefix: str = ""
+    ) -> QuantizedWeight:
+        """Read ``qweight``/``qzeros``/``scales``/optional ``g_idx`` into the canonical weight (qweight not copied)."""
+        shapes = self.expected_shapes(scheme, in_features, out_features)
+        qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
+        g_idx = tensors.get("g_idx")
+        groups = scheme.num_groups(in_features)
+        if g_idx is not None:
+            _check(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
+            g_idx = g_idx.to(torch.int32)
+            groups = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
+        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        _check(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
+        _check(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
+        zeros = unpack_cols(qzeros, scheme.bits, f"{prefix}qzeros") + self.zero_offset
+        return QuantizedWeight(scheme, in_features, out_features, qweight, zeros, scales, g_idx, prefix + "weight")
+
+    def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
+        """Write the canonical weight in this layout; ``g_idx`` is always written (trivial without act order)."""
+        stored = weight.zeros - self.zero_offset
+        limit = (1 << weight.scheme.bits) - 1
+        if stored.numel() and (int(stored.min()) < 0 or int(stored.max()) > limit):
+            lo, hi = self.zero_offset, limit + self.zero_offset
+            raise FormatError(
+                f"{weight.name}.zeros: values in [{int(weight.zeros.min())}, {int(weight.zeros.max())}] cannot be "
+                f"written as {self.name}, which stores true zeros in [{lo}, {hi}]"
+            )
+        g_idx = weight.g_idx if weight.g_idx is not None else trivial_g_idx(weight.in_features, weight.scheme)
+        return {
+            "qweight": weight.qweight,
+            "qzeros": pack_cols(stored, weight.scheme.bits, f"{weight.name}.qzeros"),
+            "scales": weight.scales,
+            "g_idx": g_idx.to(torch.int32),
+        }
+
+
+@dataclass(frozen=True)
+class AWQFormat:
+    """AutoAWQ gemm packing: 4-bit codes and zeros packed along N with the [0,2,4,6,1,3,5,7] interleave."""
+
+    name: str = "awq"
+
+    @staticmethod
+    def _check_scheme(scheme: Scheme, in_features: int, out_features: int, what: str) -> None:
+        if scheme.bits != 4:
+            raise FormatError(f"{what}: AWQ stores 4-bit codes only, got scheme {scheme} ({scheme.bits} bits)")
+        if out_features % 8:
+            raise FormatError(f"{what}: AWQ needs out_features % 8 == 0, got N={out_features}")
+        if in_features % scheme.group_rows(in_features):
+            raise FormatError(f"{what}: AWQ needs K % group_size == 0, got K={in_features}, group {scheme.group_size}")
+
+    def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors this layout stores for a layer."""
+        self._check_scheme(scheme, in_features, out_features, "awq")
+        groups = scheme.num_groups(in_features)
+        return {
+            "qweight": (in_features, out_features // 8),
+            "qzeros": (groups, out_features // 8),
+            "scales": (groups, out_features),
+        }
+
+    @staticmethod
+    def _pack_n(values: torch.Tensor, what: str) -> torch.Tensor:
+        rows, cols = values.shape
+        interleaved = values.reshape(rows, cols // 8, 8)[:, :, list(AWQ_ORDER)].reshape(rows, cols)
+        return pack_cols(interleaved, 4, what)
+
+    @staticmethod
+    def _unpack_n(packed: torch.Tensor, what: str) -> torch.Tensor:
+        nibbles = unpack_cols(packed, 4, what)
+        rows, cols = nibbles.shape
+        out = torch.empty_like(nibbles).reshape(rows, cols // 8, 8)
+        out[:, :, list(AWQ_ORDER)] = nibbles.reshape(rows, cols // 8, 8)
+        return out.reshape(rows, cols)
+
+    def unpack(
+        self, tensors: Tensors, scheme: Scheme, in_features: int, out_features: int, prefix: str = ""
+    ) -> QuantizedWeight:
+        """Read ``qweight``/``qzeros``/``scales`` into the canonical weight (codes are repacked along K)."""
+        shapes = self.expected_shapes(scheme, in_features, out_features)
+        qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
+        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        _check(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
+        _check(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
+        codes = self._unpack_n(qweight, f"{prefix}qweight")
+        zeros = self._unpack_n(qzeros, f"{prefix}qzeros")
+        packed = pack_rows(codes, 4, f"{prefix}qweight")
+        return QuantizedWeight(scheme, in_features, out_features, packed, zeros, scales, None, prefix + "weight")
+
+    def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
+        """Write the canonical weight as AWQ; act order and zeros of 16 cannot be expressed."""
+        self._check_scheme(weight.scheme, weight.in_features, weight.out_features, weight.name)
+        if weight.g_idx is not None:
+            raise FormatError(f"{weight.name}.g_idx: AWQ has no act order, but the weight carries a non-trivial g_idx")
+        if weight.zeros.numel() and int(weight.zeros.max()) > 15:
+            raise FormatError(f"{weight.name}.zeros: a true zero of 16 cannot be written as AWQ (4-bit zeros)")
+        return {
+            "qweight": self._pack_n(unpack_rows(weight.qweight, 4), f"{weight.name}.qweight"),
+            "qzeros": self._pack_n(weight.zeros, f"{weight.name}.qzeros"),
+            "scales": weight.scales,
+        }
+
+
+PackedFormat = GPTQFormat | AWQFormat
+
+GPTQ_V1 = GPTQFormat("gptq", zero_offset=1)
+GPTQ_V2 = GPTQFormat("gptq_v2", zero_offset=0)
+AWQ = AWQFormat()
+
+FORMATS: dict[str, PackedFormat] = {f.name: f for f in (GPTQ_V1, GPTQ_V2, AWQ)}
+
+
+def get_format(name: str) -> PackedFormat:
+    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``)."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise FormatError(f"packed format {name!r}: expected one of {sorted(FORMATS)}") from None

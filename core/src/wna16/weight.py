@@ -1,0 +1,140 @@
+"""The canonical in-memory quantized weight that every on-disk layout converts to and every backend repacks from.
+
+Layout (GPTQ packing with true zeros):
+
+- ``qweight``: int32 [K*bits/32, N], codes packed along K (:mod:`wna16.packing`), ``codes[k, n]`` in [0, 2**bits).
+- ``zeros``: int32 [G, N], the *true* zero point of each group and column, unpacked, in [0, 2**bits]. The value
+  2**bits only arises from a GPTQ v1 stored zero of 2**bits - 1 (see :mod:`wna16.formats`); zeros are kept unpacked
+  so that this value, and N that is not a multiple of 32, need no special case.
+- ``scales``: float [G, N] as stored (fp16, bf16 or fp32); may be negative.
+- ``g_idx``: ``None``, or int32 [K] mapping each input row to its group when it is *not* ``arange(K) // group_size``
+  (act order). A trivial ``g_idx`` is dropped at construction.
+
+The dequantized weight is ``W[n, k] = scales[g(k), n] * (codes[k, n] - zeros[g(k), n])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from wna16.errors import FormatError, describe
+from wna16.packing import pack_rows, packed_rows, unpack_rows
+from wna16.scheme import Scheme
+
+SCALE_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def trivial_g_idx(in_features: int, scheme: Scheme, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The g_idx exports ship without act order: ``arange(K) // group_size``."""
+    rows = scheme.group_rows(in_features)
+    return torch.arange(in_features, dtype=torch.int32, device=device) // rows
+
+
+def _expect(tensor: object, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
+        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A quantized weight of a linear layer with ``in_features`` K and ``out_features`` N (see module docstring)."""
+
+    scheme: Scheme
+    in_features: int
+    out_features: int
+    qweight: torch.Tensor
+    zeros: torch.Tensor
+    scales: torch.Tensor
+    g_idx: torch.Tensor | None = field(default=None)
+    name: str = "weight"
+
+    def __post_init__(self) -> None:
+        k, n, s = self.in_features, self.out_features, self.scheme
+        _expect(
+            self.qweight, f"{self.name}.qweight", (packed_rows(k, s.bits, f"{self.name}.qweight"), n), (torch.int32,)
+        )
+        if self.g_idx is not None:
+            self._check_g_idx()
+        groups = self.num_groups
+        _expect(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
+        _expect(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
+        if self.zeros.numel():
+            lo, hi = int(self.zeros.min()), int(self.zeros.max())
+            if lo < 0 or hi > 1 << s.bits:
+                raise FormatError(f"{self.name}.zeros: values in [{lo}, {hi}], expected [0, {1 << s.bits}]")
+            if s.sym and (lo != s.center or hi != s.center):
+                raise FormatError(
+                    f"{self.name}.zeros: scheme {s} is symmetric but zeros lie in [{lo}, {hi}], expected all {s.center}"
+                )
+
+    def _check_g_idx(self) -> None:
+        g_idx = self.g_idx
+        assert g_idx is not None
+        _expect(g_idx, f"{self.name}.g_idx", (self.in_features,), (torch.int32,))
+        groups = self.scales.shape[0] if self.scales.dim() == 2 else -1
+        trivial = trivial_g_idx(self.in_features, self.scheme)
+        if groups == self.scheme.num_groups(self.in_features) and bool(torch.equal(g_idx.cpu(), trivial)):
+            object.__setattr__(self, "g_idx", None)  # exports ship arange(K) // group_size without act order
+            return
+        lo, hi = int(g_idx.min()), int(g_idx.max())
+        if lo < 0 or hi >= groups:
+            raise FormatError(
+                f"{self.name}.g_idx: values in [{lo}, {hi}], expected [0, {groups - 1}] ({groups} groups)"
+            )
+
+    @property
+    def act_order(self) -> bool:
+        """True when rows map to groups through a non-trivial ``g_idx``."""
+        return self.g_idx is not None
+
+    @property
+    def num_groups(self) -> int:
+        """Rows of ``scales``: ceil(K / group_size), or what a non-trivial ``g_idx`` addresses (tensor-parallel
+        K-slices with act order carry every group)."""
+        if self.g_idx is not None:
+            return int(self.scales.shape[0])
+        return self.scheme.num_groups(self.in_features)
+
+    def group_index(self) -> torch.Tensor:
+        """int64 [K]: the group of each input row, whether or not the weight is act-ordered."""
+        g = self.g_idx if self.g_idx is not None else trivial_g_idx(self.in_features, self.scheme, self.qweight.device)
+        return g.to(torch.int64)
+
+    def codes(self) -> torch.Tensor:
+        """int32 [K, N]: the unpacked codes."""
+        return unpack_rows(self.qweight, self.scheme.bits, f"{self.name}.qweight")
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        """The same weight with every tensor on ``device``."""
+        g = None if self.g_idx is None else self.g_idx.to(device)
+        return replace(
+            self, qweight=self.qweight.to(device), zeros=self.zeros.to(device), scales=self.scales.to(device), g_idx=g
+        )
+
+    @classmethod
+    def from_codes(
+        cls,
+        scheme: Scheme,
+        codes: torch.Tensor,
+        zeros: torch.Tensor,
+        scales: torch.Tensor,
+        g_idx: torch.Tensor | None = None,
+        name: str = "weight",
+    ) -> QuantizedWeight:
+        """Build from unpacked codes [K, N] (any integer dtype), zeros [G, N] and scales [G, N]."""
+        if codes.dim() != 2:
+            raise FormatError(f"{name}.codes: got {describe(codes)}, expected [K, N]")
+        k, n = codes.shape
+        return cls(
+            scheme,
+            int(k),
+            int(n),
+            pack_rows(codes, scheme.bits, f"{name}.codes"),
+            zeros.to(torch.int32),
+            scales,
+            None if g_idx is None else g_idx.to(torch.int32),
+            name,
+        )
