@@ -68,8 +68,11 @@ def unpack_rows(packed: torch.Tensor, bits: int, what: str = "packed") -> torch.
         raise FormatError(
             f"{what}: {rows} int32 rows do not hold whole {bits}-bit runs; expected a multiple of {n_words}"
         )
-    words = (packed.to(torch.int64) & _U32).reshape(rows // n_words, n_words, cols)
     mask = (1 << bits) - 1
+    if n_words == 1:  # 2/4/8 bits: no code straddles a word; shift-then-mask on int32 is exact for every shift
+        shifts = torch.arange(0, _WORD, bits, dtype=torch.int32, device=packed.device).reshape(1, n_codes, 1)
+        return ((packed.unsqueeze(1) >> shifts) & mask).reshape(rows * n_codes, cols)
+    words = (packed.to(torch.int64) & _U32).reshape(rows // n_words, n_words, cols)
     codes = torch.empty(rows // n_words, n_codes, cols, dtype=torch.int64, device=packed.device)
     for i in range(n_codes):
         word, offset = divmod(i * bits, _WORD)

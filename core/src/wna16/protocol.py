@@ -87,9 +87,16 @@ class LayerSpec:
         if dev.type == "cuda" and torch.cuda.is_available():
             capability = torch.cuda.get_device_capability(dev)
         return cls(
-            weight.in_features, weight.out_features, weight.scheme, dtype, weight.act_order, bias, str(dev),
-            capability, shard,
-        )  # fmt: skip
+            weight.in_features,
+            weight.out_features,
+            weight.scheme,
+            dtype,
+            weight.act_order,
+            bias,
+            str(dev),
+            capability,
+            shard,
+        )
 
     def problems(self) -> list[str]:
         """Reasons the spec itself is invalid, whatever the backend."""

@@ -9,6 +9,7 @@ not claim.
 from __future__ import annotations
 
 import torch
+
 from wna16.packing import run_length, unpack_rows
 from wna16.protocol import Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight

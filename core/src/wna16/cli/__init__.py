@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
     "backends": "wna16.cli.backends",
+    "inspect": "wna16.cli.inspect",
 }
 """Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (imported on use)."""
 

@@ -1,0 +1,201 @@
+"""Every on-disk layout converts losslessly to and from the canonical weight; bad input gets a typed error."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import schemes, weights
+
+from wna16 import AWQ, GPTQ_V1, GPTQ_V2, FormatError, QuantizedWeight, Scheme, SchemeError, get_format
+from wna16.packing import pack_cols, pack_rows, run_length, unpack_cols, unpack_rows
+from wna16.reference import dequantize
+
+
+@given(st.sampled_from((2, 3, 4, 8)), st.integers(1, 6), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_pack_unpack_rows_is_identity(bits: int, runs: int, cols: int, seed: int) -> None:
+    codes = torch.randint(
+        0, 1 << bits, (run_length(bits)[0] * runs, cols), generator=torch.Generator().manual_seed(seed)
+    )
+    packed = pack_rows(codes, bits)
+    assert packed.dtype == torch.int32 and packed.shape == (codes.shape[0] * bits // 32, cols)
+    assert torch.equal(unpack_rows(packed, bits), codes.to(torch.int32))
+    assert torch.equal(unpack_cols(pack_cols(codes.t(), bits), bits), codes.t().to(torch.int32))
+
+
+def _gptq_compatible(weight: QuantizedWeight) -> QuantizedWeight:
+    """GPTQ packs qzeros along N; restrict zeros to what v1 and v2 can both hold (1 .. 2**bits - 1)."""
+    zeros = weight.zeros.clamp(1, (1 << weight.scheme.bits) - 1)
+    if weight.scheme.sym:
+        zeros = weight.zeros
+    return QuantizedWeight(
+        weight.scheme, weight.in_features, weight.out_features, weight.qweight, zeros, weight.scales, weight.g_idx
+    )
+
+
+@given(weights(n_multiple=32))
+def test_gptq_v1_and_v2_round_trip(weight: QuantizedWeight) -> None:
+    weight = _gptq_compatible(weight)
+    expected = dequantize(weight)
+    for fmt in (GPTQ_V1, GPTQ_V2):
+        tensors = fmt.pack(weight)
+        assert set(tensors) == {"qweight", "qzeros", "scales", "g_idx"}
+        back = fmt.unpack(tensors, weight.scheme, weight.in_features, weight.out_features)
+        assert torch.equal(back.qweight, weight.qweight)
+        assert torch.equal(back.zeros, weight.zeros)
+        assert torch.equal(back.scales, weight.scales)
+        assert (back.g_idx is None) == (weight.g_idx is None)
+        assert torch.equal(dequantize(back), expected)
+
+
+@given(weights(schemes(bits=(4,)), n_multiple=8, act_order=False, whole_groups=True))
+def test_awq_round_trip_and_conversion_preserves_dequantize(weight: QuantizedWeight) -> None:
+    expected = dequantize(weight)
+    awq = AWQ.pack(weight)
+    assert awq["qweight"].shape == (weight.in_features, weight.out_features // 8)
+    from_awq = AWQ.unpack(awq, weight.scheme, weight.in_features, weight.out_features)
+    assert torch.equal(dequantize(from_awq), expected)
+    if int(weight.zeros.min()) >= 1:  # v1 cannot hold a true zero of 0
+        v1 = GPTQ_V1.unpack(GPTQ_V1.pack(from_awq), weight.scheme, weight.in_features, weight.out_features)
+        assert torch.equal(
+            dequantize(AWQ.unpack(AWQ.pack(v1), weight.scheme, weight.in_features, weight.out_features)), expected
+        )
+    v2 = GPTQ_V2.unpack(GPTQ_V2.pack(from_awq), weight.scheme, weight.in_features, weight.out_features)
+    assert torch.equal(dequantize(v2), expected)
+
+
+def test_trivial_g_idx_is_dropped_and_nontrivial_kept() -> None:
+    scheme = Scheme(4, 32, sym=True)
+    codes, zeros, scales = (
+        torch.zeros(64, 8, dtype=torch.int32),
+        torch.full((2, 8), 8),
+        torch.ones(2, 8, dtype=torch.float16),
+    )
+    trivial = torch.arange(64) // 32
+    assert QuantizedWeight.from_codes(scheme, codes, zeros, scales, trivial).g_idx is None
+    shuffled = trivial.flip(0)
+    kept = QuantizedWeight.from_codes(scheme, codes, zeros, scales, shuffled)
+    assert kept.act_order and torch.equal(kept.g_idx, shuffled.to(torch.int32))
+
+
+def test_oracle_hand_example() -> None:
+    # K=4, N=2, one group: W[n, k] = s[n] * (q[k, n] - z[n]), with a negative scale kept.
+    scheme = Scheme(2, -1, sym=False)
+    codes = torch.tensor([[0, 3], [1, 2], [2, 1], [3, 0]] * 4)  # K=16 (2-bit packs 16 codes a word)
+    weight = QuantizedWeight.from_codes(scheme, codes, torch.tensor([[1, 2]]), torch.tensor([[0.5, -2.0]]))
+    w = dequantize(weight)
+    assert w.dtype == torch.float32 and w.shape == (2, 16)
+    assert w[0, :4].tolist() == [-0.5, 0.0, 0.5, 1.0]
+    assert w[1, :4].tolist() == [-2.0, 0.0, 2.0, 4.0]
+
+
+def test_oracle_honours_g_idx() -> None:
+    scheme = Scheme(4, 32, sym=False)
+    codes = torch.full((64, 1), 5)
+    g_idx = torch.cat([torch.ones(32), torch.zeros(32)]).to(torch.int32)  # first half uses group 1
+    weight = QuantizedWeight.from_codes(scheme, codes, torch.tensor([[0], [4]]), torch.tensor([[1.0], [10.0]]), g_idx)
+    w = dequantize(weight)
+    assert w[0, :32].eq(10.0).all() and w[0, 32:].eq(5.0).all()
+
+
+# --- bad input: typed errors that name the tensor and the expectation ---------------------------------------------
+
+
+def _tensors(k: int = 64, n: int = 32) -> dict[str, torch.Tensor]:
+    return {
+        "qweight": torch.zeros(k // 8, n, dtype=torch.int32),
+        "qzeros": torch.zeros(1, n // 8, dtype=torch.int32),
+        "scales": torch.ones(1, n, dtype=torch.float16),
+    }
+
+
+def test_wrong_dtype_is_named() -> None:
+    bad = {**_tensors(), "qweight": torch.zeros(8, 32, dtype=torch.int64)}
+    with pytest.raises(FormatError, match=r"layers\.0\.qweight: got int64\[8, 32\], expected int32\[8, 32\]"):
+        GPTQ_V2.unpack(bad, Scheme(4, -1, False), 64, 32, prefix="layers.0.")
+
+
+def test_wrong_shape_is_named() -> None:
+    bad = {**_tensors(), "scales": torch.ones(2, 32, dtype=torch.float16)}
+    with pytest.raises(FormatError, match=r"scales: got float16\[2, 32\], expected .*\[1, 32\]"):
+        GPTQ_V1.unpack(bad, Scheme(4, -1, False), 64, 32)
+
+
+def test_missing_tensor_is_named() -> None:
+    bad = _tensors()
+    del bad["scales"]
+    with pytest.raises(FormatError, match=r"x\.scales: missing"):
+        GPTQ_V1.unpack(bad, Scheme(4, -1, False), 64, 32, prefix="x.")
+
+
+def test_three_bit_awq_is_refused() -> None:
+    with pytest.raises(FormatError, match="AWQ stores 4-bit codes only"):
+        AWQ.expected_shapes(Scheme(3, 32, True), 64, 32)
+
+
+def test_v1_cannot_write_a_true_zero_of_zero() -> None:
+    scheme = Scheme(4, -1, sym=False)
+    weight = QuantizedWeight.from_codes(
+        scheme, torch.zeros(8, 8, dtype=torch.int32), torch.zeros(1, 8), torch.ones(1, 8)
+    )
+    with pytest.raises(FormatError, match=r"weight\.zeros: .* cannot be written as gptq, .*\[1, 16\]"):
+        GPTQ_V1.pack(weight)
+
+
+def test_v2_and_awq_cannot_write_a_zero_of_two_to_the_bits() -> None:
+    scheme = Scheme(4, -1, sym=False)
+    weight = QuantizedWeight.from_codes(
+        scheme, torch.zeros(8, 8, dtype=torch.int32), torch.full((1, 8), 16), torch.ones(1, 8)
+    )
+    with pytest.raises(FormatError, match="gptq_v2"):
+        GPTQ_V2.pack(weight)
+    with pytest.raises(FormatError, match="zero of 16"):
+        AWQ.pack(weight)
+
+
+def test_symmetric_weight_with_other_zeros_is_refused() -> None:
+    with pytest.raises(FormatError, match="symmetric but zeros lie in"):
+        QuantizedWeight.from_codes(
+            Scheme(4, -1, True), torch.zeros(8, 8, dtype=torch.int32), torch.full((1, 8), 7), torch.ones(1, 8)
+        )
+
+
+def test_g_idx_out_of_range_is_refused() -> None:
+    with pytest.raises(FormatError, match=r"g_idx: values in \[0, 5\], expected \[0, 1\]"):
+        QuantizedWeight.from_codes(
+            Scheme(4, 32, False),
+            torch.zeros(64, 8, dtype=torch.int32),
+            torch.zeros(2, 8),
+            torch.ones(2, 8),
+            torch.tensor([5] + [0] * 63),
+        )
+
+
+def test_codes_that_do_not_fill_words_are_refused() -> None:
+    with pytest.raises(FormatError, match="expected a multiple of 32"):
+        pack_rows(torch.zeros(40, 4, dtype=torch.int32), 3)
+
+
+def test_unknown_format_name() -> None:
+    with pytest.raises(FormatError, match="expected one of"):
+        get_format("exl2")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bits": 5}, "bits=5: expected one of"),
+        ({"bits": 4, "group_size": 0}, "group_size=0"),
+        ({"bits": 4, "group_size": -2}, "group_size=-2"),
+        ({"bits": 4, "sym": 1}, "sym=1"),
+        ({"bits": True}, "bits=True"),
+    ],
+)
+def test_scheme_rejects_invalid_values(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(SchemeError, match=match):
+        Scheme(**kwargs)  # type: ignore[arg-type]
+
+
+def test_scheme_groups() -> None:
+    assert Scheme(4, 128).num_groups(300) == 3  # the last group is partial
+    assert Scheme(4, -1).num_groups(300) == 1
+    assert str(Scheme(3, 32, False)) == "w3g32asym"

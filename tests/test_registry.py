@@ -1,0 +1,143 @@
+"""Backend discovery (entry points), broken plugins, overrides, and the 'no backend' error."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from wna16 import BackendLoadError, Capability, LayerSpec, NoBackendError, Registry, Scheme, UnsupportedError
+from wna16.protocol import Backend, PreparedLinear
+from wna16.registry import load_object
+from wna16.weight import QuantizedWeight
+
+PLUGIN = '''
+import torch
+from wna16.protocol import Backend, Capability
+
+class FourBitOnly(Backend):
+    """A plugin backend that serves only 4-bit layers, at a high priority."""
+    name = "fourbit"
+    capabilities = (Capability(bits=frozenset({4}), dtypes=frozenset({torch.float32}), priority=50),)
+
+    def build(self, weight, spec, bias):
+        from wna16_reference import ReferenceBackend
+        return ReferenceBackend().build(weight, spec, bias)
+'''
+
+
+def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, entry_points: str, module: str) -> None:
+    """Install a distribution the way pip does: a module and a .dist-info folder on sys.path."""
+    (root / f"{name}.py").write_text(module)
+    info = root / f"{name}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    monkeypatch.syspath_prepend(str(root))
+
+
+@pytest.fixture
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    install_plugin(
+        tmp_path, monkeypatch, "fourbit_plugin", "[wna16.backends]\nfourbit = fourbit_plugin:FourBitOnly\n", PLUGIN
+    )
+    install_plugin(
+        tmp_path,
+        monkeypatch,
+        "broken_plugin",
+        "[wna16.backends]\nbroken = broken_plugin:Nothing\n",
+        "raise ImportError('libfoo.so: cannot open shared object file')\n",
+    )
+    monkeypatch.delenv("WNA16_BACKEND", raising=False)
+    monkeypatch.delenv("WNA16_DISABLED_BACKENDS", raising=False)
+    return Registry()
+
+
+def spec(bits: int = 4, dtype: torch.dtype = torch.float32) -> LayerSpec:
+    return LayerSpec(64, 32, Scheme(bits, 32, True), dtype)
+
+
+def test_discovers_installed_plugins_and_reports_broken_ones(plugins: Registry) -> None:
+    entries = {e.name: e for e in plugins.entries()}
+    assert {"reference", "fourbit", "broken"} <= set(entries)
+    assert entries["fourbit"].distribution == "fourbit_plugin" and entries["fourbit"].version == "1.2.3"
+    assert entries["broken"].backend is None
+    assert "libfoo.so" in (entries["broken"].error or "") and "Traceback" in (entries["broken"].error or "")
+    assert entries["reference"].backend is not None  # the broken plugin did not break the others
+
+
+def test_highest_priority_wins_and_others_say_why(plugins: Registry) -> None:
+    chosen = plugins.select(spec(4))
+    assert chosen.backend.name == "fourbit"
+    assert "lower priority" in chosen.rejected["reference"][0]
+    assert "failed to load" in chosen.rejected["broken"][0]
+    fallback = plugins.select(spec(3))
+    assert fallback.backend.name == "reference"
+    assert any("3-bit not supported" in r for r in fallback.rejected["fourbit"])
+
+
+def test_environment_overrides(plugins: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WNA16_DISABLED_BACKENDS", "fourbit, other")
+    assert plugins.select(spec(4)).backend.name == "reference"
+    assert plugins.select(spec(4)).rejected["fourbit"] == ("disabled by WNA16_DISABLED_BACKENDS",)
+    monkeypatch.delenv("WNA16_DISABLED_BACKENDS")
+    monkeypatch.setenv("WNA16_BACKEND", "reference")
+    assert plugins.select(spec(4)).backend.name == "reference"
+    monkeypatch.setenv("WNA16_BACKEND", "fourbit")
+    with pytest.raises(UnsupportedError, match="3-bit not supported"):
+        plugins.select(spec(3))
+
+
+def test_explicit_import_path(plugins: Registry) -> None:
+    assert plugins.select(spec(4), "fourbit_plugin:FourBitOnly").backend.name == "fourbit"
+    with pytest.raises(BackendLoadError, match="expected 'package.module:object'"):
+        load_object("fourbit_plugin")
+    with pytest.raises(BackendLoadError, match="no_such_module"):
+        load_object("no_such_module:X")
+    with pytest.raises(BackendLoadError, match="not a wna16.protocol.Backend"):
+        load_object("torch:float32")
+    with pytest.raises(BackendLoadError, match="failed to load"):
+        plugins.get("broken")
+    with pytest.raises(BackendLoadError, match="not installed"):
+        plugins.get("nonexistent")
+
+
+def test_no_backend_lists_every_reason(plugins: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WNA16_DISABLED_BACKENDS", "reference")
+    with pytest.raises(NoBackendError) as info:
+        plugins.select(spec(3))
+    text = str(info.value)
+    assert "no backend can serve 32x64 w3g32sym float32 cpu" in text
+    assert "fourbit: 3-bit not supported" in text and "reference: disabled" in text and "broken: failed to load" in text
+
+
+class Refusing(Backend):
+    name = "refusing"
+    capabilities = (Capability(bits=frozenset({4}), dtypes=frozenset({torch.float16}), n_multiple=64),)
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        raise AssertionError("build must never be called for a refused spec")
+
+
+def test_check_lists_every_reason_and_prepare_refuses() -> None:
+    backend = Refusing()
+    weight = QuantizedWeight.from_codes(
+        Scheme(3, 32, False), torch.zeros(64, 32, dtype=torch.int32), torch.zeros(2, 32), torch.ones(2, 32)
+    )
+    s = LayerSpec.of(weight, torch.float32)
+    support = backend.check(s)
+    assert not support
+    assert len(support.reasons) == 4, support.reasons  # bits, asym, dtype, N multiple
+    with pytest.raises(UnsupportedError) as info:
+        backend.prepare(weight, s)
+    assert info.value.reasons == support.reasons
+    assert backend.available("cpu")
+    assert not backend.available("meta")
+
+
+def test_no_plugins_installed_registry_is_empty() -> None:
+    empty = Registry(discover=False)
+    with pytest.raises(NoBackendError, match="no backend is installed"):
+        empty.select(spec())
+    assert "wna16" in sys.modules
