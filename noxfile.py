@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ TEST_DEPS = nox.project.dependency_groups(PYPROJECT, "test")
 LINT_DEPS = nox.project.dependency_groups(PYPROJECT, "lint")
 
 # The distributions of this repository that run on a CPU torch, in install order (core first).
-CPU_DISTRIBUTIONS = ["core", "backends/reference", "conformance"]
+CPU_DISTRIBUTIONS = ["core", "backends/reference", "backends/cpu", "conformance"]
 
 
 def local_distributions() -> list[str]:
@@ -81,7 +82,7 @@ def tests(session: nox.Session) -> None:
     """Unit and property tests of core and of each backend's CPU-testable parts."""
     python = cpu_env(session)
     paths = ["tests", *(str(p) for p in sorted(ROOT.glob("backends/*/tests")))]
-    run_in(session, python, "-m", "pytest", *paths, "-n", "2", *session.posargs)
+    run_in(session, python, "-m", "pytest", *paths, "-n", "2", "-m", "not browser", *session.posargs)
 
 
 @nox.session(venv_backend="none", tags=["cpu"])
@@ -91,3 +92,29 @@ def lint(session: nox.Session) -> None:
     run_in(session, python, "-m", "ruff", "check", ".")
     run_in(session, python, "-m", "ruff", "format", "--check", ".")
     run_in(session, python, "-m", "mypy")
+
+
+@nox.session(name="matrix-page", venv_backend="none", tags=["cpu"])
+def matrix_page(session: nox.Session) -> None:
+    """Render the support-matrix page in headless Chromium (Debian's chromium; installed here when run as root)."""
+    if shutil.which("chromium") is None:
+        if os.geteuid() != 0:
+            session.error("Debian's chromium is required: apt-get install chromium")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", external=True, env=env)
+    python = cpu_env(session)
+    run_in(session, python, "-m", "pip", "install", "-q", *nox.project.dependency_groups(PYPROJECT, "browser"))
+    shots = str(ROOT / "reports")
+    run_in(
+        session,
+        python,
+        "-m",
+        "pytest",
+        "tests/test_matrix_page.py",
+        "-m",
+        "browser",
+        "-p",
+        "no:randomly",
+        env={"WNA16_SCREENSHOT_DIR": shots},
+    )

@@ -53,8 +53,9 @@ class LayerSpec:
 
     @property
     def device_type(self) -> str:
-        """``"cuda"`` for ``"cuda:0"``."""
-        return torch.device(self.device).type
+        """``"cuda"`` for ``"cuda:0"``; parsed from the string so that device types torch only learns from a plugin
+        (``"npu"`` before ``torch_npu`` is imported) still have a type."""
+        return str(self.device).split(":", 1)[0]
 
     @property
     def is_k_slice(self) -> bool:
@@ -209,14 +210,14 @@ class Backend(abc.ABC):
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Whether the backend can run on ``device`` here. The default covers pure-torch backends: the device type
         is declared and torch can allocate on it. Backends with optional dependencies override this."""
-        dev = torch.device(device)
-        declared = set().union(*(c.devices or {dev.type} for c in self.capabilities))
-        if dev.type not in declared:
-            return Availability(False, f"device type {dev.type!r} not served (serves {sorted(declared)})")
+        kind = str(device).split(":", 1)[0]
+        declared = set().union(*(c.devices or {kind} for c in self.capabilities))
+        if kind not in declared:
+            return Availability(False, f"device type {kind!r} not served (serves {sorted(declared)})")
         try:
-            torch.empty(0, device=dev)
+            torch.empty(0, device=device)
         except (RuntimeError, AssertionError) as exc:
-            return Availability(False, f"device {dev} not present: {exc}")
+            return Availability(False, f"device {device} not present: {exc}")
         return Availability(True)
 
     def check(self, spec: LayerSpec) -> Support:
