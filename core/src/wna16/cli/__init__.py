@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
     "backends": "wna16.cli.backends",
+    "matrix": "wna16.cli.matrix",
     "inspect": "wna16.cli.inspect",
 }
 """Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (imported on use)."""
