@@ -12,6 +12,8 @@ from wna16.protocol import Backend, PreparedLinear
 from wna16.registry import load_object
 from wna16.weight import QuantizedWeight
 
+GROUP = "wna16.test_backends"
+
 PLUGIN = '''
 import torch
 from wna16.protocol import Backend, Capability
@@ -39,19 +41,15 @@ def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, entry
 
 @pytest.fixture
 def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
-    install_plugin(
-        tmp_path, monkeypatch, "fourbit_plugin", "[wna16.backends]\nfourbit = fourbit_plugin:FourBitOnly\n", PLUGIN
-    )
-    install_plugin(
-        tmp_path,
-        monkeypatch,
-        "broken_plugin",
-        "[wna16.backends]\nbroken = broken_plugin:Nothing\n",
-        "raise ImportError('libfoo.so: cannot open shared object file')\n",
-    )
+    # A group of its own keeps the backends installed in this environment (cpu, rocm, ...) out of the assertions;
+    # discovery itself is the real one (importlib.metadata over .dist-info folders on sys.path).
+    entry = f"[{GROUP}]\nfourbit = fourbit_plugin:FourBitOnly\nreference = wna16_reference:ReferenceBackend\n"
+    install_plugin(tmp_path, monkeypatch, "fourbit_plugin", entry, PLUGIN)
+    broken = "raise ImportError('libfoo.so: cannot open shared object file')\n"
+    install_plugin(tmp_path, monkeypatch, "broken_plugin", f"[{GROUP}]\nbroken = broken_plugin:Nothing\n", broken)
     monkeypatch.delenv("WNA16_BACKEND", raising=False)
     monkeypatch.delenv("WNA16_DISABLED_BACKENDS", raising=False)
-    return Registry()
+    return Registry(GROUP)
 
 
 def spec(bits: int = 4, dtype: torch.dtype = torch.float32) -> LayerSpec:
@@ -65,6 +63,7 @@ def test_discovers_installed_plugins_and_reports_broken_ones(plugins: Registry) 
     assert entries["broken"].backend is None
     assert "libfoo.so" in (entries["broken"].error or "") and "Traceback" in (entries["broken"].error or "")
     assert entries["reference"].backend is not None  # the broken plugin did not break the others
+    assert entries["reference"].distribution == "fourbit_plugin"  # declared by the test distribution
 
 
 def test_highest_priority_wins_and_others_say_why(plugins: Registry) -> None:

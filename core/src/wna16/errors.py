@@ -44,8 +44,17 @@ class ConfigError(Wna16Error, ValueError):
     """A ``quantization_config`` (or a remap) is malformed or outside WnA16; the message names the key."""
 
 
+class MoELayoutError(ConfigError):
+    """A mixture-of-experts layout wna16 does not serve (fused-experts tensors); per-expert linears are served."""
+
+
 class CheckpointError(Wna16Error):
     """A checkpoint on disk is unsafe, corrupt or inconsistent; the message names the file and the tensor."""
+
+
+class ModelMismatchError(Wna16Error):
+    """A model's modules do not match a checkpoint (missing module, not a linear, other shape or bias, tensors left
+    unloaded); the message lists every mismatch by module name with what was expected."""
 
 
 def describe(tensor: object) -> str:

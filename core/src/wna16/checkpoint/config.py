@@ -1,0 +1,530 @@
+"""``quantization_config`` of AutoRound, GPTQ and AWQ checkpoints, read into one :class:`QuantConfig`.
+
+Where it is found (:func:`read_quant_config`): ``config.json`` (key ``quantization_config``), a diffusers component's
+``config.json`` (``transformer/config.json``; a pipeline root with exactly one quantized component is accepted),
+``quantization_config.json``, GPTQ's ``quantize_config.json`` or AutoAWQ's ``quant_config.json``.
+
+Forms read (each key is validated; unknown metadata such as ``autoround_version``, ``iters`` or ``model_free`` is kept
+in :attr:`QuantConfig.metadata` and ignored):
+
+- auto-round: ``quant_method`` ``"auto-round"`` (legacy ``"intel/auto-round"``); ``bits``, ``group_size``, ``sym``,
+  ``data_type``, ``act_bits``; ``packing_format`` (legacy key ``backend``, legacy values ``auto_round:gptq`` /
+  ``auto_round:awq`` meaning ``auto_round:auto_gptq`` / ``auto_round:auto_awq``, a trailing kernel name such as
+  ``:exllamav2`` ignored); ``block_name_to_quantize`` (comma string or list; also ``to_quant_block_names`` and
+  ``quant_block_list``); ``extra_config``; ``modules_to_not_convert``.
+- GPTQ: ``quant_method`` ``"gptq"`` (or absent in an AutoGPTQ ``quantize_config.json``); ``bits``, ``group_size``,
+  ``sym``, ``desc_act``, ``checkpoint_format`` (``gptq`` = v1 zeros, ``gptq_v2``), ``dynamic``, ``lm_head``,
+  ``modules_in_block_to_quantize``.
+- AWQ: ``quant_method`` ``"awq"``; ``bits`` / AutoAWQ's ``w_bit``, ``group_size`` / ``q_group_size``, ``zero_point``
+  (true = asymmetric), ``version`` ``"gemm"``, ``modules_to_not_convert``.
+
+Packed layouts (names in :data:`wna16.formats.FORMATS`): ``auto_round:auto_gptq``, ``auto_gptq`` and GPTQ
+``checkpoint_format: gptq`` store zero - 1 (``"gptq"``); native ``auto_round``, ``auto_round:gptqmodel`` and
+``gptq_v2`` store the zero as is (``"gptq_v2"``); ``auto_round:auto_awq``, ``auto_awq`` and AWQ gemm are ``"awq"``.
+
+Anything outside WnA16 is a :class:`~wna16.errors.ConfigError` naming the key: a ``data_type`` other than int
+(mx_fp, fp8, nv_fp, ...), ``act_bits`` below 16 (W4A8 is not weight-only), an unknown packing format, bits outside
+{2, 3, 4, 8} (16 and above mean "unquantized"), a group size of 0 or below -1, an invalid regex key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wna16.checkpoint.resolve import (
+    UNQUANTIZED_BITS,
+    DynamicRule,
+    LayerQuant,
+    Override,
+    is_regex_key,
+    resolve_layer,
+    resolve_module,
+)
+from wna16.errors import ConfigError
+from wna16.scheme import SUPPORTED_BITS, Scheme
+
+if TYPE_CHECKING:
+    from wna16.checkpoint.remap import Remap
+
+METHODS: tuple[str, ...] = ("auto-round", "gptq", "awq")
+
+CONFIG_FILES: tuple[str, ...] = ("config.json", "quantization_config.json", "quantize_config.json", "quant_config.json")
+"""Files :func:`read_quant_config` looks in, in order."""
+
+_AUTO_ROUND_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round"})
+
+_PACKING: Mapping[str, str] = {
+    "auto_round": "gptq_v2",
+    "auto_round:gptqmodel": "gptq_v2",
+    "auto_round:auto_gptq": "gptq",
+    "auto_round:gptq": "gptq",
+    "auto_gptq": "gptq",
+    "auto": "gptq",
+    "auto_round:auto_awq": "awq",
+    "auto_round:awq": "awq",
+    "auto_awq": "awq",
+}
+"""auto-round packing names (lower case) -> layout. ``auto`` is what auto-round's reader maps to auto_gptq."""
+
+_KERNEL_SUFFIXES = frozenset(
+    {"exllamav2", "exllamav1", "marlin", "triton", "tritonv2", "qbits", "ipex", "cuda", "torch"}
+)
+"""Kernel names legacy ``backend`` values append (``auto_round:gptq:exllamav2``); they do not change the layout."""
+
+_GPTQ_FORMATS: Mapping[str, str] = {"gptq": "gptq", "gptq_v2": "gptq_v2"}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A checkpoint's quantization config, validated and normalised; :meth:`resolve` answers per layer.
+
+    ``bits``/``group_size``/``sym``/``act_order`` are the defaults. ``block_prefixes`` empty means "no block list:
+    every linear layer but ``lm_head`` is in scope". ``extra_config`` keeps the written order (regex keys are tried
+    in it). ``source`` names the file (or ``<dict>``) for messages.
+    """
+
+    method: str
+    packed_format: str
+    bits: int
+    group_size: int
+    sym: bool
+    act_order: bool = False
+    block_prefixes: tuple[str, ...] = ()
+    extra_config: Mapping[str, Override] = field(default_factory=dict)
+    modules_to_not_convert: tuple[str, ...] = ()
+    dynamic: tuple[DynamicRule, ...] = ()
+    modules_in_block: tuple[re.Pattern[str], ...] = ()
+    lm_head: bool = False
+    source: str = "<dict>"
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    regex_keys: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = [key for key in self.extra_config if is_regex_key(key)]
+        compiled = tuple((key, _compile(key, f"{self.source}: extra_config key")) for key in regex)
+        object.__setattr__(self, "regex_keys", compiled)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> QuantConfig:
+        """Parse a ``quantization_config`` mapping (or a whole ``config.json`` holding one)."""
+        return _parse(d, source)
+
+    @property
+    def defaults(self) -> Override:
+        """The global scheme as an :class:`Override` with every field set."""
+        return Override(self.bits, self.group_size, self.sym, self.act_order)
+
+    @property
+    def default_scheme(self) -> Scheme | None:
+        """The global scheme, or None when the default is unquantized (bits >= 16)."""
+        return None if self.bits >= UNQUANTIZED_BITS else Scheme(self.bits, self.group_size, self.sym)
+
+    def resolve(self, module_name: str) -> LayerQuant | None:
+        """How the linear layer ``module_name`` is stored; ``None`` = unquantized. Fused runtime names
+        (``qkv_proj``, ``gate_up_proj``, ``to_qkv``) resolve their parts and must agree (see :mod:`.resolve`).
+        """
+        return resolve_module(self, module_name)
+
+    def explain(self, module_name: str) -> tuple[LayerQuant | None, str]:
+        """:meth:`resolve` for one (unfused) layer, with the rule that decided, for audits and messages."""
+        return resolve_layer(self, module_name)
+
+    def remapped(self, remap: Remap) -> QuantConfig:
+        """The config with checkpoint names translated to runtime names (see :class:`~wna16.checkpoint.remap.Remap`).
+
+        Block prefixes, plain ``extra_config`` keys and ``modules_to_not_convert`` entries map like tensor names;
+        regex keys and GPTQ ``dynamic`` patterns get the escaped replacement and no stage prefix.
+        """
+        extra: dict[str, Override] = {}
+        origin: dict[str, str] = {}
+        for key, value in self.extra_config.items():
+            new = remap.regex_key(key) if is_regex_key(key) else remap.name(key)
+            if new in extra and extra[new] != value:
+                raise ConfigError(
+                    f"{self.source}: extra_config keys {origin[new]!r} and {key!r} both map to {new!r} "
+                    "with different settings"
+                )
+            extra[new], origin[new] = value, key
+        dynamic = tuple(
+            replace(r, pattern=_compile(remap.regex_key(r.pattern.pattern), f"{self.source}: dynamic key"))
+            for r in self.dynamic
+        )
+        return replace(
+            self,
+            block_prefixes=tuple(dict.fromkeys(remap.name(p) for p in self.block_prefixes)),
+            extra_config=extra,
+            modules_to_not_convert=tuple(remap.name(m) for m in self.modules_to_not_convert),
+            dynamic=dynamic,
+            source=f"{self.source} (remapped)",
+        )
+
+
+def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
+    """Find and parse the quantization config of a checkpoint folder (or of the JSON file given).
+
+    A diffusers pipeline root (``model_index.json``) with exactly one quantized component reads that component;
+    with several (Wan2.2's ``transformer`` and ``transformer_2``) the error names them: read each component folder.
+    """
+    path = Path(folder)
+    if path.is_file():
+        return _from_file(path, required=True)  # type: ignore[return-value]
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such checkpoint folder or config file")
+    for name in CONFIG_FILES:
+        found = _from_file(path / name, required=False)
+        if found is not None:
+            return found
+    if (path / "model_index.json").is_file():
+        components = sorted(p.parent for p in path.glob("*/config.json") if _from_file(p, required=False))
+        if len(components) == 1:
+            return _from_file(components[0] / "config.json", required=True)  # type: ignore[return-value]
+        if components:
+            names = ", ".join(p.name for p in components)
+            raise ConfigError(f"{path}: several quantized components ({names}); read one component folder")
+    raise ConfigError(f"{path}: no quantization config (looked for quantization_config in {', '.join(CONFIG_FILES)})")
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint (or component) folder, for :func:`~wna16.checkpoint.remap.preset_for`."""
+    return _load_json(Path(folder) / "config.json")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _from_file(path: Path, required: bool) -> QuantConfig | None:
+    if not path.is_file():
+        return None
+    data = _load_json(path)
+    if path.name == "config.json" and "quantization_config" not in data:
+        if required:
+            raise ConfigError(f"{path}: no 'quantization_config' key")
+        return None
+    return _parse(data, str(path), default_method=None if path.name == "config.json" else _guess_method(data))
+
+
+def _guess_method(d: Mapping[str, Any]) -> str | None:
+    """GPTQ's quantize_config.json and AutoAWQ's quant_config.json may omit ``quant_method``."""
+    if "w_bit" in d or "zero_point" in d:
+        return "awq"
+    if "desc_act" in d or "checkpoint_format" in d:
+        return "gptq"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing. Every helper takes the source and the key path so that a message names exactly what to fix.
+
+
+def _parse(d: Mapping[str, Any], source: str, default_method: str | None = None) -> QuantConfig:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type(d).__name__}")
+    inner = d.get("quantization_config")
+    if inner is not None:
+        if not isinstance(inner, Mapping):
+            raise ConfigError(f"{source}: quantization_config: expected an object, got {type(inner).__name__}")
+        d, source = inner, f"{source}: quantization_config"
+    raw_method = d.get("quant_method", default_method)
+    if raw_method is None:
+        raw_method = _guess_method(d)
+    if not isinstance(raw_method, str):
+        raise ConfigError(f"{source}: quant_method={raw_method!r}: expected one of {list(METHODS)}")
+    method = raw_method.strip().lower()
+    if method in _AUTO_ROUND_METHODS:
+        return _parse_auto_round(d, source)
+    if method == "gptq":
+        return _parse_gptq(d, source)
+    if method == "awq":
+        return _parse_awq(d, source)
+    raise ConfigError(f"{source}: quant_method={raw_method!r}: not a WnA16 method; expected one of {list(METHODS)}")
+
+
+def _bits(value: Any, where: str) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (value not in SUPPORTED_BITS and value < UNQUANTIZED_BITS)
+    ):
+        raise ConfigError(f"{where}={value!r}: expected one of {list(SUPPORTED_BITS)} (or >= 16: unquantized)")
+    return value
+
+
+def _group(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value <= 0):
+        raise ConfigError(f"{where}={value!r}: expected -1 (one group over K) or a positive integer")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    return value
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """A comma string or a (possibly nested) list of strings, stripped, empties dropped."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = []
+        for v in value:
+            items.extend(v if isinstance(v, list | tuple) else [v])
+    else:
+        raise ConfigError(f"{where}={value!r}: expected a comma-separated string or a list of names")
+    if not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{where}={value!r}: expected names (strings)")
+    return tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
+
+
+def _compile(key: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(key)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ConfigError(f"{where} {key!r}: invalid regular expression ({exc})") from None
+
+
+def _check_activations(d: Mapping[str, Any], where: str) -> None:
+    act_bits = d.get("act_bits")
+    if act_bits is None:
+        return
+    if isinstance(act_bits, bool) or not isinstance(act_bits, int):
+        raise ConfigError(f"{where}act_bits={act_bits!r}: expected an integer")
+    if act_bits < UNQUANTIZED_BITS:
+        raise ConfigError(f"{where}act_bits={act_bits}: quantized activations are not WnA16 (expected act_bits >= 16)")
+
+
+def _check_data_type(d: Mapping[str, Any], bits: int, where: str) -> None:
+    data_type = d.get("data_type", "int")
+    if bits < UNQUANTIZED_BITS and data_type != "int":
+        raise ConfigError(f"{where}data_type={data_type!r}: only integer weights are WnA16 (expected 'int')")
+
+
+def _override(value: Any, key: str, defaults: Override, source: str, section: str) -> Override:
+    where = f"{source}: {section}[{key!r}]."
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where[:-1]}={value!r}: expected an object of settings")
+    bits = _bits(value["bits"], f"{where}bits") if "bits" in value else None
+    group = _group(value["group_size"], f"{where}group_size") if "group_size" in value else None
+    sym = _bool(value["sym"], f"{where}sym") if "sym" in value else None
+    act_order = _bool(value["desc_act"], f"{where}desc_act") if "desc_act" in value else None
+    _check_activations(value, where)
+    _check_data_type(value, bits if bits is not None else defaults.bits or UNQUANTIZED_BITS, where)
+    return Override(bits, group, sym, act_order)
+
+
+def _extra_config(d: Mapping[str, Any], defaults: Override, source: str) -> dict[str, Override]:
+    raw = d.get("extra_config")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: extra_config: expected an object keyed by module name or regex")
+    extra: dict[str, Override] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}: extra_config key {key!r}: expected a non-empty module name or regex")
+        extra[key] = _override(value, key, defaults, source, "extra_config")
+    return extra
+
+
+def _common(d: Mapping[str, Any], source: str, bits_key: str, group_key: str) -> tuple[int, int]:
+    bits = _bits(d.get(bits_key, 4), f"{source}: {bits_key}")
+    group = _group(d.get(group_key, 128), f"{source}: {group_key}")
+    _check_activations(d, f"{source}: ")
+    _check_data_type(d, bits, f"{source}: ")
+    return bits, group
+
+
+def _metadata(d: Mapping[str, Any], known: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in known}
+
+
+def _packing(d: Mapping[str, Any], source: str) -> str:
+    key = "packing_format" if d.get("packing_format") is not None else "backend"
+    value = d.get(key, "auto_round:auto_gptq")
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key}={value!r}: expected a packing format name")
+    name = value.strip().lower()
+    head, _, last = name.rpartition(":")
+    if head and last in _KERNEL_SUFFIXES:
+        name = head
+    layout = _PACKING.get(name)
+    if layout is None:
+        raise ConfigError(f"{source}: {key}={value!r}: unknown packing format; expected one of {sorted(_PACKING)}")
+    return layout
+
+
+def _check_awq_bits(bits: int, extra: Mapping[str, Override], source: str) -> None:
+    """The AWQ gemm layout packs eight 4-bit codes per word; no other width exists in it."""
+    if bits < UNQUANTIZED_BITS and bits != 4:
+        raise ConfigError(f"{source}: bits={bits}: the AWQ layout is 4-bit only")
+    for key, o in extra.items():
+        if o.bits is not None and o.bits < UNQUANTIZED_BITS and o.bits != 4:
+            raise ConfigError(f"{source}: extra_config[{key!r}].bits={o.bits}: the AWQ layout is 4-bit only")
+
+
+def _block_prefixes(d: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    for key in ("block_name_to_quantize", "to_quant_block_names"):
+        if d.get(key) is not None:
+            return tuple(p.rstrip(".") for p in _names(d[key], f"{source}: {key}") if p.rstrip("."))
+    blocks = d.get("quant_block_list")
+    if blocks is None:
+        return ()
+    if not isinstance(blocks, list | tuple):
+        raise ConfigError(f"{source}: quant_block_list={blocks!r}: expected a list")
+    prefixes: list[str] = []
+    for i, group in enumerate(blocks):
+        names = _names(group, f"{source}: quant_block_list[{i}]")
+        if isinstance(group, list | tuple) and names:
+            names = (os.path.commonprefix(list(names)).rstrip("."),)  # noqa: RUF071 (character-wise, as auto-round)
+        prefixes.extend(n for n in names if n)
+    return tuple(dict.fromkeys(prefixes))
+
+
+_AUTO_ROUND_KEYS = {
+    "quant_method",
+    "bits",
+    "group_size",
+    "sym",
+    "data_type",
+    "act_bits",
+    "packing_format",
+    "backend",
+    "block_name_to_quantize",
+    "to_quant_block_names",
+    "quant_block_list",
+    "extra_config",
+    "modules_to_not_convert",
+}
+
+
+def _parse_auto_round(d: Mapping[str, Any], source: str) -> QuantConfig:
+    bits, group = _common(d, source, "bits", "group_size")
+    sym = _bool(d.get("sym", True), f"{source}: sym")
+    packed = _packing(d, source)
+    defaults = Override(bits, group, sym, False)
+    extra = _extra_config(d, defaults, source)
+    if packed == "awq":
+        _check_awq_bits(bits, extra, source)
+    return QuantConfig(
+        method="auto-round",
+        packed_format=packed,
+        bits=bits,
+        group_size=group,
+        sym=sym,
+        block_prefixes=_block_prefixes(d, source),
+        extra_config=extra,
+        modules_to_not_convert=_names(d.get("modules_to_not_convert"), f"{source}: modules_to_not_convert"),
+        source=source,
+        metadata=_metadata(d, _AUTO_ROUND_KEYS),
+    )
+
+
+def _dynamic(d: Mapping[str, Any], defaults: Override, source: str) -> tuple[DynamicRule, ...]:
+    raw = d.get("dynamic")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: dynamic: expected an object of '+:regex' / '-:regex' keys")
+    rules = []
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: dynamic key {key!r}: expected a string")
+        skip = key.startswith("-:")
+        pattern = key[2:] if skip or key.startswith("+:") else key
+        override = Override() if skip else _override(value, key, defaults, source, "dynamic")
+        rules.append(DynamicRule(key, _compile(pattern, f"{source}: dynamic key"), skip, override))
+    return tuple(rules)
+
+
+_GPTQ_KEYS = {
+    "quant_method",
+    "bits",
+    "group_size",
+    "sym",
+    "desc_act",
+    "checkpoint_format",
+    "format",
+    "dynamic",
+    "lm_head",
+    "modules_in_block_to_quantize",
+    "block_name_to_quantize",
+    "extra_config",
+    "modules_to_not_convert",
+    "data_type",
+    "act_bits",
+}
+
+
+def _parse_gptq(d: Mapping[str, Any], source: str) -> QuantConfig:
+    bits, group = _common(d, source, "bits", "group_size")
+    sym = _bool(d.get("sym", True), f"{source}: sym")
+    act_order = _bool(d.get("desc_act", False), f"{source}: desc_act")
+    key = "checkpoint_format" if "checkpoint_format" in d else "format"
+    fmt = d.get(key, "gptq")
+    if not isinstance(fmt, str) or fmt.lower() not in _GPTQ_FORMATS:
+        raise ConfigError(f"{source}: {key}={fmt!r}: expected one of {sorted(_GPTQ_FORMATS)}")
+    defaults = Override(bits, group, sym, act_order)
+    in_block = _names(d.get("modules_in_block_to_quantize"), f"{source}: modules_in_block_to_quantize")
+    return QuantConfig(
+        method="gptq",
+        packed_format=_GPTQ_FORMATS[fmt.lower()],
+        bits=bits,
+        group_size=group,
+        sym=sym,
+        act_order=act_order,
+        block_prefixes=_block_prefixes(d, source),
+        extra_config=_extra_config(d, defaults, source),
+        modules_to_not_convert=_names(d.get("modules_to_not_convert"), f"{source}: modules_to_not_convert"),
+        dynamic=_dynamic(d, defaults, source),
+        modules_in_block=tuple(_compile(n, f"{source}: modules_in_block_to_quantize entry") for n in in_block),
+        lm_head=_bool(d.get("lm_head", False), f"{source}: lm_head"),
+        source=source,
+        metadata=_metadata(d, _GPTQ_KEYS),
+    )
+
+
+_AWQ_KEYS = {"quant_method", "bits", "w_bit", "group_size", "q_group_size", "zero_point", "version", "sym"}
+_AWQ_KEYS |= {"modules_to_not_convert", "data_type", "act_bits", "to_quant_block_names", "block_name_to_quantize"}
+
+
+def _parse_awq(d: Mapping[str, Any], source: str) -> QuantConfig:
+    bits_key = "bits" if "bits" in d else "w_bit"
+    group_key = "group_size" if "group_size" in d else "q_group_size"
+    bits, group = _common(d, source, bits_key, group_key)
+    version = d.get("version", "gemm")
+    if not isinstance(version, str) or version.lower() != "gemm":
+        raise ConfigError(f"{source}: version={version!r}: only the AWQ 'gemm' layout is supported")
+    zero_point = _bool(d.get("zero_point", True), f"{source}: zero_point")
+    if "sym" in d and _bool(d["sym"], f"{source}: sym") == zero_point:
+        raise ConfigError(
+            f"{source}: sym={d['sym']} contradicts zero_point={zero_point} (a zero point means asymmetric)"
+        )
+    _check_awq_bits(bits, {}, source)
+    return QuantConfig(
+        method="awq",
+        packed_format="awq",
+        bits=bits,
+        group_size=group,
+        sym=not zero_point,
+        block_prefixes=_block_prefixes(d, source),  # auto-round's AWQ export writes to_quant_block_names
+        modules_to_not_convert=_names(d.get("modules_to_not_convert"), f"{source}: modules_to_not_convert"),
+        source=source,
+        metadata=_metadata(d, _AWQ_KEYS),
+    )

@@ -1,0 +1,266 @@
+r"""Per-layer resolution: which scheme (if any) a module of a checkpoint was written with, and why.
+
+The order follows vLLM's ``INCConfig.get_layer_config`` (the runtime whose behaviour users meet), with the GPTQ and
+AWQ keys folded in:
+
+1. ``modules_to_not_convert`` (AWQ, also written by auto-round): the layer is unquantized. Entries match whole dotted
+   components (``visual`` matches ``model.visual.blocks.0.qkv``), not raw substrings as vLLM's AWQ does.
+2. An exact ``extra_config`` key: its fields over the global defaults. This quantizes a layer even outside the block
+   prefixes (as vLLM does: auto-round writes the expanded names of every layer it treated specially).
+3. ``extra_config`` keys holding a regex character (``*+?^$()[]{}|\``), in the order written, matched with
+   ``re.search``; the first match wins. Inside the quantized scope its missing fields come from the global defaults;
+   outside the scope they come from "unquantized" (bits 16, group -1, sym), exactly as vLLM fills them, so a regex
+   key quantizes an outside layer only if it names ``bits``. (auto-round's own reader fills from the globals
+   everywhere; the two agree whenever the checkpoint also lists the expanded exact names, which auto-round writes.)
+4. Out of scope: outside every ``block_name_to_quantize`` prefix, an ``lm_head`` (unless GPTQ's ``lm_head: true``),
+   or, for GPTQ exports, a block member no ``modules_in_block_to_quantize`` entry matches: unquantized.
+5. GPTQ ``dynamic``: rules in order, ``re.match``; the first match wins; ``-:regex`` means unquantized, ``+:regex``
+   (or a bare regex) overrides fields.
+6. The defaults.
+
+A result with ``bits >= 16`` is unquantized. Prefixes match on dotted-name boundaries: ``model.layers.1`` covers
+``model.layers.1.mlp.up_proj`` but not ``model.layers.10.mlp.up_proj``. vLLM uses a raw ``str.startswith`` and would
+count the latter as inside the block; no auto-round checkpoint relies on that, and the boundary rule cannot silently
+quantize a neighbouring block.
+
+Fused modules (``qkv_proj`` from q/k/v, ``gate_up_proj`` from gate/up, diffusion ``to_qkv``) resolve each part and
+:func:`fuse` them: the parts must agree, since one kernel call serves the concatenation (along N). MoE experts written
+as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for all
+experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out` builds the
+fused weight from the parts' weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError
+from wna16.scheme import Scheme
+from wna16.weight import QuantizedWeight
+
+if TYPE_CHECKING:
+    from wna16.checkpoint.config import QuantConfig
+
+REGEX_CHARS = frozenset("*+?^$()[]{}|\\")
+"""A key holding one of these is a regex (vLLM's rule; ``.`` alone does not make a regex)."""
+
+PACKED_MODULES: Mapping[str, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+    "to_qkv": ("to_q", "to_k", "to_v"),
+    "add_kv_proj": ("add_q_proj", "add_k_proj", "add_v_proj"),
+}
+"""Runtime fused module -> the checkpoint modules concatenated along N into it (vLLM's ``packed_modules_mapping``)."""
+
+UNQUANTIZED_BITS = 16
+"""``bits`` at or above this leave a layer in its float dtype (auto-round writes ``{"bits": 16}`` for them)."""
+
+
+def is_regex_key(key: str) -> bool:
+    """Whether an ``extra_config`` key is a regex (matched with ``re.search``) rather than an exact module name."""
+    return any(c in REGEX_CHARS for c in key)
+
+
+def covers(prefix: str, name: str) -> bool:
+    """``prefix`` covers ``name`` on a dotted boundary (``a.b`` covers ``a.b`` and ``a.b.c``, not ``a.bc``)."""
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def names_component_run(entry: str, name: str) -> bool:
+    """``entry`` (dotted) appears in ``name`` as whole consecutive components (``visual`` in ``model.visual.x``)."""
+    return f".{entry.strip('.')}." in f".{name}."
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``extra_config`` entry or GPTQ ``dynamic`` rule: the fields it sets; ``None`` inherits."""
+
+    bits: int | None = None
+    group_size: int | None = None
+    sym: bool | None = None
+    act_order: bool | None = None
+
+
+@dataclass(frozen=True)
+class DynamicRule:
+    """A GPTQ ``dynamic`` entry: ``-:regex`` (``skip``) or ``+:regex`` overriding fields, matched with ``re.match``."""
+
+    key: str
+    pattern: re.Pattern[str]
+    skip: bool
+    override: Override
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How one linear layer is stored: its scheme, its packed layout (a :data:`wna16.formats.FORMATS` name), whether
+    it uses act order (``desc_act``: a non-trivial ``g_idx``), and ``source``: which rule decided, for messages."""
+
+    scheme: Scheme
+    packed_format: str
+    act_order: bool
+    source: str
+
+    def __str__(self) -> str:
+        order = " act-order" if self.act_order else ""
+        return f"{self.scheme} {self.packed_format}{order} ({self.source})"
+
+
+def _layer(config: QuantConfig, fields: Override, base: Override, source: str) -> LayerQuant | None:
+    bits = fields.bits if fields.bits is not None else base.bits
+    assert bits is not None, "base overrides always carry bits"
+    if bits >= UNQUANTIZED_BITS:
+        return None
+    group = fields.group_size if fields.group_size is not None else base.group_size
+    sym = fields.sym if fields.sym is not None else base.sym
+    act_order = fields.act_order if fields.act_order is not None else base.act_order
+    try:
+        scheme = Scheme(bits, -1 if group is None else group, True if sym is None else sym)
+    except SchemeError as exc:
+        raise ConfigError(f"{config.source}: {source}: {exc}") from None
+    return LayerQuant(scheme, config.packed_format, bool(act_order), source)
+
+
+def check_moe_name(name: str) -> None:
+    """Refuse a fused-experts module or tensor name (``experts``, ``experts.gate_up_proj``) with MoELayoutError.
+
+    Per-expert linears (``experts.<index>.<proj>``) pass: each is an ordinary linear layer.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part != "experts":
+            continue
+        following = parts[i + 1] if i + 1 < len(parts) else None
+        if following is None or not following.isdigit():
+            raise MoELayoutError(
+                f"MoE layout not supported: {name!r} is a fused-experts module or tensor (all experts in one); "
+                "wna16 serves experts written as per-expert linears 'experts.<index>.<proj>'"
+            )
+
+
+def resolve_layer(config: QuantConfig, name: str) -> tuple[LayerQuant | None, str]:
+    """The stored scheme of the linear layer ``name`` (runtime name after any remap) and the rule that decided."""
+    check_moe_name(name)
+    for entry in config.modules_to_not_convert:
+        if names_component_run(entry, name):
+            return None, f"modules_to_not_convert entry {entry!r}"
+    exact = config.extra_config.get(name)
+    if exact is not None and not is_regex_key(name):
+        return _explained(config, exact, config.defaults, f"extra_config exact key {name!r}")
+    scope = _out_of_scope(config, name)
+    base = config.defaults if scope is None else Override(UNQUANTIZED_BITS, -1, True, False)
+    for key, pattern in config.regex_keys:
+        if pattern.search(name) is not None:
+            return _explained(config, config.extra_config[key], base, f"regex key {key!r}")
+    if scope is not None:
+        return None, scope
+    for rule in config.dynamic:
+        if rule.pattern.match(name) is not None:
+            if rule.skip:
+                return None, f"dynamic rule {rule.key!r}"
+            return _explained(config, rule.override, config.defaults, f"dynamic rule {rule.key!r}")
+    return _explained(config, config.defaults, config.defaults, "default")
+
+
+def _explained(config: QuantConfig, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:
+    layer = _layer(config, fields, base, source)
+    return layer, source if layer is not None else f"{source} (bits >= {UNQUANTIZED_BITS})"
+
+
+def _out_of_scope(config: QuantConfig, name: str) -> str | None:
+    """Why ``name`` lies outside the quantized part of the model, or None if it is inside."""
+    if config.block_prefixes and not any(covers(p, name) for p in config.block_prefixes):
+        return f"outside every block_name_to_quantize prefix {list(config.block_prefixes)}"
+    if name.rsplit(".", 1)[-1] == "lm_head" and not config.lm_head and not config.block_prefixes:
+        return "lm_head (not quantized unless the config says so)"
+    if config.modules_in_block and not any(p.search(name) for p in config.modules_in_block):
+        return "no modules_in_block_to_quantize entry matches"
+    return None
+
+
+def fuse(parts: Sequence[tuple[str, LayerQuant | None]]) -> LayerQuant | None:
+    """One resolution for a fused module from its parts (name, resolution): they must agree on scheme, layout and act
+    order, since a single kernel serves their concatenation along N. All unquantized gives ``None``.
+    """
+    if not parts:
+        raise ConfigError("fused module: no parts given")
+    layers = [layer for _, layer in parts]
+    first = layers[0]
+    same = all(
+        (a is None) == (first is None)
+        and (
+            a is None
+            or first is None
+            or (a.scheme, a.packed_format, a.act_order) == (first.scheme, first.packed_format, first.act_order)
+        )
+        for a in layers
+    )
+    if not same:
+        described = "; ".join(f"{name}: {'unquantized' if q is None else q}" for name, q in parts)
+        raise ConfigError(f"fused module parts disagree (one kernel serves them all, so they must match): {described}")
+    if first is None:
+        return None
+    names = ", ".join(name for name, _ in parts)
+    return LayerQuant(first.scheme, first.packed_format, first.act_order, f"fused from {names}: {first.source}")
+
+
+def concat_out(parts: Sequence[tuple[str, QuantizedWeight]], name: str = "fused") -> QuantizedWeight:
+    """The weight of a fused module: its parts' weights concatenated along N (``out_features``), in part order.
+
+    The parts must share scheme, in_features, scale dtype and group map (``g_idx``): one kernel call with one
+    activation serves them all. A mismatch names every part (:class:`~wna16.errors.CheckpointError`).
+    """
+    if not parts:
+        raise CheckpointError(f"{name}: no parts to concatenate")
+    first = parts[0][1]
+
+    def key(w: QuantizedWeight) -> tuple[object, ...]:
+        return (w.scheme, w.in_features, w.scales.dtype, w.num_groups)
+
+    g_first = first.group_index()
+    if any(key(w) != key(first) or not torch.equal(w.group_index(), g_first) for _, w in parts):
+        described = "; ".join(
+            f"{n}: {w.scheme} K={w.in_features} scales {str(w.scales.dtype).removeprefix('torch.')}"
+            f"{' act-order' if w.act_order else ''}"
+            for n, w in parts
+        )
+        raise CheckpointError(f"{name}: parts cannot be concatenated along N (they must match): {described}")
+    return QuantizedWeight(
+        scheme=first.scheme,
+        in_features=first.in_features,
+        out_features=sum(w.out_features for _, w in parts),
+        qweight=torch.cat([w.qweight for _, w in parts], dim=1),
+        zeros=torch.cat([w.zeros for _, w in parts], dim=1),
+        scales=torch.cat([w.scales for _, w in parts], dim=1),
+        g_idx=first.g_idx,
+        name=name,
+    )
+
+
+def fused_parts(name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES) -> tuple[str, ...] | None:
+    """The checkpoint module names a runtime fused module ``name`` concatenates, or None if it is not fused."""
+    head, _, last = name.rpartition(".")
+    parts = packed_modules.get(last)
+    if parts is None:
+        return None
+    return tuple(f"{head}.{p}" if head else p for p in parts)
+
+
+def resolve_module(
+    config: QuantConfig, name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
+) -> LayerQuant | None:
+    """Resolve a runtime module that may be fused (``...qkv_proj``): its parts are resolved and :func:`fuse`-d.
+
+    A fused name that the config itself lists (some checkpoints are written fused) resolves directly.
+    """
+    check_moe_name(name)
+    parts = fused_parts(name, packed_modules)
+    if parts is None or name in config.extra_config:
+        return resolve_layer(config, name)[0]
+    return fuse([(part, resolve_layer(config, part)[0]) for part in parts])
