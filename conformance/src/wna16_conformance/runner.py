@@ -1,0 +1,174 @@
+"""The per-session context (backends under test, device, profile, filters) and the per-test runner the checks use.
+
+The runner owns the three things every conformance test shares: drawing cases (hypothesis, or the one case named by
+``--wna16-case``), recording each case's result for the report, and failing with a one-line repro that names the
+cell, the spec and the seed and gives the command that reruns exactly that case.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+from wna16.protocol import Availability, Backend, Capability, LayerSpec, describe_spec
+from wna16_conformance.cells import Cell, Target
+from wna16_conformance.checks import FAILED, SKIPPED, CaseResult
+from wna16_conformance.data import Case
+from wna16_conformance.filters import Decision, FilterEntry
+from wna16_conformance.strategies import cases, k_unit, min_k, n_unit
+
+PROFILES: dict[str, settings] = {
+    # Derandomized, fixed examples per cell, no deadline, no database, no shrinking: same cases on every run and
+    # for any number of xdist workers; the repro line replaces the shrunk example.
+    "ci": settings(
+        max_examples=4, derandomize=True, deadline=None, database=None, phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=list(HealthCheck), print_blob=False,
+    ),
+    "dev": settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck)),
+    "thorough": settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck)),
+}  # fmt: skip
+
+
+class ConformanceFailure(AssertionError):
+    """A case failed; the message is the one-line repro."""
+
+
+PROPERTY = "wna16"
+"""Key of the user property that carries a test's record from a worker to the controller."""
+
+
+@dataclass
+class BackendUnderTest:
+    """A backend as the suite knows it: the instance, where it came from, whether it runs here."""
+
+    name: str
+    spec: str  # what --wna16-backend said (or the entry-point name)
+    backend: Backend
+    distribution: str
+    version: str
+    availability: Availability
+    filters: list[FilterEntry] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Everything the session decided at configure time."""
+
+    backends: list[BackendUnderTest]
+    device: str
+    profile: str
+    max_dim: int | None
+    filters: list[FilterEntry]
+    filter_args: list[str]
+    replay: Case | None
+
+    def entries_for(self, b: BackendUnderTest) -> list[FilterEntry]:
+        """Filter entries that may apply to ``b``: its own file and the command-line files."""
+        return [*b.filters, *self.filters]
+
+
+class Runner:
+    """Runs the cases of one test and records them; see the module docstring."""
+
+    def __init__(self, ctx: Context, b: BackendUnderTest, target: Target, decision: Decision, item: pytest.Item):
+        self.ctx, self.b, self.target, self.decision, self.item = ctx, b, target, decision, item
+        self.results: list[CaseResult] = []
+        self.repro: str | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend under test."""
+        return self.b.backend
+
+    @property
+    def cell(self) -> Cell:
+        """The cell of this test."""
+        return self.target.cell
+
+    @property
+    def multiplier(self) -> float:
+        """Tolerance multiplier from the filters (1 without one)."""
+        return self.decision.multiplier
+
+    def spec(self, k: int, n: int, bias: bool = False, **kw: object) -> LayerSpec:
+        """The layer spec of this cell at (K, N) on the device under test."""
+        c = self.cell
+        return LayerSpec(k, n, c.scheme, c.dtype, c.act_order, bias, self.ctx.device, **kw)  # type: ignore[arg-type]
+
+    def rule(self) -> Capability | None:
+        """The capability that claims this cell at its smallest aligned shape (``None``: the cell is refused)."""
+        for rule in self.backend.capabilities:
+            unit = k_unit(self.cell, rule)
+            spec = self.spec(min_k(self.cell, unit), n_unit(rule))
+            if not rule.reasons(spec) and self.backend.check(spec):
+                return rule
+        return None
+
+    def unavailable(self) -> str:
+        """Why cases that compute cannot run here (``""`` when they can)."""
+        a = self.b.availability
+        return "" if a else f"backend {self.b.name!r} unavailable on {self.ctx.device}: {a.reason}"
+
+    def record(self, case: Case, results: Sequence[CaseResult]) -> None:
+        """Keep ``results`` (deduplicated by key: hypothesis replays a failing example) and fail on the first
+        failure with the repro line."""
+        known = {r.key for r in self.results}
+        self.results += [r for r in results if r.key not in known]
+        failed = next((r for r in results if r.outcome == FAILED), None)
+        if failed is not None:
+            self.repro = self.repro_line(case, failed)
+            raise ConformanceFailure(self.repro)
+
+    def draw(self, body: Callable[[Case], None], rule: Capability | None) -> None:
+        """Run ``body`` on the hypothesis cases of this cell (or on the ``--wna16-case`` one)."""
+        if self.ctx.replay is not None:
+            body(self.ctx.replay)
+            return
+        strategy = cases(self.cell, rule, self.ctx.max_dim)
+        given(strategy)(settings(PROFILES[self.ctx.profile])(body))()
+
+    def fixed(self, body: Callable[[Case], None], fixed_cases: Sequence[Case]) -> None:
+        """Run ``body`` on fixed cases (edge values, slices), or on the ``--wna16-case`` one."""
+        for case in [self.ctx.replay] if self.ctx.replay is not None else fixed_cases:
+            body(case)
+
+    def finish(self) -> None:
+        """Skip the test (never pass it) when no case could compute or be refused here."""
+        if self.results and all(r.outcome == SKIPPED for r in self.results):
+            pytest.skip(self.results[0].message)
+
+    def repro_line(self, case: Case, failed: CaseResult) -> str:
+        """One line: what failed, the spec, the case with its seed, and the command that reruns only this case."""
+        spec = self.spec(case.k, case.n, case.bias)
+        cmd = [sys.executable, "-m", "pytest", f"{self.item.path}::{self.item.name}", "-p", "no:randomly"]
+        cmd += [f"--wna16-backend={self.b.spec}", f"--wna16-device={self.ctx.device}"]
+        cmd += [f"--wna16-profile={self.ctx.profile}", *(f"--wna16-filter={f}" for f in self.ctx.filter_args)]
+        if self.ctx.max_dim is not None:
+            cmd.append(f"--wna16-max-dim={self.ctx.max_dim}")
+        cmd.append(f"--wna16-case={case.key}")
+        return (
+            f"wna16 conformance FAILED {self.b.name} {self.target.test_name} [{failed.key}]: {failed.message} | "
+            f"spec: {describe_spec(spec)} | case: {case.key} (seed {case.seed}) | rerun: {shlex.join(cmd)}"
+        )
+
+    def as_property(self) -> str:
+        """The JSON record the report is built from."""
+        record = {
+            "backend": self.b.name,
+            "test": self.target.test_name,
+            "cell": self.cell.id,
+            "check": self.target.check,
+            "cases": [
+                {"key": r.key, "outcome": r.outcome, "ratio": r.ratio, "message": r.message} for r in self.results
+            ],
+            "multiplier": self.multiplier,
+            "filters": [e.id for e in self.decision.applied],
+            "repro": self.repro,
+        }
+        return json.dumps(record, allow_nan=True)

@@ -1,0 +1,69 @@
+"""Tensor-parallel slices per :mod:`wna16.partition`: an N-slice yields its columns of the full output; a K-slice
+yields a partial sum (bias only on the slice with ``adds_bias``) and the partial sums add up to the full output.
+A backend that does not declare ``k_slices`` must refuse K-slices."""
+
+from __future__ import annotations
+
+import torch
+
+from wna16.partition import Shard, shard_bias, shard_weight
+from wna16.tolerance import bound, reference_output
+from wna16_conformance import checks
+from wna16_conformance.checks import FAILED, PASSED, SKIPPED, CaseResult
+from wna16_conformance.data import Case, Inputs, make_inputs
+from wna16_conformance.runner import Runner
+from wna16_conformance.strategies import n_unit
+
+FULL_K, SMALL_K, SLICES = 512, 256, 2
+"""K of the full layer (SMALL_K under a --wna16-max-dim below FULL_K): two K-slices on group and 3-bit word bounds."""
+
+
+def test_tensor_parallel(wna16: Runner) -> None:
+    nu = n_unit(wna16.rule())
+    n = nu * SLICES * -(-128 // (nu * SLICES))
+    k = FULL_K if (wna16.ctx.max_dim or FULL_K) >= FULL_K else SMALL_K
+
+    def body(case: Case) -> None:
+        full = make_inputs(wna16.cell, case)
+        results: list[CaseResult] = []
+        if wna16.unavailable():
+            wna16.record(case, [CaseResult(case.key, SKIPPED, None, wna16.unavailable())])
+            return
+        n_part = case.n // SLICES
+        for i in range(SLICES):
+            shard = Shard(case.k, case.n, 0, i * n_part)
+            spec = wna16.spec(case.k, n_part, case.bias, shard=shard)
+            part = Inputs(
+                shard_weight(full.weight, shard, case.k, n_part), full.x, shard_bias(full.bias, shard, n_part)
+            )
+            key = f"{case.key}|n-slice{i}"
+            results.append(checks.case(wna16.backend, spec, part, key, wna16.multiplier))
+        k_part = case.k // SLICES
+        partials: list[torch.Tensor] = []
+        bounds = torch.zeros(())
+        for i in range(SLICES):
+            shard = Shard(case.k, case.n, i * k_part, 0, adds_bias=i == 0)
+            spec = wna16.spec(k_part, case.n, case.bias, shard=shard)
+            x = full.x[..., i * k_part : (i + 1) * k_part].contiguous()
+            part = Inputs(shard_weight(full.weight, shard, k_part, case.n), x, full.bias)
+            key = f"{case.key}|k-slice{i}"
+            if not wna16.backend.check(spec):
+                results.append(checks.refusal(wna16.backend, spec, part, key))
+                continue
+            result, y = checks.compute(wna16.backend, spec, part, key, wna16.multiplier)
+            results.append(result)
+            if y is not None:
+                partials.append(y.to(torch.float64))
+                rule = wna16.backend.check(spec).rule
+                assert rule is not None
+                bounds = bounds + bound(x, part.weight, rule, full.bias if spec.adds_bias else None)
+        if len(partials) == SLICES:
+            ref = reference_output(full.x, full.weight, full.bias)
+            ratio = float(((sum(partials) - ref).abs() / bounds).max())
+            ok = ratio <= wna16.multiplier
+            message = "" if ok else f"sum of K-slices: error/bound ratio {ratio:.3g} > {wna16.multiplier:g}"
+            results.append(CaseResult(f"{case.key}|k-sum", PASSED if ok else FAILED, ratio, message))
+        wna16.record(case, results)
+
+    wna16.fixed(body, [Case(5, k, n, False, True, "fp16", 31), Case(2, k, n, True, True, "bf16", 32)])
+    wna16.finish()

@@ -1,0 +1,271 @@
+"""Deliberately broken backends (and two correct ones) that prove the suite catches real bug classes.
+
+Each broken backend wraps the reference backend: it declares what the reference declares (unless the bug is in the
+declaration) and computes ``x @ W^T + b`` in float32 from a dequantized weight with exactly one bug planted. They are
+loaded by the suite as ``planted:NAME`` with this folder on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import torch
+
+from wna16.protocol import Capability, LayerSpec, PreparedLinear
+from wna16.weight import QuantizedWeight
+from wna16_reference import ReferenceBackend
+
+REF_RULE = ReferenceBackend.capabilities[0]
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def parts(weight: QuantizedWeight) -> Parts:
+    """(codes [K, N], zeros [G, N], scales [G, N], group [K]) as float32/int64 CPU tensors."""
+    w = weight.to("cpu")
+    return w.codes().float(), w.zeros.float(), w.scales.float(), w.group_index()
+
+
+def dequant(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """W^T [K, N] = s[g(k)] * (q - z[g(k)])."""
+    return scales[group] * (codes - zeros[group])
+
+
+class Linear:
+    """``x @ wt + b`` in float32, with hooks for bugs in the call itself."""
+
+    def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None, device: str) -> None:
+        self.wt, self.device = wt.to(device), device
+        self.bias = None if bias is None else bias.float().to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(-1, x.shape[-1]).float() @ self.wt
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.wt.shape[1])
+
+
+class Planted(ReferenceBackend):
+    """Base of the broken backends: ``wt`` builds the (buggy) W^T; ``adds_bias`` decides about the bias."""
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        return dequant(*parts(weight))
+
+    def adds_bias(self, spec: LayerSpec) -> bool:
+        return spec.adds_bias
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        return Linear(self.wt(weight, spec), bias if self.adds_bias(spec) else None, spec.device)
+
+
+class ZeroOffByOne(Planted):
+    name = "zero-off-by-one"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        return dequant(codes, zeros + 1, scales, group)
+
+
+class LastGroupScaleReused(Planted):
+    """The last group is scaled with the previous group's scale (a loop bound off by one)."""
+
+    name = "last-group-scale-reused"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        if scales.shape[0] > 1:
+            scales = scales.clone()
+            scales[-1] = scales[-2]
+        return dequant(codes, zeros, scales, group)
+
+
+class TileSpansGroups(Planted):
+    """A BLOCK_K=128 tile looks up scale and zero once, for its first row, even when it spans several groups."""
+
+    name = "tile-spans-groups"
+    block_k = 128
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        first_row = torch.arange(codes.shape[0]) // self.block_k * self.block_k
+        return dequant(codes, zeros, scales, group[first_row])
+
+
+class CodeFlippedAtLargeK(Planted):
+    """At K >= 4096 one code per column has its top bit flipped (row n mod K of column n)."""
+
+    name = "code-flipped-at-large-k"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        k, n = codes.shape
+        if k >= 4096:
+            rows, cols = torch.arange(n) % k, torch.arange(n)
+            codes = codes.clone()
+            codes[rows, cols] = (codes[rows, cols].long() ^ (1 << (weight.scheme.bits - 1))).float()
+        return dequant(codes, zeros, scales, group)
+
+
+class BiasDropped(Planted):
+    name = "bias-dropped"
+
+    def adds_bias(self, spec: LayerSpec) -> bool:
+        return False
+
+
+class BiasTwiceOnKSlices(Planted):
+    """Every K-slice adds the bias, so the summed partials carry it once per slice."""
+
+    name = "bias-twice-on-k-slices"
+
+    def adds_bias(self, spec: LayerSpec) -> bool:
+        return spec.bias
+
+
+class Fp16Accumulation(Planted):
+    """Declares fp32 accumulation but sums 256-row partial products in fp16: overflows at large K."""
+
+    name = "fp16-accumulation"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = Linear(self.wt(weight, spec), bias if spec.adds_bias else None, spec.device)
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            acc = torch.zeros(x2.shape[0], inner.wt.shape[1], dtype=torch.float16, device=x.device)
+            for start in range(0, x2.shape[1], 256):
+                acc += (x2[:, start : start + 256] @ inner.wt[start : start + 256]).half()
+            y = acc.float() + (inner.bias if inner.bias is not None else 0)
+            return y.to(x.dtype).reshape(*x.shape[:-1], inner.wt.shape[1])
+
+        return call
+
+
+class WrongForMultiRow(Planted):
+    """The GEMM path (M > 1) reads the scales of the neighbouring column; the GEMV path (M == 1) is right."""
+
+    name = "wrong-for-m-gt-1"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        codes, zeros, scales, group = parts(weight)
+        gemv = Linear(dequant(codes, zeros, scales, group), bias if spec.adds_bias else None, spec.device)
+        gemm = Linear(dequant(codes, zeros, scales.roll(1, dims=1), group), gemv.bias, spec.device)
+        return lambda x: gemv(x) if x.reshape(-1, x.shape[-1]).shape[0] == 1 else gemm(x)
+
+
+class WrongFor3Bit(Planted):
+    """3-bit unpacking drops the bits of codes 10 and 21 that straddle a word boundary."""
+
+    name = "wrong-for-3-bit"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        if weight.scheme.bits == 3:
+            lane = torch.arange(codes.shape[0]) % 32
+            c = codes.long()
+            c[lane == 10] &= 0b011
+            c[lane == 21] &= 0b001
+            codes = c.float()
+        return dequant(codes, zeros, scales, group)
+
+
+class ClaimsG32ComputesG64(Planted):
+    """Claims group size 32 only, but computes with groups of 64 rows."""
+
+    name = "claims-g32-computes-g64"
+    capabilities = (dataclasses.replace(REF_RULE, group_sizes=frozenset({32}), act_order=False),)
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, _ = parts(weight)
+        return dequant(codes, zeros, scales, torch.arange(codes.shape[0]) // 64)
+
+
+class ClaimsEverythingReturnsZeros(Planted):
+    """Claims every spec, computes only 4-bit and returns zeros where it cannot."""
+
+    name = "claims-everything-returns-zeros"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        if weight.scheme.bits != 4:
+            return torch.zeros(weight.in_features, weight.out_features)
+        return dequant(*parts(weight))
+
+
+class MutatesInput(Planted):
+    """Computes the right answer, then scales ``x`` in place (a fused pre-scaling kernel writing to its input)."""
+
+    name = "mutates-input"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            y = inner(x)
+            x.mul_(0.5)
+            return y
+
+        return call
+
+
+class PrepareIgnoresCheck(Planted):
+    """Declares 4-bit only, but its ``prepare`` computes whatever it is given (refusal honesty)."""
+
+    name = "prepare-ignores-check"
+    capabilities = (dataclasses.replace(REF_RULE, bits=frozenset({4})),)
+
+    def prepare(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None = None) -> PreparedLinear:
+        return self.build(weight, spec, bias)
+
+
+class CrashesInOneCell(Planted):
+    """Kills the process (``os.abort``) when prepared for 2-bit g32 symmetric fp16, as a segfaulting kernel would."""
+
+    name = "crashes-in-one-cell"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        s = spec.scheme
+        if (s.bits, s.group_size, s.sym, spec.dtype, spec.act_order) == (2, 32, True, torch.float16, False):
+            os.abort()
+        return super().build(weight, spec, bias)
+
+
+class RestrictedParamRounding(Planted):
+    """A *correct* narrow backend: 4/8-bit, groups 32-128, fp16/bf16, K % 64, N % 32, no act order, no K-slices;
+    it rounds scales and zero terms to the activation dtype (declared: ``param_dtype=None``). Must pass, with every
+    spec outside the declaration refused."""
+
+    name = "restricted-param-rounding"
+    capabilities = (
+        Capability(
+            bits=frozenset({4, 8}), dtypes=frozenset({torch.float16, torch.bfloat16}),
+            group_sizes=frozenset({32, 64, 128}), sym=True, asym=True, devices=frozenset({"cpu"}), param_dtype=None,
+            k_multiple=64, n_multiple=32,
+        ),
+    )  # fmt: skip
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        codes, zeros, scales, group = parts(weight)
+        c, dt = float(weight.scheme.center), spec.dtype
+        s = scales.to(dt)[group]  # scales rounded to the activation dtype
+        zero_term = (((c - zeros) * scales).to(dt))[group]  # (c - z) * s rounded to the activation dtype
+        wt = (s.float() * (codes - c)).to(dt).float() + zero_term.float()
+        return Linear(wt, bias if spec.adds_bias else None, spec.device)
+
+
+BROKEN: dict[str, Callable[[], Planted]] = {
+    cls.__name__: cls
+    for cls in (
+        ZeroOffByOne, LastGroupScaleReused, TileSpansGroups, CodeFlippedAtLargeK, BiasDropped, BiasTwiceOnKSlices,
+        Fp16Accumulation, WrongForMultiRow, WrongFor3Bit, ClaimsG32ComputesG64, ClaimsEverythingReturnsZeros,
+        MutatesInput, PrepareIgnoresCheck,
+    )
+}  # fmt: skip
+"""Every broken backend the suite must catch (the crashing one is tested on its own, under xdist)."""
+
+
+class WrongFor3BitFiltered(WrongFor3Bit):
+    """The 3-bit bug, recorded in the filter file the backend ships: its 3-bit tests must show as skipped."""
+
+    name = "wrong-for-3-bit-filtered"
+    conformance_filter = "filters/skip-3bit.toml"

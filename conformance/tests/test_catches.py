@@ -1,0 +1,95 @@
+"""Proof that the suite can fail: every planted bug is caught in the ci profile, and correct backends pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from planted import BROKEN
+from suite_run import SuiteRun, run_suite
+
+SELECTION = "w3g32sym-fp16 or w4g128asym-fp16 or w4g128sym-fp16 or w4g64asym-fp16"
+"""Cells run against every broken backend: numerics, edges (large K included), hygiene and tensor-parallel tests."""
+
+EXPECTED: dict[str, tuple[str, str]] = {
+    # backend class: (check that must fail, substring of a failing test name)
+    "ZeroOffByOne": ("numerics", "w4g128asym-fp16"),
+    "LastGroupScaleReused": ("numerics", "w4g128asym-fp16"),
+    "TileSpansGroups": ("numerics", "w3g32sym-fp16"),
+    "CodeFlippedAtLargeK": ("edges", "large-k-w4g128asym-fp16"),
+    "BiasDropped": ("edges", "w4g128asym-fp16"),
+    "BiasTwiceOnKSlices": ("tensor_parallel", "w4g64asym-fp16"),
+    "Fp16Accumulation": ("edges", "large-k-cancellation-w4g128sym-fp16"),
+    "WrongForMultiRow": ("numerics", "w4g128asym-fp16"),
+    "WrongFor3Bit": ("numerics", "w3g32sym-fp16"),
+    "ClaimsG32ComputesG64": ("numerics", "w3g32sym-fp16"),
+    "ClaimsEverythingReturnsZeros": ("numerics", "w3g32sym-fp16"),
+    "MutatesInput": ("hygiene", "w4g128asym-fp16"),
+    "PrepareIgnoresCheck": ("numerics", "w3g32sym-fp16"),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
+    tmp = tmp_path_factory.mktemp("broken")
+    return run_suite(tmp, [f"planted:{name}" for name in BROKEN], "-k", SELECTION)
+
+
+def test_every_planted_bug_is_listed() -> None:
+    assert set(EXPECTED) == set(BROKEN)
+
+
+@pytest.mark.parametrize("cls", sorted(EXPECTED))
+def test_broken_backend_is_caught(broken_run: SuiteRun, cls: str) -> None:
+    assert broken_run.rc == 1, broken_run.output[-3000:]
+    name = BROKEN[cls]().name
+    check, where = EXPECTED[cls]
+    failing = {t: v for t, v in broken_run.tests(name).items() if v["outcome"] == "failed"}
+    assert any(t.startswith(f"{check}[") and where in t for t in failing), sorted(failing)
+    assert all(v["repro"] and "--wna16-case=" in v["repro"] and "seed" in v["repro"] for v in failing.values())
+    for test, summary in failing.items():
+        assert "FAILED" in broken_run.output and summary["test"] == test
+
+
+def test_broken_failures_carry_ratios(broken_run: SuiteRun) -> None:
+    worst = {BROKEN[c]().name: broken_run.backend(BROKEN[c]().name)["worst_ratio"] for c in EXPECTED}
+    numeric = ("ZeroOffByOne", "LastGroupScaleReused", "TileSpansGroups", "CodeFlippedAtLargeK", "WrongFor3Bit")
+    for cls in numeric:
+        ratio = worst[BROKEN[cls]().name]
+        assert ratio == "inf" or ratio > 2, (cls, ratio)
+
+
+def test_correct_backends_pass(tmp_path: Path) -> None:
+    """The reference (fp32 params) and a narrow backend that rounds its scales to the activation dtype and refuses
+    everything outside its declaration both pass; the narrow one's refusals are counted."""
+    run = run_suite(tmp_path, ["reference", "planted:RestrictedParamRounding"], "-k", SELECTION)
+    assert run.rc == 0, run.output[-3000:]
+    restricted = run.backend("restricted-param-rounding")
+    assert restricted["totals"]["failed"] == 0
+    assert restricted["totals"]["refused"] > 0 and restricted["totals"]["passed"] > 0
+    assert run.backend("reference")["totals"]["passed"] > 0
+    for b in ("reference", "restricted-param-rounding"):
+        assert 0 < run.backend(b)["worst_ratio"] <= 1
+
+
+def test_crash_in_one_cell_fails_that_cell_and_the_run_completes(tmp_path: Path) -> None:
+    run = run_suite(tmp_path, ["planted:CrashesInOneCell"], "-k", "w2g32sym-fp16 or w4g128asym-fp16")
+    assert run.rc == 1, run.output[-3000:]
+    assert "crashed" in run.output
+    cells = {c["cell"]: c for c in run.backend("crashes-in-one-cell")["cells"]}
+    assert cells["w2g32sym-fp16"]["failed"] == 1
+    assert cells["w2g32sym-fp16"]["tests"][0]["message"] == "process crashed (worker restarted)"
+    others = [c for name, c in cells.items() if name != "w2g32sym-fp16"]
+    assert others and all(c["failed"] == 0 and c["passed"] > 0 for c in others)
+    assert "w2g32sym-fp16-actorder" in cells  # tests after the crash ran
+
+
+def test_filter_file_shipped_by_backend_turns_failures_into_skips(tmp_path: Path) -> None:
+    run = run_suite(tmp_path, ["planted:WrongFor3BitFiltered"], "-k", "w3g32sym-fp16 or w4g128asym-fp16")
+    assert run.rc == 0, run.output[-3000:]
+    tests = run.tests("wrong-for-3-bit-filtered")
+    three_bit = {t: v for t, v in tests.items() if "w3g32" in t}
+    assert three_bit and all(v["outcome"] == "skipped" and v["passed"] == 0 for v in three_bit.values())
+    assert all(v["filters"] == ["skip-3bit.toml:skip[0]"] for v in three_bit.values())
+    assert "SKIPPED" in run.output and "3-bit unpacking is wrong" in run.output
+    assert any(v["outcome"] == "passed" for t, v in tests.items() if "w4g128" in t)

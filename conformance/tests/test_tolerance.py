@@ -1,0 +1,133 @@
+"""The error model (wna16.tolerance): correct kernels stay under the bound, planted bugs exceed it by a wide margin.
+
+The kernel emulated here computes like torch's CPU int4 kernel: the weight dequantized as ``(q - c) * s + (c - z) * s``
+with every term rounded to bf16, fp32 accumulation, bf16 output (declared: param bf16, accum fp32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from planted import RestrictedParamRounding
+
+from wna16 import Scheme
+from wna16.errors import UnsupportedError
+from wna16.protocol import LayerSpec
+from wna16.reference import dequantize
+from wna16.tolerance import C2, C3, Precision, bound, error_ratio, error_ratios, reference_output, unit_roundoff
+from wna16.weight import QuantizedWeight
+from wna16_reference import ReferenceBackend
+
+BF16_KERNEL = Precision(torch.bfloat16, torch.float32, torch.bfloat16)
+
+
+def weight(
+    k: int = 4096, n: int = 64, bits: int = 4, group: int = 128, sym: bool = False, seed: int = 0
+) -> QuantizedWeight:
+    gen = torch.Generator().manual_seed(seed)
+    s = Scheme(bits, group, sym)
+    g = s.num_groups(k)
+    codes = torch.randint(0, 1 << bits, (k, n), generator=gen)
+    zeros = torch.full((g, n), s.center) if sym else torch.randint(0, 1 << bits, (g, n), generator=gen)
+    scales = ((0.5 + torch.rand(g, n, generator=gen)) / (s.center * math.sqrt(k))).to(torch.bfloat16)
+    return QuantizedWeight.from_codes(s, codes, zeros, scales)
+
+
+def bf16_kernel(w: QuantizedWeight, x: torch.Tensor, codes: torch.Tensor | None = None, zeros=None, scales=None):
+    q = (w.codes() if codes is None else codes).float()
+    z = (w.zeros if zeros is None else zeros).float()
+    s = (w.scales if scales is None else scales).float()
+    group, c = w.group_index(), float(w.scheme.center)
+    term = ((q - c) * s[group]).bfloat16().float()
+    zero_term = ((c - z) * s).bfloat16().float()[group]
+    wt = (term + zero_term).bfloat16().float()
+    return (x.float() @ wt).to(x.dtype)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[QuantizedWeight, torch.Tensor]:
+    w = weight()
+    x = torch.randn(8, w.in_features, generator=torch.Generator().manual_seed(1)).bfloat16()
+    return w, x
+
+
+def test_constants_and_unit_roundoff() -> None:
+    assert (C2, C3) == (1.0, 3.0)
+    assert unit_roundoff(torch.float16) == 2.0**-11
+    assert unit_roundoff(torch.bfloat16) == 2.0**-8
+    assert unit_roundoff(torch.float32) == 2.0**-24
+
+
+def test_correct_bf16_kernel_passes_and_bugs_fail_by_a_wide_margin(setup) -> None:
+    w, x = setup
+    correct = error_ratio(bf16_kernel(w, x), x, w, BF16_KERNEL)
+    zero_off = error_ratio(bf16_kernel(w, x, zeros=w.zeros + 1), x, w, BF16_KERNEL)
+    last = w.scales.clone()
+    last[-1] = last[-2]
+    last_group = error_ratio(bf16_kernel(w, x, scales=last), x, w, BF16_KERNEL)
+    flipped = w.codes().clone()
+    cols = torch.arange(w.out_features)
+    flipped[cols * 37 % w.in_features, cols] ^= 1 << (w.scheme.bits - 1)
+    flip = error_ratio(bf16_kernel(w, x, codes=flipped), x, w, BF16_KERNEL)
+    print(f"K=4096 bf16: correct {correct:.3f}, zero+1 {zero_off:.1f}, last group {last_group:.1f}, flip {flip:.1f}")
+    assert correct < 0.7
+    assert zero_off > 4 and last_group > 4 and flip > 2
+
+
+def test_declaring_fp32_params_while_rounding_to_bf16_fails(setup) -> None:
+    w, x = setup
+    y = bf16_kernel(w, x)
+    assert error_ratio(y, x, w, Precision(torch.bfloat16, torch.float32, torch.float32)) > 1
+    assert error_ratio(y, x, w, BF16_KERNEL) < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_reference_backend_within_bound(dtype: torch.dtype, bits: int) -> None:
+    w = weight(k=1024, n=32, bits=bits, sym=bits == 3)
+    x = torch.randn(3, 2, 1024, generator=torch.Generator().manual_seed(bits)).to(dtype)
+    b = torch.randn(32, generator=torch.Generator().manual_seed(9)).to(dtype)
+    backend = ReferenceBackend()
+    spec = LayerSpec.of(w, dtype, bias=True)
+    y = backend.prepare(w, spec, b)(x)
+    ratios = error_ratios(y, x, w, Precision.for_backend(backend, spec), b)
+    assert ratios.shape == (3, 2, 32) and float(ratios.max()) <= 1
+    assert error_ratio(y, x, w, Precision.for_backend(backend, spec), None) > 1  # the bias is in the reference
+
+
+def test_reference_output_is_the_oracle_in_float64() -> None:
+    w = weight(k=256, n=16)
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(3)).half()
+    expected = x.double() @ dequantize(w).double().t()
+    assert torch.equal(reference_output(x, w), expected)
+
+
+def test_bound_grows_with_the_declared_precisions() -> None:
+    w = weight(k=512, n=8)
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(4)).half()
+    tight = bound(x, w, Precision(torch.float16, torch.float32, torch.float32))
+    loose_acc = bound(x, w, Precision(torch.float16, torch.float16, torch.float32))
+    loose_param = bound(x, w, Precision(torch.float16, torch.float32, torch.float16))
+    assert bool((loose_acc > tight).all()) and bool((loose_param > tight).all()) and bool((tight > 0).all())
+
+
+def test_non_finite_output_is_infinitely_wrong_and_shape_is_checked(setup) -> None:
+    w, x = setup
+    y = bf16_kernel(w, x)
+    y[0, 0] = float("nan")
+    assert error_ratio(y, x, w, BF16_KERNEL) == math.inf
+    with pytest.raises(ValueError, match="shape"):
+        error_ratio(y[:, :-1], x, w, BF16_KERNEL)
+
+
+def test_precision_of_a_capability_and_of_a_refused_spec() -> None:
+    backend = RestrictedParamRounding()
+    spec = LayerSpec(128, 64, Scheme(4, 64, True), torch.bfloat16)
+    assert Precision.for_backend(backend, spec) == Precision(torch.bfloat16, torch.float32, torch.bfloat16)
+    refused = LayerSpec(128, 64, Scheme(3, 64, True), torch.bfloat16)
+    with pytest.raises(ValueError, match="does not claim"):
+        Precision.for_backend(backend, refused)
+    with pytest.raises(UnsupportedError):
+        backend.prepare(weight(k=128, n=64, bits=3, group=64, sym=True), refused)
