@@ -1,0 +1,98 @@
+"""``write_checkpoint``: a quantized checkpoint in auto-round's layout from a float state dict, through wna16's own RTN.
+
+auto-round makes real checkpoints offline only for the model classes it can load and trace (LLaMA-like LMs, FLUX); the
+other families vLLM-Omni serves (Wan2.2, Qwen-Image, the Omni thinkers, ...) and act-order checkpoints need a writer
+that produces the same files: ``config.json`` with auto-round's ``quantization_config`` (``quant_method``
+"auto-round", ``packing_format``, ``block_name_to_quantize``, ``extra_config``) and one ``model.safetensors`` with
+``<module>.qweight/qzeros/scales[/g_idx][/bias]`` per quantized linear and every other tensor as stored.
+
+Which linears are quantized, and how, is decided by wna16's own reader (:meth:`QuantConfig.resolve`) on the config
+written, so the files always say what the reader will resolve. A true zero that the chosen packing cannot store
+(0 in the v1 ``auto_round:auto_gptq`` layout) is a :class:`~wna16.errors.FormatError`, not a silently clamped zero as
+auto-round's own exporter writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from wna16.checkpoint.config import QuantConfig
+from wna16.errors import ConfigError
+from wna16.formats import get_format
+from wna16.quantize import quantize_rtn
+from wna16.reference import dequantize
+
+PACKING_FORMATS: tuple[str, ...] = ("auto_round", "auto_round:auto_gptq", "auto_round:gptqmodel", "auto_round:auto_awq")
+
+
+def quantization_config(
+    *,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    packing_format: str,
+    block_name_to_quantize: Sequence[str],
+    extra_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The ``quantization_config`` mapping auto-round 0.16 writes (same keys; ``provider`` says who wrote it)."""
+    if packing_format not in PACKING_FORMATS:
+        raise ConfigError(f"packing_format={packing_format!r}: expected one of {PACKING_FORMATS}")
+    config: dict[str, Any] = {
+        "bits": bits,
+        "block_name_to_quantize": ",".join(block_name_to_quantize),
+        "data_type": "int",
+        "group_size": group_size,
+        "packing_format": packing_format,
+        "provider": "wna16",
+        "quant_method": "auto-round",
+        "sym": sym,
+    }
+    if extra_config:
+        config["extra_config"] = {k: dict(v) for k, v in extra_config.items()}
+    return config
+
+
+def write_checkpoint(
+    folder: str | os.PathLike[str],
+    state_dict: Mapping[str, torch.Tensor],
+    quant_config: Mapping[str, Any],
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    g_idx: Mapping[str, torch.Tensor] | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> dict[str, torch.Tensor]:
+    """Write ``folder/config.json`` (``model_config`` + ``quant_config``) and ``folder/model.safetensors``.
+
+    Every 2-D floating ``<module>.weight`` whose module the config quantizes is RTN-quantized
+    (:func:`wna16.quantize_rtn`, scales in ``scale_dtype``) and packed in the config's layout; ``g_idx`` maps module
+    names to an act-order row-to-group map. Returns the dequantized float32 weight of each quantized module, the exact
+    weights a correct reader must compute.
+    """
+    out = Path(folder)
+    config = QuantConfig.from_dict(dict(quant_config), source=str(out / "config.json"))
+    layout = get_format(config.packed_format)
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for name, tensor in state_dict.items():
+        module, _, role = name.rpartition(".")
+        quant = config.resolve(module) if role == "weight" and tensor.dim() == 2 else None
+        if quant is None or not tensor.dtype.is_floating_point:
+            tensors[name] = tensor.detach().contiguous()
+            continue
+        order = None if g_idx is None else g_idx.get(module)
+        weight = quantize_rtn(tensor, quant.scheme, scale_dtype=scale_dtype, g_idx=order, name=module)
+        for key, packed in layout.pack(weight).items():
+            tensors[f"{module}.{key}"] = packed.contiguous()
+        expected[module] = dequantize(weight)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    document = {**(model_config or {}), "quantization_config": dict(quant_config)}
+    (out / "config.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return expected

@@ -1,0 +1,249 @@
+"""``patch_model``: serve a transformers or diffusers model from a quantized checkpoint through wna16's backends.
+
+Every ``nn.Linear`` the checkpoint quantizes is replaced by a :class:`~wna16.nn.QuantLinear` fed from the checkpoint
+(keeping the checkpoint's packed layout as ``weight_format``, so ``state_dict`` round-trips to the same files); every
+16-bit tensor of the checkpoint is loaded into the parameter or buffer of the same name; everything else is left alone.
+
+The model may be built without weights: under :func:`empty_weights` (parameters on ``meta``, buffers real, as
+transformers' own loader does) or entirely on ``meta``. No full-precision copy of a quantized layer is ever made: the
+``meta`` linear is dropped and the quantized module built from the packed tensors. Whatever is still on ``meta`` after
+loading (a parameter the checkpoint lacks, a non-persistent buffer of a model built entirely on ``meta``) is a
+:class:`~wna16.errors.ModelMismatchError` naming it, never a silent garbage output.
+
+All mismatches (and every layer's backend preparation) are checked before the model is touched: a model is either
+fully patched or left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from wna16.checkpoint.audit import CheckpointLayer
+from wna16.checkpoint.load import Checkpoint, load_checkpoint
+from wna16.checkpoint.remap import Remap
+from wna16.errors import ModelMismatchError
+from wna16.nn import QuantLinear
+from wna16.protocol import Backend
+from wna16.registry import Registry
+
+
+@dataclass(frozen=True)
+class PatchedLayer:
+    """One replaced linear: its runtime name, scheme, on-disk layout and the backend that serves it."""
+
+    name: str
+    scheme: str
+    packed_format: str
+    in_features: int
+    out_features: int
+    act_order: bool
+    bias: bool
+    backend: str
+
+
+@dataclass(frozen=True)
+class PatchReport:
+    """What :func:`patch_model` did: the replaced layers, the 16-bit tensors loaded, the linears left in 16 bits."""
+
+    layers: dict[str, PatchedLayer]
+    tensors: tuple[str, ...]
+    unquantized_linears: tuple[str, ...] = field(default=())
+
+    @property
+    def backends(self) -> dict[str, int]:
+        """How many layers each backend serves."""
+        counts: dict[str, int] = {}
+        for layer in self.layers.values():
+            counts[layer.backend] = counts.get(layer.backend, 0) + 1
+        return counts
+
+    def __str__(self) -> str:
+        served = ", ".join(f"{name}: {count}" for name, count in sorted(self.backends.items()))
+        lines = [
+            f"{len(self.layers)} linear layers quantized ({served}), {len(self.tensors)} 16-bit tensors loaded, "
+            f"{len(self.unquantized_linears)} linear layers left in 16 bits"
+        ]
+        lines += [
+            f"  {p.name}: {p.scheme} {p.packed_format}{' act-order' if p.act_order else ''} "
+            f"[{p.in_features} -> {p.out_features}]{' +bias' if p.bias else ''} -> {p.backend}"
+            for p in self.layers.values()
+        ]
+        return "\n".join(lines)
+
+
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Build a model with its parameters on ``meta`` and its buffers real (rotary tables, position ids): the state
+    :func:`patch_model` expects for a model whose weights come from the checkpoint. Like ``accelerate``'s
+    ``init_empty_weights``, without that dependency."""
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and not param.is_meta:  # a parameter already on meta is a tie (head = embedding)
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    setattr(torch.nn.Module, "register_parameter", register)  # noqa: B010 (patching a method on purpose)
+    try:
+        yield
+    finally:
+        setattr(torch.nn.Module, "register_parameter", original)  # noqa: B010
+
+
+def _linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    return {
+        name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
+
+
+def _patched(layer: CheckpointLayer, backend: str) -> PatchedLayer:
+    return PatchedLayer(
+        layer.name, str(layer.scheme), layer.packed_format, layer.in_features, layer.out_features, layer.act_order,
+        layer.has_bias, backend,
+    )  # fmt: skip
+
+
+def _check_layer(model: torch.nn.Module, layer: CheckpointLayer) -> str | None:
+    try:
+        module = model.get_submodule(layer.name)
+    except AttributeError:
+        return f"{layer.name}: the checkpoint quantizes it but the model has no such module"
+    if not isinstance(module, torch.nn.Linear):
+        return f"{layer.name}: expected torch.nn.Linear, the model has {type(module).__name__}"
+    have = (module.in_features, module.out_features, module.bias is not None)
+    want = (layer.in_features, layer.out_features, layer.has_bias)
+    if have != want:
+        return (
+            f"{layer.name}: model has in={have[0]} out={have[1]} bias={have[2]}, "
+            f"checkpoint has in={want[0]} out={want[1]} bias={want[2]}"
+        )
+    return None
+
+
+def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str] | None:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return None
+    if attr in module._parameters or attr in module._buffers:
+        return module, attr
+    return None
+
+
+def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
+    """Tied parameters (an LM head sharing the embedding) appear once in a checkpoint: every name of each tensor."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        names.setdefault(id(tensor), []).append(name)
+    return names
+
+
+def _as_stored(module: torch.nn.Module, attr: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` as what ``module.attr`` is: a Parameter (keeping ``requires_grad``) or a plain buffer."""
+    old = module._parameters.get(attr)
+    if attr in module._parameters:
+        return torch.nn.Parameter(value, requires_grad=bool(old is not None and old.requires_grad))
+    return value
+
+
+def _set_tensor(module: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
+    if attr in module._parameters:
+        module._parameters[attr] = value  # type: ignore[assignment]
+    else:
+        module._buffers[attr] = value
+
+
+def patch_model(
+    model: torch.nn.Module,
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    backend: str | Backend | None = None,
+    registry: Registry | None = None,
+    remap: Remap | None = None,
+) -> PatchReport:
+    """Replace the checkpoint's quantized linears of ``model`` with :class:`QuantLinear` and load its 16-bit tensors.
+
+    ``checkpoint``: a loaded :class:`Checkpoint`, or a folder, loaded with ``remap`` (default identity: the
+    checkpoint's names are the model's, as for transformers and diffusers models) and audited against the model's
+    linear layers. ``dtype``: the activation dtype of the quantized layers and the dtype 16-bit float tensors are
+    cast to (default: the dtype of the model's first floating parameter). ``backend``: a backend name or object to
+    force, else the registry picks per layer. Raises :class:`ModelMismatchError` listing every mismatch, before any
+    change to the model.
+    """
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint, remap or Remap.IDENTITY, expected_modules=_linears(model))
+    if dtype is None:
+        dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
+    target = torch.device(device)
+
+    problems = [p for layer in checkpoint.layers.values() if (p := _check_layer(model, layer)) is not None]
+    owners = {name: _owner(model, name) for name in checkpoint.unquantized}
+    problems += [
+        f"{name}: the checkpoint has this 16-bit tensor but the model has no such parameter or buffer"
+        for name, owner in owners.items()
+        if owner is None
+    ]
+    for name, owner in owners.items():
+        if owner is not None:
+            have = tuple(getattr(owner[0], owner[1]).shape)
+            want = checkpoint.unquantized[name].shape
+            if have != tuple(want):
+                problems.append(f"{name}: model has shape {list(have)}, checkpoint has {list(want)}")
+    aliases = _aliases(model)
+    covered = {f"{name}.{attr}" for name in checkpoint.layers for attr in ("weight", "bias")}
+    for name, owner in owners.items():
+        if owner is not None:
+            covered.update(aliases.get(id(getattr(owner[0], owner[1])), [name]))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in covered]
+    problems += [
+        f"{n}: on meta and not in the checkpoint (build the model under wna16.patch.empty_weights() to keep buffers)"
+        for n in left
+    ]
+    if problems:
+        raise ModelMismatchError(f"{checkpoint.path}: {len(problems)} mismatch(es):\n  - " + "\n  - ".join(problems))
+
+    built: dict[str, QuantLinear] = {}
+    for name, layer in checkpoint.layers.items():  # build everything first: a backend error leaves the model intact
+        bias = checkpoint.bias(name)
+        built[name] = QuantLinear(
+            checkpoint.weight(name),
+            None if bias is None else bias.to(dtype),
+            dtype=dtype,
+            device=target,
+            backend=backend,
+            registry=registry,
+            weight_format=layer.packed_format,
+        )
+    loaded: list[str] = []
+    for name, owner in owners.items():
+        assert owner is not None
+        stored = checkpoint.tensor(name)
+        value = stored.to(device=target, dtype=dtype if stored.dtype.is_floating_point else stored.dtype)
+        value = _as_stored(*owner, value)  # one object for every alias, so tied weights stay tied
+        for alias in aliases.get(id(getattr(owner[0], owner[1])), [name]):
+            alias_owner = _owner(model, alias)
+            if alias_owner is not None:
+                _set_tensor(*alias_owner, value)
+        loaded.append(name)
+    for name, quant in built.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, quant)
+
+    for module in model.modules():  # real buffers of a model built under empty_weights() follow it to the device
+        for key, buf in list(module._buffers.items()):
+            if buf is not None and not buf.is_meta and buf.device != target:
+                module._buffers[key] = buf.to(target)
+    layers = {name: _patched(layer, built[name].backend_name) for name, layer in checkpoint.layers.items()}
+    plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return PatchReport(layers, tuple(loaded), plain)
