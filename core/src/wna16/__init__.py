@@ -5,11 +5,17 @@ Read top-down: :mod:`~wna16.scheme` -> :mod:`~wna16.packing` -> :mod:`~wna16.wei
 -> :mod:`~wna16.registry` -> :mod:`~wna16.nn`.
 """
 
+from wna16.checkpoint.config import QuantConfig, read_quant_config
+from wna16.checkpoint.load import Checkpoint, load_checkpoint
+from wna16.checkpoint.remap import Remap, preset_for
+from wna16.checkpoint.resolve import LayerQuant
 from wna16.errors import (
     BackendLoadError,
     CheckpointError,
     ConfigError,
     FormatError,
+    ModelMismatchError,
+    MoELayoutError,
     NoBackendError,
     SchemeError,
     UnsupportedError,
@@ -17,6 +23,7 @@ from wna16.errors import (
 )
 from wna16.formats import AWQ, FORMATS, GPTQ_V1, GPTQ_V2, get_format
 from wna16.partition import Shard, shard_bias, shard_weight
+from wna16.patch import PatchReport, empty_weights, patch_model
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, Support
 from wna16.quantize import quantize_rtn
 from wna16.registry import Registry, default_registry, select
@@ -34,13 +41,20 @@ __all__ = [
     "Backend",
     "BackendLoadError",
     "Capability",
+    "Checkpoint",
     "CheckpointError",
     "ConfigError",
     "FormatError",
+    "LayerQuant",
     "LayerSpec",
+    "ModelMismatchError",
+    "MoELayoutError",
     "NoBackendError",
+    "PatchReport",
+    "QuantConfig",
     "QuantizedWeight",
     "Registry",
+    "Remap",
     "Scheme",
     "SchemeError",
     "Shard",
@@ -48,8 +62,13 @@ __all__ = [
     "UnsupportedError",
     "Wna16Error",
     "default_registry",
+    "empty_weights",
     "get_format",
+    "load_checkpoint",
+    "patch_model",
+    "preset_for",
     "quantize_rtn",
+    "read_quant_config",
     "select",
     "shard_bias",
     "shard_weight",

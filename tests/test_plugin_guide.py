@@ -1,0 +1,101 @@
+"""The plugin author's guide (backends/README.md) is executed: its files are written and its commands run, in order,
+in a fresh virtual environment; then the example out-of-tree backend is installed there and passes the suite.
+
+Runs in the `plugin-guide` nox session (it builds its own venv: minutes, not seconds).
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "backends" / "README.md"
+BLOCK = re.compile(r"^```(\w+)(?: file=(\S+))?\n(.*?)^```", re.S | re.M)
+
+pytestmark = pytest.mark.guide
+
+
+def guide_steps() -> list[tuple[str, str | None, str]]:
+    return [(m[1], m[2], m[3]) for m in BLOCK.finditer(GUIDE.read_text())]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Follow the guide from an empty folder; keep the folder (and its venv) for the tests below."""
+    work = tmp_path_factory.mktemp("guide")
+    env = {**os.environ, "WNA16_REPO": str(ROOT), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    for lang, path, body in guide_steps():
+        if path is not None:
+            target = work / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(body)
+        elif lang == "bash":
+            for line in body.strip().splitlines():
+                start = time.monotonic()
+                done = subprocess.run(["bash", "-ec", line], cwd=work, env=env, capture_output=True, text=True)
+                took = time.monotonic() - start
+                (work / "guide.log").open("a").write(f"$ {line}\n{done.stdout}{done.stderr}[{took:.0f} s]\n")
+                assert done.returncode == 0, f"guide command failed: {line}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return work
+
+
+def test_guide_has_commands_and_files() -> None:
+    steps = guide_steps()
+    assert sum(lang == "bash" for lang, path, _ in steps) >= 5
+    assert {path for _, path, _ in steps if path} >= {
+        "mybackend/pyproject.toml",
+        "mybackend/src/wna16_mybackend/__init__.py",
+    }
+
+
+def test_guide_backend_is_listed_and_passes(workdir: Path) -> None:
+    log = (workdir / "guide.log").read_text()
+    assert re.search(r"^mybackend\s+wna16-mybackend 0\.1\.0\s+yes", log, re.M), log[-2000:]
+    report = json.loads((workdir / "reports" / "cpu-mybackend.json").read_text())
+    (backend,) = report["backends"]
+    totals = backend["totals"]
+    assert totals["failed"] == 0 and totals["passed"] > 0
+    assert totals["refused"] > 0  # 2/3/8-bit cells are refused honestly
+    assert backend["worst_ratio"] is not None and backend["worst_ratio"] <= 1
+
+
+def test_guide_filter_file_shows_as_skip(workdir: Path) -> None:
+    report = json.loads((workdir / "reports" / "cpu-mybackend-filtered.json").read_text())
+    cells = {c["cell"]: c for c in report["backends"][0]["cells"]}
+    gap = cells["w4g128asym-fp16-actorder"]
+    assert gap["skipped"] > 0 and gap["filters"], gap
+    overview = (workdir / "SUPPORT_MATRIX.md").read_text().split("## Failing cells")[0]
+    assert overview.count("| mybackend @ cpu") == 1
+
+
+def test_example_backend_installs_and_passes_in_the_fresh_env(workdir: Path) -> None:
+    python = workdir / ".venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT / "backends" / "example_compile")], check=True)
+    report_path = workdir / "reports" / "cpu-example-compile.json"
+    done = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--pyargs",
+            "wna16_conformance",
+            "--wna16-backend=example-compile",
+            "--wna16-max-dim=256",
+            f"--wna16-report={report_path}",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    (backend,) = json.loads(report_path.read_text())["backends"]
+    assert backend["totals"]["failed"] == 0 and backend["totals"]["passed"] > 0
