@@ -38,6 +38,7 @@ CPU_DISTRIBUTIONS = [
     "backends/cuda_marlin",
     "backends/xpu_ipex",
     "backends/rocm",
+    "backends/ascend_npu",
     "conformance",
 ]
 
@@ -192,14 +193,9 @@ def nvidia_gpu_visible() -> bool:
 @nox.session(name="conformance-cuda", venv_backend="none", tags=["cuda"])
 def conformance_cuda(session: nox.Session) -> None:
     """GPU runners: the conformance suite against `marlin` (vLLM's CUDA Marlin) and the Marlin backend's GPU checks."""
-    if not nvidia_gpu_visible():
-        if os.environ.get("WNA16_ALLOW_NO_DEVICE") == "1":
-            session.skip("no NVIDIA GPU visible (nvidia-smi -L); skipped because WNA16_ALLOW_NO_DEVICE=1 is set")
-        session.error(
-            "conformance-cuda needs an NVIDIA GPU and none is visible (nvidia-smi -L). Run it on a GPU runner, or set "
-            "WNA16_ALLOW_NO_DEVICE=1 to skip it explicitly"
-        )
-    editable = [arg for d in ("core", "backends/cuda_marlin", "conformance") for arg in ("-e", str(ROOT / d))]
+    require_device(session, nvidia_gpu_visible(), "an NVIDIA GPU (nvidia-smi -L)")
+    dists = ("core", "backends/cuda_marlin", "backends/rocm", "conformance")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
     python = shared_env(session, "cuda-vllm", [*editable, *TEST_DEPS], torch=VLLM_CUDA)
     check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch in .nox/_cuda-vllm sees no CUDA')"
     run_in(session, python, "-c", check)
@@ -208,9 +204,137 @@ def conformance_cuda(session: nox.Session) -> None:
     tests = ROOT / "backends" / "cuda_marlin" / "tests"
     run_in(session, python, "-m", "pytest", str(tests / "test_marlin_cuda.py"), "-q", env={"WNA16_REQUIRE_CUDA": "1"})
     run_in(
-        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=marlin",
-        "--wna16-device=cuda:0", f"--wna16-report={reports / 'conformance-marlin-cuda.json'}", *session.posargs,
-    )  # fmt: skip
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        "--wna16-backend=marlin",
+        "--wna16-device=cuda:0",
+        f"--wna16-report={reports / 'conformance-marlin-cuda.json'}",
+        *session.posargs,
+    )
+    # The Triton backend serves CUDA too, as a lower-priority fallback: its numbers join the matrix.
+    run_in(
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        "--wna16-backend=rocm",
+        "--wna16-device=cuda:0",
+        f"--wna16-report={reports / 'conformance-rocm-cuda.json'}",
+        *session.posargs,
+    )
+
+
+def require_device(session: nox.Session, visible: bool, what: str) -> None:
+    """Fail a device session on a machine without its device (a GPU job must never pass by skipping everything),
+    unless WNA16_ALLOW_NO_DEVICE=1 says explicitly that skipping is intended."""
+    if visible:
+        return
+    if os.environ.get("WNA16_ALLOW_NO_DEVICE") == "1":
+        session.skip(f"{session.name} needs {what}, none is visible; skipped because WNA16_ALLOW_NO_DEVICE=1 is set")
+    session.error(
+        f"{session.name} needs {what} and none is visible. Run it on a runner that has one, or set "
+        "WNA16_ALLOW_NO_DEVICE=1 to skip it explicitly"
+    )
+
+
+def device_listed(command: list[str], marker: str) -> bool:
+    """Whether a vendor tool (rocm-smi, xpu-smi, ...) runs and lists a device line containing ``marker``."""
+    import subprocess
+
+    if shutil.which(command[0]) is None:
+        return False
+    listing = subprocess.run(command, capture_output=True, text=True, check=False)
+    return listing.returncode == 0 and marker in listing.stdout
+
+
+# AMD: torch's ROCm build (ROCm torch addresses its GPUs as `cuda`); triton comes with it as pytorch-triton-rocm, so
+# the rocm backend is installed without its plain `triton` dependency.
+TORCH_ROCM = os.environ.get("WNA16_TORCH_ROCM", "torch --index-url https://download.pytorch.org/whl/rocm6.4")
+
+
+@nox.session(name="conformance-rocm", venv_backend="none", tags=["rocm"])
+def conformance_rocm(session: nox.Session) -> None:
+    """AMD GPU runners (gfx942 / MI300): the conformance suite against the Triton `rocm` backend on the GPU."""
+    require_device(session, device_listed(["rocm-smi", "--showid"], "GPU"), "an AMD GPU (rocm-smi --showid)")
+    python = shared_env(
+        session,
+        "rocm",
+        [*(a for d in ("core", "conformance") for a in ("-e", str(ROOT / d))), *TEST_DEPS],
+        torch=TORCH_ROCM,
+    )
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "backends" / "rocm"))
+    report = ROOT / "reports" / "conformance-rocm-rocm.json"
+    report.parent.mkdir(exist_ok=True)
+    run_in(
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        "--wna16-backend=rocm",
+        "--wna16-device=cuda:0",
+        f"--wna16-report={report}",
+        *session.posargs,
+    )
+
+
+# Intel GPUs: torch's XPU build and the XPU build of IPEX (not on PyPI: Intel's index), both overridable.
+TORCH_XPU = os.environ.get("WNA16_TORCH_XPU", "torch==2.8.0 --index-url https://download.pytorch.org/whl/xpu")
+IPEX_XPU = os.environ.get(
+    "WNA16_IPEX_XPU",
+    "intel-extension-for-pytorch==2.8.10+xpu --extra-index-url https://pytorch-extension.intel.com/release-whl/stable/xpu/us/",
+)
+
+
+@nox.session(name="conformance-xpu", venv_backend="none", tags=["xpu"])
+def conformance_xpu(session: nox.Session) -> None:
+    """Intel GPU runners: the conformance suite against `ipex` and `xpu-native` on the XPU."""
+    require_device(session, device_listed(["xpu-smi", "discovery"], "Device"), "an Intel GPU (xpu-smi discovery)")
+    editable = [a for d in ("core", "backends/xpu_ipex", "conformance") for a in ("-e", str(ROOT / d))]
+    python = shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU)
+    run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))
+    for backend in ("ipex", "xpu-native"):
+        report = ROOT / "reports" / f"conformance-{backend}-xpu.json"
+        report.parent.mkdir(exist_ok=True)
+        run_in(
+            session,
+            python,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "wna16_conformance",
+            f"--wna16-backend={backend}",
+            "--wna16-device=xpu",
+            f"--wna16-report={report}",
+            *session.posargs,
+        )
+
+
+@nox.session(venv_backend="none", tags=["main"])
+def matrix(session: nox.Session) -> None:
+    """The main job (the README's first command): `wna16 conform` runs the conformance suite for every backend
+    available here, checks the embedded real checkpoints end to end, and writes reports/ and the support matrix."""
+    python = cpu_env(session)
+    run_in(session, python, "-m", "wna16.cli", "conform", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def merge(session: nox.Session) -> None:
+    """Merge every report under reports/ (or the paths given) into SUPPORT_MATRIX.md and support_matrix.html."""
+    python = cpu_env(session)
+    paths = session.posargs or sorted(
+        str(p) for p in (ROOT / "reports").glob("*.json") if not p.name.startswith("bench")
+    )
+    if not paths:
+        session.error("no reports to merge under reports/")
+    run_in(session, python, "-m", "wna16.cli", "matrix", *paths)
 
 
 # Backends whose conformance runs in the shared torch-2.13 CPU environment: name -> extra suite options (e.g.
@@ -233,9 +357,21 @@ def conformance(session: nox.Session, backend: str) -> None:
     report = ROOT / "reports" / f"cpu-{backend}.json"
     report.parent.mkdir(exist_ok=True)
     run_in(
-        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", f"--wna16-backend={backend}",
-        "--wna16-profile=ci", f"--wna16-report={report}", "-n", "2", "-q", *CONFORMANCE_CPU[backend], *session.posargs,
-    )  # fmt: skip
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        f"--wna16-backend={backend}",
+        "--wna16-profile=ci",
+        f"--wna16-report={report}",
+        "-n",
+        "2",
+        "-q",
+        *CONFORMANCE_CPU[backend],
+        *session.posargs,
+    )
 
 
 # vLLM integration (wna16.integrations.vllm): its own environment, because the tests also need auto-round (to make
@@ -272,15 +408,29 @@ def conformance_ipex(session: nox.Session) -> None:
     report = ROOT / "reports" / "cpu-ipex.json"
     report.parent.mkdir(exist_ok=True)
     run_in(
-        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=ipex", "--wna16-device=cpu",
-        "--wna16-profile=ci", f"--wna16-report={report}", "-q", "-p", "no:cacheprovider", *session.posargs,
-    )  # fmt: skip
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        "--wna16-backend=ipex",
+        "--wna16-device=cpu",
+        "--wna16-profile=ci",
+        f"--wna16-report={report}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
     ipex = json.loads(report.read_text())["backends"][0]
     totals = ipex["totals"]
     if not ipex["available"] or totals["skipped"] or totals["passed"] < 100:
         session.error(f"conformance-ipex: available={ipex['available']} ({ipex['unavailable_reason']}), {totals}")
-    session.log(f"conformance-ipex: {totals['passed']} cases passed, {totals['refused']} refused, worst ratio "
-                f"{ipex['worst_ratio']}")  # fmt: skip
+    session.log(
+        f"conformance-ipex: {totals['passed']} cases passed, {totals['refused']} refused, worst ratio "
+        f"{ipex['worst_ratio']}"
+    )
     tests = str(ROOT / "backends" / "xpu_ipex" / "tests")
     run_in(session, python, "-m", "pytest", tests, "-q", "-p", "no:cacheprovider", env={"WNA16_REQUIRE_IPEX": "1"})
 
@@ -298,10 +448,25 @@ def conformance_rocm_interpreter(session: nox.Session) -> None:
     report.parent.mkdir(exist_ok=True)
     env = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     run_in(
-        session, python, "-m", "pytest", "--pyargs", "wna16_conformance", "--wna16-backend=rocm", "--wna16-device=cpu",
-        "--wna16-profile=ci", "--wna16-max-dim=512", f"--wna16-report={report}", "-n", "2", "-q", "-p",
-        "no:cacheprovider", *session.posargs, env=env,
-    )  # fmt: skip
+        session,
+        python,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "wna16_conformance",
+        "--wna16-backend=rocm",
+        "--wna16-device=cpu",
+        "--wna16-profile=ci",
+        "--wna16-max-dim=512",
+        f"--wna16-report={report}",
+        "-n",
+        "2",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env=env,
+    )
     summary = json.loads(report.read_text())["backends"][0]
     totals = summary["totals"]
     if not summary["available"] or totals["failed"] or totals["passed"] < 1000:

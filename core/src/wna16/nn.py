@@ -53,6 +53,11 @@ class QuantLinear(torch.nn.Module):
         """Name of the backend serving this layer."""
         return self.backend.name
 
+    @property
+    def spec(self) -> LayerSpec:
+        """The layer spec the serving backend was chosen for (device and dtype as they are now)."""
+        return LayerSpec.of(self._weight, self.dtype, bias=self._bias is not None, device=self.device)
+
     def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, PreparedLinear, dict[str, Any]]:
         spec = LayerSpec.of(self._weight, dtype, bias=self._bias is not None, device=device)
         selection = self._registry.select(spec, self._requested)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "backends": "wna16.cli.backends",
     "matrix": "wna16.cli.matrix",
+    "conform": "wna16.cli.conform",
     "inspect": "wna16.cli.inspect",
 }
 """Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (imported on use)."""
