@@ -339,7 +339,7 @@ def merge(session: nox.Session) -> None:
 
 # Backends whose conformance runs in the shared torch-2.13 CPU environment: name -> extra suite options (e.g.
 # `["--wna16-max-dim=512"]` for a backend under the Triton interpreter). One report per backend in reports/.
-CONFORMANCE_CPU: dict[str, list[str]] = {"reference": []}
+CONFORMANCE_CPU: dict[str, list[str]] = {"reference": [], "cpu": []}
 
 
 @nox.session(name="conformance-selftest", venv_backend="none", tags=["cpu"])
