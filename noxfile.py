@@ -17,6 +17,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -85,6 +86,45 @@ def cpu_env(session: nox.Session) -> Path:
 def run_in(session: nox.Session, python: Path, *args: str, env: dict[str, str] | None = None) -> None:
     """Run `python -m ...` from an environment nox did not create."""
     session.run(str(python), *args, external=True, env=env or {})
+
+
+PROFILE = os.environ.get("WNA16_PROFILE", "ci")
+"""Hypothesis profile of every conformance run: `ci` (derandomized) by default, `thorough` nightly."""
+
+
+def run_suite(
+    session: nox.Session,
+    python: Path,
+    backend: str,
+    device: str,
+    report: str,
+    *options: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the conformance suite against one backend on one device, writing reports/REPORT; return the report's
+    entry for the backend (totals, worst ratio, availability) so that a session can insist on what it proves."""
+    path = ROOT / "reports" / report
+    path.parent.mkdir(exist_ok=True)
+    run_in(
+        session,
+        python,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--pyargs",
+        "wna16_conformance",
+        f"--wna16-backend={backend}",
+        f"--wna16-device={device}",
+        f"--wna16-profile={PROFILE}",
+        f"--wna16-report={path}",
+        *options,
+        *session.posargs,
+        env=env,
+    )
+    entry: dict[str, Any] = json.loads(path.read_text())["backends"][0]
+    return entry
 
 
 @nox.session(venv_backend="none", tags=["cpu"])
@@ -199,35 +239,11 @@ def conformance_cuda(session: nox.Session) -> None:
     python = shared_env(session, "cuda-vllm", [*editable, *TEST_DEPS], torch=VLLM_CUDA)
     check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch in .nox/_cuda-vllm sees no CUDA')"
     run_in(session, python, "-c", check)
-    reports = ROOT / "reports"
-    reports.mkdir(exist_ok=True)
     tests = ROOT / "backends" / "cuda_marlin" / "tests"
     run_in(session, python, "-m", "pytest", str(tests / "test_marlin_cuda.py"), "-q", env={"WNA16_REQUIRE_CUDA": "1"})
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        "--wna16-backend=marlin",
-        "--wna16-device=cuda:0",
-        f"--wna16-report={reports / 'conformance-marlin-cuda.json'}",
-        *session.posargs,
-    )
+    run_suite(session, python, "marlin", "cuda:0", "conformance-marlin-cuda.json")
     # The Triton backend serves CUDA too, as a lower-priority fallback: its numbers join the matrix.
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        "--wna16-backend=rocm",
-        "--wna16-device=cuda:0",
-        f"--wna16-report={reports / 'conformance-rocm-cuda.json'}",
-        *session.posargs,
-    )
+    run_suite(session, python, "rocm", "cuda:0", "conformance-rocm-cuda.json")
 
 
 def require_device(session: nox.Session, visible: bool, what: str) -> None:
@@ -269,20 +285,7 @@ def conformance_rocm(session: nox.Session) -> None:
         torch=TORCH_ROCM,
     )
     run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "backends" / "rocm"))
-    report = ROOT / "reports" / "conformance-rocm-rocm.json"
-    report.parent.mkdir(exist_ok=True)
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        "--wna16-backend=rocm",
-        "--wna16-device=cuda:0",
-        f"--wna16-report={report}",
-        *session.posargs,
-    )
+    run_suite(session, python, "rocm", "cuda:0", "conformance-rocm-rocm.json")
 
 
 # Intel GPUs: torch's XPU build and the XPU build of IPEX (not on PyPI: Intel's index), both overridable.
@@ -301,20 +304,7 @@ def conformance_xpu(session: nox.Session) -> None:
     python = shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU)
     run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))
     for backend in ("ipex", "xpu-native"):
-        report = ROOT / "reports" / f"conformance-{backend}-xpu.json"
-        report.parent.mkdir(exist_ok=True)
-        run_in(
-            session,
-            python,
-            "-m",
-            "pytest",
-            "--pyargs",
-            "wna16_conformance",
-            f"--wna16-backend={backend}",
-            "--wna16-device=xpu",
-            f"--wna16-report={report}",
-            *session.posargs,
-        )
+        run_suite(session, python, backend, "xpu", f"conformance-{backend}-xpu.json")
 
 
 @nox.session(venv_backend="none", tags=["main"])
@@ -354,24 +344,7 @@ def conformance_selftest(session: nox.Session) -> None:
 def conformance(session: nox.Session, backend: str) -> None:
     """The conformance suite (ci profile, 2 workers) against one CPU backend; report in reports/cpu-BACKEND.json."""
     python = cpu_env(session)
-    report = ROOT / "reports" / f"cpu-{backend}.json"
-    report.parent.mkdir(exist_ok=True)
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        f"--wna16-backend={backend}",
-        "--wna16-profile=ci",
-        f"--wna16-report={report}",
-        "-n",
-        "2",
-        "-q",
-        *CONFORMANCE_CPU[backend],
-        *session.posargs,
-    )
+    run_suite(session, python, backend, "cpu", f"cpu-{backend}.json", "-n", "2", *CONFORMANCE_CPU[backend])
 
 
 # vLLM integration (wna16.integrations.vllm): its own environment, because the tests also need auto-round (to make
@@ -405,25 +378,7 @@ def conformance_ipex(session: nox.Session) -> None:
     dists = ("core", "backends/reference", "conformance", "backends/xpu_ipex")
     editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
     python = shared_env(session, "ipex", [IPEX_TORCH, IPEX, *editable, *TEST_DEPS], torch=IPEX_TORCH)
-    report = ROOT / "reports" / "cpu-ipex.json"
-    report.parent.mkdir(exist_ok=True)
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        "--wna16-backend=ipex",
-        "--wna16-device=cpu",
-        "--wna16-profile=ci",
-        f"--wna16-report={report}",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        *session.posargs,
-    )
-    ipex = json.loads(report.read_text())["backends"][0]
+    ipex = run_suite(session, python, "ipex", "cpu", "cpu-ipex.json")
     totals = ipex["totals"]
     if not ipex["available"] or totals["skipped"] or totals["passed"] < 100:
         session.error(f"conformance-ipex: available={ipex['available']} ({ipex['unavailable_reason']}), {totals}")
@@ -444,30 +399,10 @@ def conformance_rocm_interpreter(session: nox.Session) -> None:
     against two xdist workers on two cores, made one M=80 call take 2.6 s instead of 0.14 s (measured).
     """
     python = cpu_env(session)
-    report = ROOT / "reports" / "cpu-rocm-interpreter.json"
-    report.parent.mkdir(exist_ok=True)
     env = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "--pyargs",
-        "wna16_conformance",
-        "--wna16-backend=rocm",
-        "--wna16-device=cpu",
-        "--wna16-profile=ci",
-        "--wna16-max-dim=512",
-        f"--wna16-report={report}",
-        "-n",
-        "2",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        *session.posargs,
-        env=env,
+    summary = run_suite(
+        session, python, "rocm", "cpu", "cpu-rocm-interpreter.json", "--wna16-max-dim=512", "-n", "2", env=env
     )
-    summary = json.loads(report.read_text())["backends"][0]
     totals = summary["totals"]
     if not summary["available"] or totals["failed"] or totals["passed"] < 1000:
         session.error(f"conformance-rocm-interpreter: available={summary['available']}, {totals}")
