@@ -313,3 +313,15 @@ def test_expected_fused_runtime_modules(tmp_path: Path) -> None:
     assert sorted(by_module) == ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.gate_up_proj"]
     assert by_module["model.layers.0.self_attn.v_proj"].kind == "missing-quantized"
     assert "runtime expects (in, out) = (64, 200)" in by_module["model.layers.1.mlp.gate_up_proj"].message
+
+
+def test_blockless_gptq_export_flags_only_linears_beside_quantized_ones(tmp_path: Path) -> None:
+    # A GPTQ export has no block list: embeddings and norms ship plain 2-D weights and are not forgotten linears.
+    gptq = {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True, "desc_act": False}
+    assert _audit(tmp_path / "clean", _tensors(), gptq).ok
+    tensors = _tensors()
+    for role in ("qweight", "qzeros", "scales", "g_idx"):
+        del tensors[f"{UP}.{role}"]
+    tensors[f"{UP}.weight"] = torch.zeros(128, 64, dtype=torch.bfloat16)  # beside a quantized gate/down_proj
+    problem = _only(_audit(tmp_path / "missing", tensors, gptq), "missing-quantized")
+    assert problem.module == UP

@@ -168,10 +168,7 @@ def test_layer_outputs_within_bound(checkpoints: Path, case: str, forced: str | 
     )
 
 
-INSPECT_KNOWN_FAILURES = {
-    "gptq_w4g128_sym": "without a model, the audit flags model.embed_tokens.weight of a block-less GPTQ export as a "
-    "missing quantized layer (GPTQ quantizes linear layers only)"
-}
+INSPECT_KNOWN_FAILURES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

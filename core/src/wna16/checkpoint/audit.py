@@ -371,6 +371,12 @@ def audit_tensors(
     if expected_modules is not None:
         wanted = [p for m in expected_modules for p in fused.get(m, (m,))]
         candidates = {m: candidates.get(m) for m in wanted if m not in layers and m not in groups}
+    elif not config.block_prefixes:
+        # No block list (GPTQ/AWQ exports quantize "the linear layers") and no model to say which 2-D weights are
+        # linears: an embedding or a norm cannot be told from a forgotten linear. Flag only a 16-bit weight whose
+        # parent module also holds quantized layers (``mlp.down_proj`` beside a quantized ``mlp.up_proj``).
+        parents = {layer.rpartition(".")[0] for layer in layers}
+        candidates = {m: i for m, i in candidates.items() if m.rpartition(".")[0] in parents}
     for module, weight16 in sorted(candidates.items()):
         quant = auditor.resolve(config, module, weight16)
         if quant is None or isinstance(quant, ConfigError):
