@@ -57,7 +57,11 @@ class LayerQuantLike(Protocol):
 
 
 class Resolver(Protocol):
-    """What the audit needs from a quantization config: per-module resolution on runtime names."""
+    """What the audit needs from a quantization config: per-module resolution on runtime names, and the block
+    prefixes (empty: no block list, as in GPTQ/AWQ exports)."""
+
+    @property
+    def block_prefixes(self) -> tuple[str, ...]: ...
 
     def resolve(self, module_name: str) -> LayerQuantLike | None: ...
 
