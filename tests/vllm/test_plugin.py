@@ -1,0 +1,182 @@
+"""The plugin's contract with vLLM, without starting an engine: registration, when it takes over, versions,
+platforms, per-layer methods, and the checkpoints vLLM's own INC path refuses on CPU (quoted from vLLM 0.32)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+import pytest
+import torch
+from vllm_helpers import Made
+
+import wna16.integrations.vllm as plugin
+from wna16.errors import ConfigError, UnsupportedError
+
+AUTO_ROUND = {"quant_method": "auto-round", "bits": 4, "group_size": 128, "sym": True, "data_type": "int",
+              "packing_format": "auto_round:auto_gptq", "block_name_to_quantize": "model.layers"}  # fmt: skip
+GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False}
+AWQ = {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"}
+
+
+@pytest.fixture(scope="module")
+def tp_group() -> Iterator[None]:
+    """A one-process tensor-parallel group, so vLLM's linear layers can be built without an engine."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import cleanup_dist_env_and_memory, init_distributed_environment, initialize_model_parallel
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with set_current_vllm_config(VllmConfig()):
+        init_distributed_environment(1, 0, f"tcp://127.0.0.1:{port}", 0, backend="gloo")
+        initialize_model_parallel(1)
+        yield
+        cleanup_dist_env_and_memory()
+
+
+def test_entry_point_registers_the_method() -> None:
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, get_quantization_config
+    from vllm.plugins import load_general_plugins
+
+    points = {ep.name: ep.value for ep in metadata.entry_points(group="vllm.general_plugins")}
+    assert points.get("wna16") == "wna16.integrations.vllm:register"
+    load_general_plugins()
+    assert get_quantization_config("wna16") is plugin.Wna16Config
+    plugin.register()  # vLLM may call it again in the same process
+    assert QUANTIZATION_METHODS.count("wna16") == 1
+
+
+def test_platforms_that_list_methods_accept_wna16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    from vllm.platforms import current_platform
+
+    monkeypatch.setattr(type(current_platform), "supported_quantization", ["awq", "gptq"])
+    monkeypatch.setattr("vllm.model_executor.layers.quantization.QUANTIZATION_METHODS",
+                        [m for m in QUANTIZATION_METHODS if m != "wna16"])  # fmt: skip
+    with pytest.raises(ValueError, match="wna16 quantization is currently not supported"):
+        current_platform.verify_quantization("wna16")
+    monkeypatch.setattr(plugin, "QUANTIZATION_METHODS", [m for m in QUANTIZATION_METHODS if m != "wna16"])
+    plugin.register()
+    current_platform.verify_quantization("wna16")
+    assert "wna16" in current_platform.supported_quantization
+
+
+@pytest.mark.parametrize("config", [AUTO_ROUND, GPTQ, AWQ], ids=["auto-round", "gptq", "awq"])
+def test_takes_over_only_when_asked(config: dict[str, Any]) -> None:
+    override = plugin.Wna16Config.override_quantization_method
+    assert override(config, "wna16") == "wna16"
+    for user in (None, "inc", "gptq", "awq", "auto_gptq"):
+        assert override(config, user) is None, user
+    parsed = plugin.Wna16Config.from_config(config)
+    assert parsed.quant.method == config["quant_method"] and parsed.get_name() == "wna16"
+
+
+def test_refuses_what_is_not_wna16() -> None:
+    assert plugin.Wna16Config.override_quantization_method({"quant_method": "fp8"}, "wna16") is None
+    with pytest.raises(ConfigError, match="data_type='mx_fp'"):
+        plugin.Wna16Config.from_config({**AUTO_ROUND, "data_type": "mx_fp", "bits": 8})
+
+
+def test_names_the_supported_vllm_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin.check_vllm_version("0.32.0")
+    plugin.check_vllm_version("0.32.1+cpu")
+    for other in ("0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(UnsupportedError, match=rf"supports vLLM 0\.32\.x; found vLLM {other}"):
+            plugin.check_vllm_version(other)
+    monkeypatch.setattr(plugin, "vllm_version", lambda: "0.33.0")
+    with pytest.raises(UnsupportedError, match="WNA16_VLLM_ANY_VERSION"):
+        plugin.Wna16Config.from_config(AUTO_ROUND)
+    plugin.register()  # never raises in vLLM's plugin loop, whatever the version
+    monkeypatch.setenv(plugin.ENV_ANY_VERSION, "1")
+    assert plugin.Wna16Config.from_config(AUTO_ROUND).quant.bits == 4
+
+
+def test_mixed_bits_that_split_a_fused_module_are_refused_naming_the_parts() -> None:
+    """make_checkpoints.py's mixed case gives q_proj 8 bits but k/v_proj 4: one vLLM qkv_proj cannot serve that."""
+    config = plugin.Wna16Config.from_config(
+        {**AUTO_ROUND, "extra_config": {"model.layers.1.self_attn.q_proj": {"bits": 8, "group_size": 32}}}
+    )
+    with pytest.raises(ConfigError, match=r"model\.layers\.1\.self_attn\.q_proj: w8g32.*k_proj: w4g128"):
+        config.resolve("model.layers.1.self_attn.qkv_proj")
+    assert config.resolve("model.layers.0.self_attn.qkv_proj") is not None
+
+
+def test_per_layer_methods(tp_group: None) -> None:
+    from vllm.model_executor.layers.linear import QKVParallelLinear, ReplicatedLinear, UnquantizedLinearMethod
+
+    config = plugin.Wna16Config.from_config(
+        {**AUTO_ROUND, "extra_config": {"model.layers.0.mlp.down_proj": {"bits": 16}}}
+    )
+    qkv = QKVParallelLinear(256, 64, 4, 2, bias=True, quant_config=config, prefix="model.layers.0.self_attn.qkv_proj")
+    assert isinstance(qkv.quant_method, plugin.Wna16LinearMethod)
+    assert qkv.quant_method.layer_quant.scheme.bits == 4
+    # The checkpoint's tensors at the local sizes (N = 4*64 + 2*2*64 = 512), with the parameter classes that shard.
+    shapes = {name: (tuple(p.shape), p.dtype) for name, p in qkv.named_parameters()}
+    assert shapes == {
+        "qweight": ((32, 512), torch.int32), "qzeros": ((2, 64), torch.int32),
+        "scales": ((2, 512), torch.float32), "g_idx": ((256,), torch.int32), "bias": ((512,), torch.float32),
+    }  # fmt: skip
+    assert qkv.qweight.packed_dim == 0 and qkv.qzeros.packed_dim == 1
+    down = ReplicatedLinear(512, 256, bias=False, quant_config=config, prefix="model.layers.0.mlp.down_proj")
+    assert type(down.quant_method) is UnquantizedLinearMethod
+    outside = ReplicatedLinear(256, 256, bias=False, quant_config=config, prefix="visual.proj")
+    assert type(outside.quant_method) is UnquantizedLinearMethod
+
+
+def test_a_loaded_layer_computes_the_dequantized_product(tp_group: None) -> None:
+    """Load a fused gate_up layer part by part through vLLM's loaders; compare with wna16's reference product."""
+    from vllm.model_executor.layers.linear import MergedColumnParallelLinear
+
+    from wna16.formats import GPTQ_V1
+    from wna16.quantize import quantize_rtn
+    from wna16.reference import dequantize
+    from wna16.scheme import Scheme
+
+    scheme = Scheme(4, 64, False)
+    config = plugin.Wna16Config.from_config({**AUTO_ROUND, "group_size": 64, "sym": False})
+    prefix = "model.layers.0.mlp.gate_up_proj"
+    layer = MergedColumnParallelLinear(
+        256, [128, 128], bias=False, quant_config=config, prefix=prefix, params_dtype=torch.float32
+    )
+    parts = [quantize_rtn(torch.randn(128, 256, generator=torch.Generator().manual_seed(i)), scheme) for i in (0, 1)]
+    for shard_id, weight in enumerate(parts):
+        for name, tensor in GPTQ_V1.pack(weight).items():
+            getattr(layer, name).weight_loader(getattr(layer, name), tensor, shard_id)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert not hasattr(layer, "qweight")  # the raw tensors are released once the backend holds its own
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
+    want = x @ torch.cat([dequantize(w) for w in parts]).T
+    got = layer.quant_method.apply(layer, x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    bias = torch.randn(256)
+    torch.testing.assert_close(layer.quant_method.apply(layer, x, bias), want + bias, rtol=1e-4, atol=1e-4)
+
+
+INC_REFUSALS = {
+    "ar_w4g32_asym_gptq_zero0": ("model.layers.0.self_attn.o_proj", NotImplementedError,
+                                 "INC on CPU: unsupported config INCLayerConfig(bits=4, group_size=32, sym=False"),
+    "ar_mixed_fusable": ("model.layers.0.mlp.down_proj", NotImplementedError,
+                         "INC on CPU: unsupported config INCLayerConfig(bits=8, group_size=128, sym=True"),
+    "ar_w8g64_asym": ("model.layers.0.mlp.down_proj", ValueError, "Unsupported packing_format: auto_round,"),
+}  # fmt: skip
+"""What vLLM 0.32's INC path says on CPU for the checkpoints test_serve.py serves through wna16."""
+
+
+@pytest.mark.parametrize("case", sorted(INC_REFUSALS))
+def test_vllm_inc_refuses_these_checkpoints_on_cpu(case: str, made: Made, tp_group: None) -> None:
+    from vllm.model_executor.layers.linear import ReplicatedLinear
+    from vllm.model_executor.layers.quantization.inc import INCConfig
+
+    prefix, error, message = INC_REFUSALS[case]
+    quant = json.loads((made.path(case) / "config.json").read_text())["quantization_config"]
+    k = 512 if prefix.endswith("down_proj") else 256
+    layer = ReplicatedLinear(k, 256, bias=False, quant_config=None, prefix=prefix)
+    with pytest.raises(error) as refused:
+        INCConfig.from_config(quant).get_quant_method(layer, prefix)
+    assert message in str(refused.value)
+    print(f"{case}: vLLM INC on CPU: {type(refused.value).__name__}: {refused.value}")
+    assert plugin.Wna16Config.from_config(quant).resolve(prefix) is not None
