@@ -133,7 +133,16 @@ def tests(session: nox.Session) -> None:
     python = cpu_env(session)
     paths = ["tests", *(str(p) for p in sorted(ROOT.glob("backends/*/tests")))]
     marks = "not browser and not guide"
-    ignore = ["--ignore=tests/interop", "--ignore=tests/vllm"]  # their own environments (sessions interop, vllm)
+    # Tests that need another environment run in their own sessions (interop, vllm, marlin-layout, conformance-ipex,
+    # conformance-cuda), where they must run; here they would only be skipped.
+    elsewhere = [
+        "tests/interop",
+        "tests/vllm",
+        "backends/cuda_marlin/tests/test_marlin_layout_vllm.py",
+        "backends/cuda_marlin/tests/test_marlin_cuda.py",
+        "backends/xpu_ipex/tests/test_ipex_backend.py",
+    ]
+    ignore = [f"--ignore={path}" for path in elsewhere]
     run_in(session, python, "-m", "pytest", *paths, "-n", "2", "-m", marks, *ignore, *session.posargs)
 
 
