@@ -6,7 +6,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import schemes, weights
 
-from wna16 import AWQ, GPTQ_V1, GPTQ_V2, FormatError, QuantizedWeight, Scheme, SchemeError, get_format
+from wna16 import (
+    AWQ,
+    GPTQ_V1,
+    GPTQ_V2,
+    FormatError,
+    QuantizedWeight,
+    Scheme,
+    SchemeError,
+    Shard,
+    get_format,
+    quantize_rtn,
+    shard_weight,
+)
 from wna16.packing import pack_cols, pack_rows, run_length, unpack_cols, unpack_rows
 from wna16.reference import dequantize
 
@@ -199,3 +211,17 @@ def test_scheme_groups() -> None:
     assert Scheme(4, 128).num_groups(300) == 3  # the last group is partial
     assert Scheme(4, -1).num_groups(300) == 1
     assert str(Scheme(3, 32, False)) == "w3g32asym"
+
+
+def test_act_order_k_slice_that_leaves_groups_unused_round_trips() -> None:
+    # Rows 0..63 use groups 0-1 only; their K-slice still carries the scales and zeros of all four groups.
+    scheme = Scheme(4, 32, sym=False)
+    g_idx = torch.cat([torch.arange(64) % 2, 2 + torch.arange(64) % 2]).to(torch.int32)
+    full = quantize_rtn(torch.randn(16, 128, generator=torch.Generator().manual_seed(3)), scheme, g_idx=g_idx)
+    part = shard_weight(full, Shard(128, 16, k_start=0), 64, 16)
+    assert part.num_groups == 4 and int(part.g_idx.max()) == 1
+    for fmt in (GPTQ_V1, GPTQ_V2):
+        if fmt is GPTQ_V1 and int(part.zeros.min()) == 0:
+            continue
+        back = fmt.unpack(fmt.pack(part), scheme, 64, 16)
+        assert torch.equal(dequantize(back), dequantize(part))

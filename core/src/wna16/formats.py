@@ -73,7 +73,9 @@ class GPTQFormat:
         if g_idx is not None:
             _check(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
-            groups = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
+            needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
+            # A row-parallel slice under act order carries the scales of every group, used or not (wna16.partition).
+            groups = max(needed, int(scales.shape[0])) if scales.dim() == 2 else needed
         _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
         _check(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
         _check(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
