@@ -64,3 +64,13 @@ def describe(tensor: object) -> str:
     if shape is None or dtype is None:
         return type(tensor).__name__
     return f"{str(dtype).removeprefix('torch.')}{list(shape)}"
+
+
+class PatternTimeoutError(ConfigError):
+    """A regular expression taken from a checkpoint (``extra_config`` key, GPTQ ``dynamic`` rule,
+    ``modules_in_block_to_quantize``) ran past its time limit on a module name: catastrophic backtracking in untrusted
+    input. The message names the key and the module name."""
+
+
+class InputTypeError(Wna16Error, TypeError):
+    """A layer was called with something that is not a tensor (``torch.nn.Linear`` raises ``TypeError`` too)."""

@@ -11,12 +11,13 @@ the more pleasant of two answers.
 from __future__ import annotations
 
 import html
-import json
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wna16.checkpoint.files import read_json
 from wna16.errors import Wna16Error
 
 REPORT_ID = "wna16-conformance-report"
@@ -107,10 +108,7 @@ def status_of(counts: Mapping[str, int]) -> str:
 
 def load_report(path: Path) -> dict[str, Any]:
     """Read one report; :class:`ReportError` naming the file unless it is a conformance report we understand."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not readable as JSON: {exc}") from exc
+    data = read_json(path, ReportError)  # a regular file, bounded, any JSON failure named
     if not isinstance(data, dict) or data.get("schema") != REPORT_ID:
         raise ReportError(f"{path}: 'schema' is not {REPORT_ID!r}")
     if data.get("schema_version") not in REPORT_VERSIONS:
@@ -298,7 +296,12 @@ def build(paths: Sequence[Path], markdown: Path, page: Path) -> Matrix:
     """Read the reports at ``paths`` and write both renderings; returns the merged matrix."""
     if not paths:
         raise ReportError("no conformance reports given")
-    matrix = merge((p.name, load_report(p)) for p in paths)
+    reports = [(p.name, load_report(p)) for p in paths]
+    try:
+        matrix = merge(reports)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # right schema id, wrong structure
+        names = ", ".join(name for name, _ in reports)
+        raise ReportError(f"{names}: a report lacks or mistypes a field ({type(exc).__name__}: {exc})") from None
     markdown.write_text(render_markdown(matrix))
     page.write_text(render_html(matrix))
     return matrix

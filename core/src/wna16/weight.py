@@ -38,6 +38,19 @@ def _expect(tensor: object, name: str, shape: tuple[int, ...], dtypes: tuple[tor
         raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
 
 
+def zero_problem(zeros: torch.Tensor, scheme: Scheme) -> str | None:
+    """What is wrong with unpacked zero points for ``scheme`` (outside ``[0, 2**bits]``, or not all the centre for a
+    symmetric scheme), or None. The coverage audit asks this of stored zeros before any weight is built."""
+    if not zeros.numel():
+        return None
+    lo, hi = int(zeros.min()), int(zeros.max())
+    if lo < 0 or hi > 1 << scheme.bits:
+        return f"values in [{lo}, {hi}], expected [0, {1 << scheme.bits}]"
+    if scheme.sym and (lo != scheme.center or hi != scheme.center):
+        return f"scheme {scheme} is symmetric but zeros lie in [{lo}, {hi}], expected all {scheme.center}"
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class QuantizedWeight:
     """A quantized weight of a linear layer with ``in_features`` K and ``out_features`` N (see module docstring)."""
@@ -61,14 +74,9 @@ class QuantizedWeight:
         groups = self.num_groups
         _expect(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
         _expect(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
-        if self.zeros.numel():
-            lo, hi = int(self.zeros.min()), int(self.zeros.max())
-            if lo < 0 or hi > 1 << s.bits:
-                raise FormatError(f"{self.name}.zeros: values in [{lo}, {hi}], expected [0, {1 << s.bits}]")
-            if s.sym and (lo != s.center or hi != s.center):
-                raise FormatError(
-                    f"{self.name}.zeros: scheme {s} is symmetric but zeros lie in [{lo}, {hi}], expected all {s.center}"
-                )
+        problem = zero_problem(self.zeros, s)
+        if problem is not None:
+            raise FormatError(f"{self.name}.zeros: {problem}")
 
     def _check_g_idx(self) -> None:
         g_idx = self.g_idx

@@ -18,6 +18,9 @@ AWQ keys folded in:
    (or a bare regex) overrides fields.
 6. The defaults.
 
+Every regex here comes from the checkpoint and is matched with a time limit
+(:class:`~wna16.checkpoint.patterns.BoundedPattern`): a catastrophic pattern is a typed error naming its key.
+
 A result with ``bits >= 16`` is unquantized. Prefixes match on dotted-name boundaries: ``model.layers.1`` covers
 ``model.layers.1.mlp.up_proj`` but not ``model.layers.10.mlp.up_proj``. vLLM uses a raw ``str.startswith`` and would
 count the latter as inside the block; no auto-round checkpoint relies on that, and the boundary rule cannot silently
@@ -32,7 +35,6 @@ fused weight from the parts' weights.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +47,7 @@ from wna16.weight import QuantizedWeight
 
 if TYPE_CHECKING:
     from wna16.checkpoint.config import QuantConfig
+    from wna16.checkpoint.patterns import BoundedPattern
 
 REGEX_CHARS = frozenset("*+?^$()[]{}|\\")
 """A key holding one of these is a regex (vLLM's rule; ``.`` alone does not make a regex)."""
@@ -92,7 +95,7 @@ class DynamicRule:
     """A GPTQ ``dynamic`` entry: ``-:regex`` (``skip``) or ``+:regex`` overriding fields, matched with ``re.match``."""
 
     key: str
-    pattern: re.Pattern[str]
+    pattern: BoundedPattern
     skip: bool
     override: Override
 
