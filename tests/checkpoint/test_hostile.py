@@ -284,7 +284,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 @pytest.mark.parametrize("where", ["config.json", "model.safetensors.index.json", "header"])
 def test_deeply_nested_json_is_a_typed_error_naming_the_file(tmp_path: Path, where: str) -> None:
-    folder, _, tensors = tiny_llama(tmp_path / "ckpt", shards=2 if where != "header" else 1)
+    folder, _, _ = tiny_llama(tmp_path / "ckpt", shards=2 if where != "header" else 1)
     if where == "header":
         text = ('{"x": ' + DEEP + "}").encode()
         (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text)
@@ -373,7 +373,9 @@ def test_every_value_gap_is_listed_at_once(tmp_path: Path) -> None:
         Layer("model.layers.1.self_attn.q_proj", 64, 64),
     ]
     tensors, _ = layer_tensors(layers, "gptq")
-    tensors["model.layers.0.mlp.up_proj.qzeros"] = torch.full_like(tensors["model.layers.0.mlp.up_proj.qzeros"], 0x55555555)
+    tensors["model.layers.0.mlp.up_proj.qzeros"] = torch.full_like(
+        tensors["model.layers.0.mlp.up_proj.qzeros"], 0x55555555
+    )
     tensors["model.layers.0.mlp.down_proj.scales"][1, 3] = float("nan")
     tensors["model.layers.1.mlp.down_proj.bias"][0] = float("inf")
     tensors["model.layers.1.mlp.up_proj.scales"][0, 0] = float("-inf")

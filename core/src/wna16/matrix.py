@@ -11,7 +11,6 @@ the more pleasant of two answers.
 from __future__ import annotations
 
 import html
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

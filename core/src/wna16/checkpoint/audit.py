@@ -243,7 +243,9 @@ class _Auditor:
         k, n = sizes
         if not k or not n:
             qweight = group["qweight"].describe()
-            self.add("shape", module, f"zero-sized layer: (in, out) = ({k}, {n}) from qweight {qweight}", group["qweight"])
+            self.add(
+                "shape", module, f"zero-sized layer: (in, out) = ({k}, {n}) from qweight {qweight}", group["qweight"]
+            )
             return None
         try:
             shapes = fmt.expected_shapes(scheme, k, n)
@@ -283,7 +285,6 @@ class _Auditor:
             tensors["bias"] = bias
         return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
 
-
     def values(
         self, module: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
     ) -> None:
@@ -299,7 +300,9 @@ class _Auditor:
             if info is not None:
                 bad = int((~torch.isfinite(self.read(info.name))).sum())
                 if bad:
-                    self.add("values", module, f"{bad} non-finite value(s) (NaN or infinite) in {info.describe()}", info)
+                    self.add(
+                        "values", module, f"{bad} non-finite value(s) (NaN or infinite) in {info.describe()}", info
+                    )
 
 
 def audit_tensors(

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wna16.checkpoint.files import read_json
+from wna16.checkpoint.patterns import BoundedPattern
 from wna16.checkpoint.resolve import (
     UNQUANTIZED_BITS,
     DynamicRule,
@@ -44,8 +46,6 @@ from wna16.checkpoint.resolve import (
     resolve_layer,
     resolve_module,
 )
-from wna16.checkpoint.files import read_json
-from wna16.checkpoint.patterns import BoundedPattern
 from wna16.errors import ConfigError
 from wna16.scheme import SUPPORTED_BITS, Scheme
 

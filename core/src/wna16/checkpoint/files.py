@@ -95,9 +95,7 @@ def _kind(mode: int) -> str:
 
 
 @contextmanager
-def open_regular(
-    path: Path, error: type[Wna16Error] = CheckpointError
-) -> Iterator[tuple[IO[bytes], os.stat_result]]:
+def open_regular(path: Path, error: type[Wna16Error] = CheckpointError) -> Iterator[tuple[IO[bytes], os.stat_result]]:
     """Open ``path`` for unbuffered binary reading only if it is a regular file: ``(handle, fstat result)``.
 
     The type is checked with ``stat`` before opening (opening a FIFO blocks until a writer comes), the open itself is
@@ -422,7 +420,7 @@ class SafetensorsFolder:
                 )
             try:
                 handle.seek(info.start)
-                got = _read_exact(handle, memoryview(out.numpy())) if info.nbytes else 0
+                got = _read_exact(handle, out.numpy().data) if info.nbytes else 0
             except OSError as exc:
                 raise CheckpointError(f"{info.file}: tensor {info.name!r}: cannot read: {exc}") from exc
         if got != info.nbytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-import regex
+import regex  # type: ignore[import-untyped]  # (no stubs needed: only compile, search and match are used)
 
 from wna16.errors import ConfigError, PatternTimeoutError
 

@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"wna16 {args.command}: {problem}", file=sys.stderr)
             return EXIT_USAGE
-        return int(modules[args.command].run(args))
+        status = int(modules[args.command].run(args))
+        sys.stdout.flush()  # inside the try: a closed pipe found at the final flush is still a quiet ending
+        return status
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_PIPE

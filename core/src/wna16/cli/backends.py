@@ -58,15 +58,19 @@ def _summary(rule: Capability) -> str:
 def rows(device: str) -> list[dict[str, object]]:
     """One row per discovered backend."""
     out: list[dict[str, object]] = []
-    for entry in default_registry().entries():
+    registry = default_registry()
+    for entry in registry.entries():
         backend: Backend | None = entry.backend
         row: dict[str, object] = {"name": entry.name, "distribution": entry.distribution, "version": entry.version}
         if backend is None:
             row.update(available=False, reason="failed to load: " + (entry.error or "").strip().splitlines()[-1])
             row.update(priority=None, capabilities=[])
         else:
-            availability = backend.available(device)
-            row.update(available=availability.ok, reason=availability.reason)
+            try:
+                availability = backend.available(device)
+                row.update(available=availability.ok, reason=availability.reason)
+            except Exception as exc:  # a misbehaving plugin is listed with the fault, not a traceback of ours
+                row.update(available=False, reason=registry.fault(entry.name, "available", exc))
             row["priority"] = max((c.priority for c in backend.capabilities), default=0)
             row["capabilities"] = [describe_capability(c) for c in backend.capabilities]
             row["summary"] = [_summary(c) for c in backend.capabilities]
