@@ -188,14 +188,6 @@ def test_an_explicit_backend_whose_build_raises_is_not_replaced(
 # --- 9. the CLI: exit codes, no traceback for bad input, a closed pipe -------------------------------------------
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, stdin_pipe: bool = False) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "WNA16_BACKEND"}
-    return subprocess.run(
-        [sys.executable, "-m", "wna16.cli", *args], capture_output=True, text=True, timeout=300,
-        env={**environ, **(env or {})},
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
@@ -203,43 +195,53 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_cli_exit_codes(checkpoint_dir: Path, tmp_path: Path) -> None:
-    ok = _cli("inspect", str(checkpoint_dir))
-    assert ok.returncode == 0, ok.stderr
-    cases = {
-        "missing folder": (("inspect", str(tmp_path / "nope")), None, "not a checkpoint folder"),
-        "unknown device": (("inspect", str(checkpoint_dir), "--device", "warp9"), None, "--device 'warp9'"),
-        "unknown device, backends": (("backends", "--device", "cuda:x"), None, "--device 'cuda:x'"),
-        "unknown backend": (("inspect", str(checkpoint_dir)), {"WNA16_BACKEND": "nope"}, "WNA16_BACKEND='nope'"),
-        "refusing backend": (("inspect", str(checkpoint_dir), "--device", "meta"), {"WNA16_BACKEND": "cpu"},
-                             "UnsupportedError: backend 'cpu' (explicit) cannot serve"),
-        "bad report": (("matrix", str(tmp_path / "report.json")), None, "report.json"),
-        "usage": (("inspect",), None, "the following arguments are required"),
-    }  # fmt: skip
+def test_cli_exit_codes(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WNA16_BACKEND", raising=False)
+    assert main(["inspect", str(checkpoint_dir)]) == 0
     (tmp_path / "report.json").write_text(json.dumps({"schema": "x"}))
-    for what, (args, env, message) in cases.items():
-        result = _cli(*args, env=env)
-        assert result.returncode == 2, (what, result.returncode, result.stderr)
-        assert message in result.stderr, (what, result.stderr)
-        assert "Traceback" not in result.stderr, (what, result.stderr)
-    unreadable = tmp_path / "locked"
-    unreadable.mkdir(mode=0)
-    try:
-        result = _cli("inspect", str(unreadable))
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    finally:
-        unreadable.chmod(0o700)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    os.mkfifo(tmp_path / "fifo.json")
+    cases = {
+        "missing folder": (["inspect", str(tmp_path / "nope")], None, "not a checkpoint folder"),
+        "folder without a checkpoint": (["inspect", str(tmp_path)], None, "no quantization config"),
+        "unknown device": (["inspect", str(checkpoint_dir), "--device", "warp9"], None, "--device 'warp9'"),
+        "unknown device, backends": (["backends", "--device", "cuda:x"], None, "--device 'cuda:x'"),
+        "unknown backend": (["inspect", str(checkpoint_dir)], "nope", "WNA16_BACKEND='nope'"),
+        "refusing backend": (["inspect", str(checkpoint_dir), "--device", "meta"], "cpu",
+                             "UnsupportedError: backend 'cpu' (explicit) cannot serve"),
+        "bad report": (["matrix", str(tmp_path / "report.json")], None, "report.json: 'schema' is not"),
+        "nested report": (["matrix", str(tmp_path / "deep.json")], None, "deep.json: JSON nested too deeply"),
+        "FIFO report": (["matrix", str(tmp_path / "fifo.json")], None, "fifo.json: is a FIFO"),
+    }  # fmt: skip
+    for what, (args, backend, message) in cases.items():
+        if backend is None:
+            monkeypatch.delenv("WNA16_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("WNA16_BACKEND", backend)
+        status = main(args)
+        err = capsys.readouterr().err
+        assert status == 2, (what, status, err)
+        assert message in err, (what, err)
+        assert "Traceback" not in err, (what, err)
+    monkeypatch.delenv("WNA16_BACKEND", raising=False)
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2 with the usage line
+        main(["inspect"])
+    assert usage.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
 
 
-def test_cli_problems_exit_1(tmp_path: Path) -> None:
+def test_cli_problems_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WNA16_BACKEND", raising=False)
     _write(tmp_path)
     path = tmp_path / "model.safetensors"
     tensors = load_file(str(path))
     tensors["layers.0.up.scales"][0, 0] = float("nan")
     save_file(tensors, str(path))
-    result = _cli("inspect", str(tmp_path))
-    assert result.returncode == 1, result.stderr
-    assert "[values] model.safetensors: layers.0.up.scales: 1 non-finite value(s)" in result.stdout
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "[values] model.safetensors: layers.0.up.scales: 1 non-finite value(s)" in capsys.readouterr().out
 
 
 def test_cli_internal_error_shows_its_traceback(

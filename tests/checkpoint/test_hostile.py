@@ -188,40 +188,42 @@ CATASTROPHIC = r"^([\w.]|[\w.][\w.])*\d{5}$"
 """Backtracks exponentially in the length of a module name (``re`` never returns on 40 characters)."""
 
 
-@pytest.mark.parametrize(
-    ("key", "config"),
-    [
-        ("extra_config key", quant_config(blocks="model", extra_config={CATASTROPHIC: {"bits": 8}})),
-        ("dynamic key", {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True, "desc_act": False,
-                         "dynamic": {f"-:{CATASTROPHIC}": {}}}),
-        ("modules_in_block_to_quantize entry", {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True,
-                                                "modules_in_block_to_quantize": [[CATASTROPHIC]]}),
-    ],
-)  # fmt: skip
-def test_catastrophic_regex_from_the_checkpoint_is_refused_in_bounded_time(
-    tmp_path: Path, key: str, config: dict[str, object]
-) -> None:
+CONFIGS: dict[str, dict[str, object]] = {
+    "extra_config key": quant_config(blocks="model", extra_config={CATASTROPHIC: {"bits": 8}}),
+    "dynamic key": {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True, "desc_act": False,
+                    "dynamic": {f"-:{CATASTROPHIC}": {}}},
+    "modules_in_block_to_quantize entry": {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True,
+                                           "modules_in_block_to_quantize": [[CATASTROPHIC]]},
+}  # fmt: skip
+
+
+def test_catastrophic_regex_from_the_checkpoint_is_refused_in_bounded_time(tmp_path: Path) -> None:
     long = "model.language_model.layers.0.mlp"
     layers = [Layer(f"{long}.up_proj", 64, 128), Layer(f"{long}.down_proj", 128, 64)]
     tensors, _ = layer_tensors(layers, "gptq")
-    write_checkpoint(tmp_path, tensors, config)
-    result = _child(
+    for i, config in enumerate(CONFIGS.values()):
+        write_checkpoint(tmp_path / str(i), tensors, config)
+    result = _child(  # one interpreter for the three keys: imports cost more than the matching
         f"""
         import time
         from wna16.checkpoint.load import load_checkpoint
         from wna16.errors import PatternTimeoutError
-        start = time.monotonic()
-        try:
-            load_checkpoint({str(tmp_path)!r})
-        except PatternTimeoutError as exc:
-            print(f"{{time.monotonic() - start:.2f}}", exc)
+        for i in range({len(CONFIGS)}):
+            start = time.monotonic()
+            try:
+                load_checkpoint({str(tmp_path)!r} + f"/{{i}}")
+            except PatternTimeoutError as exc:
+                print(f"{{time.monotonic() - start:.2f}}", exc)
         """,
-        timeout=60,
+        timeout=90,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    seconds, message = result.stdout.split(" ", 1)
-    assert key in message and repr(CATASTROPHIC) in message and "ran past its time limit" in message
-    assert float(seconds) < 10
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(CONFIGS), lines
+    for key, line in zip(CONFIGS, lines, strict=True):
+        seconds, message = line.split(" ", 1)
+        assert key in message and repr(CATASTROPHIC) in message and "ran past its time limit" in message
+        assert float(seconds) < 10
 
 
 def test_ordinary_regex_keys_still_match(tmp_path: Path) -> None:
@@ -234,32 +236,36 @@ def test_ordinary_regex_keys_still_match(tmp_path: Path) -> None:
 # --- 4. special files ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "where",
-    ["model.safetensors.index.json", "x.safetensors.index.json", "config.json", "model.safetensors", "shard",
-     "quantization_config.json"],
-)  # fmt: skip
-def test_a_fifo_where_a_file_is_expected_is_refused_not_waited_on(tmp_path: Path, where: str) -> None:
-    folder, _, _ = tiny_llama(tmp_path / "ckpt", shards=1 if where != "shard" else 2)
-    if where == "shard":
-        where = "model-00002-of-00002.safetensors"
-    if where == "quantization_config.json":
-        (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    (folder / where).unlink(missing_ok=True)
-    os.mkfifo(folder / where)
+FIFO_PLACES = ("model.safetensors.index.json", "x.safetensors.index.json", "config.json", "model.safetensors",
+               "model-00002-of-00002.safetensors", "quantization_config.json")  # fmt: skip
+
+
+def test_a_fifo_where_a_file_is_expected_is_refused_not_waited_on(tmp_path: Path) -> None:
+    folders = []
+    for where in FIFO_PLACES:
+        folder, _, _ = tiny_llama(tmp_path / where, shards=2 if where.startswith("model-0") else 1, blocks=1)
+        if where == "quantization_config.json":
+            (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+        (folder / where).unlink(missing_ok=True)
+        os.mkfifo(folder / where)
+        folders.append(str(folder))
     result = _child(
         f"""
         from wna16.checkpoint.load import load_checkpoint
         from wna16.errors import Wna16Error
-        try:
-            load_checkpoint({str(folder)!r})
-        except Wna16Error as exc:
-            print(type(exc).__name__, exc)
+        for folder in {folders!r}:
+            try:
+                load_checkpoint(folder)
+            except Wna16Error as exc:
+                print(type(exc).__name__, exc)
         """,
-        timeout=60,
+        timeout=90,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{where}: is a FIFO; expected a regular file" in result.stdout
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(FIFO_PLACES), lines
+    for where, line in zip(FIFO_PLACES, lines, strict=True):
+        assert f"{where}: is a FIFO; expected a regular file" in line, line
 
 
 def test_a_device_named_as_a_shard_is_refused(tmp_path: Path) -> None:
