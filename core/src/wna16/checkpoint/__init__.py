@@ -37,7 +37,7 @@ Loading (files.py, audit.py, load.py; also ``wna16.load_checkpoint``)::
     ckpt = wna16.load_checkpoint(path, remap=None, *, expected_modules=None, ignore=(), allow_unquantized=False)
     ckpt.layers: dict[str, CheckpointLayer]   # runtime name -> scheme, packed_format, in/out_features, act_order,
                                               # has_bias, source (checkpoint name), tensors (role -> TensorInfo)
-    ckpt.weight(name) -> QuantizedWeight      # lazy, from the memory-mapped shards; ckpt.bias(name) -> Tensor | None
+    ckpt.weight(name) -> QuantizedWeight      # lazy, read from the shards; ckpt.bias(name) -> Tensor | None
     ckpt.unquantized: dict[str, TensorInfo]; ckpt.tensor(runtime_name) -> Tensor      # the 16-bit tensors
     ckpt.audit -> AuditReport; ckpt.config -> QuantConfig (remapped); ckpt.remap; ckpt.sizes -> Sizes
     open_checkpoint(...) -> (Checkpoint, AuditReport)   # same, without raising on audit problems (wna16 inspect)
