@@ -86,7 +86,7 @@ def _outputs(out: Path) -> Path:
     _report(out / "conformance-marlin-x.json", "marlin", False, 0)
     row = {"m": 1, "k": 64, "n": 64, "triton_ms": 1.0, "dense_ms": 1.0, "triton_over_dense": 1.0, "roofline_ms": 0.5,
            "roofline_fraction": 0.5}  # fmt: skip
-    (out / "bench-triton-x.json").write_text(json.dumps({"rows": [row], "problems": []}))
+    (out / "bench-triton-x.json").write_text(json.dumps({"rows": [row], "problems": [], "complete": True}))
     (out.parent / "environment.json").write_text('{"torch": "2.11.0"}')
     steps = out.parent / "steps.tsv"
     steps.write_text("environment\t0\t1.0\t30\ninstall-pip(optional)\t1\t2.0\t90\nsuite-rocm\t0\t3.0\t250\n")

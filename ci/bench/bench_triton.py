@@ -115,7 +115,11 @@ def bench_shape(
     rows, problems = [], []
     for m in ms:
         x = (torch.randn(m, k, device=device, generator=generator) * 0.5).to(torch.bfloat16)
-        y_triton = prepared(x)  # first call: the tuner picks its configuration here
+        timer.sync()
+        t0 = time.perf_counter()
+        y_triton = prepared(x)  # first call: the tuner compiles and times its candidates here
+        timer.sync()
+        first_call_s = time.perf_counter() - t0
         y_dense = F.linear(x, dense)
         scale = float(y_dense.float().abs().max()) or 1.0
         rel_error = float((y_triton.float() - y_dense.float()).abs().max()) / scale
@@ -130,7 +134,7 @@ def bench_shape(
             "triton_ms": round(t_triton, 5), "dense_ms": round(t_dense, 5),
             "triton_over_dense": round(t_triton / t_dense, 4), "roofline_ms": round(roofline, 5),
             "roofline_fraction": round(roofline / t_triton, 4), "bytes_moved": moved, "max_rel_error": rel_error,
-            "weight_copies": copies, "dense_copies": dense_copies,
+            "weight_copies": copies, "dense_copies": dense_copies, "first_call_s": round(first_call_s, 2),
         })  # fmt: skip
         print(
             f"M={m:<4} K={k:<5} N={n:<6} triton {t_triton:9.4f} ms  dense bf16 {t_dense:9.4f} ms  "
@@ -139,6 +143,16 @@ def bench_shape(
             flush=True,
         )
     return rows, problems
+
+
+def write(path: Path | None, result: dict[str, Any]) -> None:
+    """Write the JSON result (replacing the file in one rename, so that a reader never sees half of it)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,15 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
     print(f"{name}: device-to-device copy {bandwidth / 1e9:.1f} GB/s (read + write)", flush=True)
     ms = [int(v) for v in args.ms.split(",")]
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for shape in args.shapes.split(","):
-        k, n = (int(v) for v in shape.lower().split("x"))
-        shape_rows, shape_problems = bench_shape(k, n, ms, device, timer, args.rounds, bandwidth, cache)
-        rows += shape_rows
-        problems += shape_problems
     import triton
 
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
     result = {
         "benchmark": "bench_triton",
         "device": {"type": device.type, "name": name},
@@ -184,10 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         "cache_bytes": cache,
         "rows": rows,
         "problems": problems,
+        "complete": False,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    for shape in args.shapes.split(","):
+        k, n = (int(v) for v in shape.lower().split("x"))
+        shape_rows, shape_problems = bench_shape(k, n, ms, device, timer, args.rounds, bandwidth, cache)
+        rows += shape_rows
+        problems += shape_problems
+        write(args.json, result)  # after each shape: a run cut short by its time limit keeps what it measured
+    result["complete"] = True
+    write(args.json, result)
     for problem in problems:
         print(f"PROBLEM: {problem}")
     return 1 if problems else 0

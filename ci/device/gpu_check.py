@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -108,7 +109,7 @@ def environment() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "triton": triton_version,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "cuda_available": torch.cuda.is_available(),
         "devices": [],
     }
@@ -210,6 +211,8 @@ def summarize(out: Path, steps_tsv: Path, env_json: Path) -> tuple[dict[str, Any
     if bench_paths:
         bench = json.loads(bench_paths[0].read_text())
         problems += [f"{bench_paths[0].name}: {p}" for p in bench.get("problems", [])]
+        if not bench.get("complete", False):
+            problems.append(f"{bench_paths[0].name}: incomplete ({len(bench['rows'])} rows measured)")
     else:
         problems.append("no benchmark report (bench-*.json)")
     problems += output_problems(out)
@@ -218,6 +221,7 @@ def summarize(out: Path, steps_tsv: Path, env_json: Path) -> tuple[dict[str, Any
     summary = {
         "environment": json.loads(env_json.read_text()) if env_json.exists() else None,
         "steps": steps,
+        "reports_schema_validated": os.environ.get("WNA16_REPORT_UNVALIDATED") != "1",
         "conformance": backends,
         "benchmark": None if bench is None else {"file": bench_paths[0].name, "rows": bench["rows"]},
         "problems": problems,
@@ -230,6 +234,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n== gpu_check summary")
     for s in summary["steps"]:
         print(f"  step {s['step']:<22} {s['status']:<8} {s['wall_s']:7.1f} s (limit {s['limit_s']} s)")
+    if not summary["reports_schema_validated"]:
+        print("  reports written WITHOUT schema validation (no jsonschema here): run gpu_check.py validate on them")
     for b in summary["conformance"]:
         state = "available" if b["available"] else f"UNAVAILABLE ({b['unavailable_reason']})"
         print(

@@ -12,7 +12,7 @@
 #      writing their dist-info into a scratch folder on PYTHONPATH (gpu_check.py install-path; entry points work);
 #      jsonschema (which the suite validates its reports with) is installed from a wheelhouse when one is given
 #      (WNA16_WHEELHOUSE, default .whl/, made by ci/device/wheelhouse.sh); without it, reports are written unvalidated
-#      and say so;
+#      (summary.json says so; validate them later with `gpu_check.py validate`);
 #   3. runs the conformance suite (ci profile) on cuda:0 against `reference`, `rocm` (Triton) and `marlin` at the same
 #      time (vLLM is absent: marlin must report itself unavailable with the reason; its computing cells are not run,
 #      its refusals still are). The rocm run takes the heuristic launch configuration (WNA16_ROCM_AUTOTUNE=0): tuning
@@ -23,8 +23,8 @@
 # support_matrix.html, summary.json (machine, steps, totals, benchmark, problems) and log.txt (every step's output).
 #
 # Every step has its own limit, cut further so that the sum stays within --budget (default 450 s; a killed step may
-# overrun its limit by the 15 s grace between SIGINT and SIGKILL): a hang costs its
-# step, not the run. --dry-run replaces the device by the CPU (Triton interpreter, two cells, tiny benchmark shapes)
+# overrun its limit by the 15 s grace between SIGINT and SIGKILL): a hang costs its step, not the run.
+# --dry-run replaces the device by the CPU (Triton interpreter, three cells, tiny benchmark shapes)
 # and runs every other line as on the GPU; the `gpu-check-dry-run` nox session runs it in CI so this cannot rot.
 set -uo pipefail
 
@@ -73,7 +73,7 @@ else
     # each compiled once (1-10 s of one core): most of the 16 cores go to it.
     JOBS_REFERENCE=2 JOBS_ROCM=12 JOBS_MARLIN=1
     BENCH_OPTIONS=(--device cuda:0 --shapes 4096x4096,8192x28672 --ms 1,16,128 --rounds 20)
-    CAP_ENV=30 CAP_INSTALL=90 CAP_SUITES=250 CAP_BENCH=150 CAP_MATRIX=30
+    CAP_ENV=30 CAP_INSTALL=90 CAP_SUITES=240 CAP_BENCH=170 CAP_MATRIX=30
 fi
 
 say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
@@ -130,13 +130,13 @@ if [ "$INSTALL" != path ]; then
     fi
 fi
 if [ "$METHOD" = path ]; then
-    step install-path "$CAP_INSTALL" 380 "$LOG" "$PYTHON" "$HELPER" install-path "$WORK/site" "${PATH_ARGS[@]}" \
+    step install-path "$CAP_INSTALL" 300 "$LOG" "$PYTHON" "$HELPER" install-path "$WORK/site" "${PATH_ARGS[@]}" \
         && export PYTHONPATH="$WORK/site:$(cat "$WORK/site/pythonpath.txt")${PYTHONPATH:+:$PYTHONPATH}"
 fi
 WHEELHOUSE="${WNA16_WHEELHOUSE:-$ROOT/.whl}"
 if ! "$PYTHON" -c 'import jsonschema' 2>/dev/null; then
     if [ -d "$WHEELHOUSE" ]; then
-        step install-jsonschema 60 370 "$LOG" "$PYTHON" -m pip install --no-index --find-links "$WHEELHOUSE" \
+        step install-jsonschema 60 300 "$LOG" "$PYTHON" -m pip install --no-index --find-links "$WHEELHOUSE" \
             --disable-pip-version-check -q --target "$WORK/jsonschema" jsonschema \
             && export PYTHONPATH="$WORK/jsonschema${PYTHONPATH:+:$PYTHONPATH}"
     fi
@@ -158,11 +158,11 @@ suite() {  # suite BACKEND JOBS [VAR=value...]: the command line of one conforma
 }
 say "conformance: reference, rocm, marlin on $DEVICE"
 suite reference "$JOBS_REFERENCE"
-step suite-reference "$CAP_SUITES" 200 "$WORK/reference.log" "${SUITE[@]}" &
+step suite-reference "$CAP_SUITES" 190 "$WORK/reference.log" "${SUITE[@]}" &
 suite rocm "$JOBS_ROCM" WNA16_ROCM_AUTOTUNE=0
-step suite-rocm "$CAP_SUITES" 200 "$WORK/rocm.log" "${SUITE[@]}" &
+step suite-rocm "$CAP_SUITES" 190 "$WORK/rocm.log" "${SUITE[@]}" &
 suite marlin "$JOBS_MARLIN"
-step suite-marlin "$CAP_SUITES" 200 "$WORK/marlin.log" "${SUITE[@]}" &
+step suite-marlin "$CAP_SUITES" 190 "$WORK/marlin.log" "${SUITE[@]}" &
 wait
 for b in reference rocm marlin; do
     { echo "---- conformance $b (last 200 lines)"; tail -n 200 "$WORK/$b.log"; } >> "$LOG"
@@ -171,7 +171,7 @@ done
 
 # 4. The benchmark, alone on the device.
 say "benchmark: Triton vs cuBLAS bf16 and the copy roofline"
-step bench "$CAP_BENCH" 40 "$LOG" "$PYTHON" "$ROOT/ci/bench/bench_triton.py" "${BENCH_OPTIONS[@]}" \
+step bench "$CAP_BENCH" 30 "$LOG" "$PYTHON" "$ROOT/ci/bench/bench_triton.py" "${BENCH_OPTIONS[@]}" \
     --json "$OUT_DIR/bench-triton-$SLUG.json"
 
 # 5. The matrix and the summary.
