@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, expect_tensor
 from wna16.packing import pack_cols, pack_rows, packed_rows, unpack_cols, unpack_rows
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES, QuantizedWeight, trivial_g_idx
@@ -37,12 +37,6 @@ def _get(tensors: Tensors, prefix: str, key: str) -> torch.Tensor:
     if tensor is None:
         raise FormatError(f"{prefix}{key}: missing (have {sorted(tensors)})")
     return tensor
-
-
-def _check(tensor: torch.Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
-    if tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
-        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
 
 
 @dataclass(frozen=True)
@@ -71,14 +65,14 @@ class GPTQFormat:
         g_idx = tensors.get("g_idx")
         groups = scheme.num_groups(in_features)
         if g_idx is not None:
-            _check(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
+            expect_tensor(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
             needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
             # A row-parallel slice under act order carries the scales of every group, used or not (wna16.partition).
             groups = max(needed, int(scales.shape[0])) if scales.dim() == 2 else needed
-        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
-        _check(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
-        _check(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
+        expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        expect_tensor(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
+        expect_tensor(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
         zeros = unpack_cols(qzeros, scheme.bits, f"{prefix}qzeros") + self.zero_offset
         return QuantizedWeight(scheme, in_features, out_features, qweight, zeros, scales, g_idx, prefix + "weight")
 
@@ -146,9 +140,9 @@ class AWQFormat:
         """Read ``qweight``/``qzeros``/``scales`` into the canonical weight (codes are repacked along K)."""
         shapes = self.expected_shapes(scheme, in_features, out_features)
         qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
-        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
-        _check(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
-        _check(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
+        expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        expect_tensor(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
+        expect_tensor(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
         codes = self._unpack_n(qweight, f"{prefix}qweight")
         zeros = self._unpack_n(qzeros, f"{prefix}qzeros")
         packed = pack_rows(codes, 4, f"{prefix}qweight")

@@ -63,11 +63,6 @@ class LayerSpec:
         return self.shard is not None and self.in_features != self.shard.full_in_features
 
     @property
-    def is_n_slice(self) -> bool:
-        """True when this layer holds only some output columns of a larger layer."""
-        return self.shard is not None and self.out_features != self.shard.full_out_features
-
-    @property
     def adds_bias(self) -> bool:
         """Whether the backend must add the bias: the layer has one and, under K-slicing, this slice owns it."""
         return self.bias and (self.shard is None or self.shard.adds_bias)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, describe, expect_tensor
 from wna16.packing import pack_rows, packed_rows, unpack_rows
 from wna16.scheme import Scheme
 
@@ -30,12 +30,6 @@ def trivial_g_idx(in_features: int, scheme: Scheme, device: torch.device | str =
     """The g_idx exports ship without act order: ``arange(K) // group_size``."""
     rows = scheme.group_rows(in_features)
     return torch.arange(in_features, dtype=torch.int32, device=device) // rows
-
-
-def _expect(tensor: object, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
-    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
-        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,14 +47,14 @@ class QuantizedWeight:
 
     def __post_init__(self) -> None:
         k, n, s = self.in_features, self.out_features, self.scheme
-        _expect(
+        expect_tensor(
             self.qweight, f"{self.name}.qweight", (packed_rows(k, s.bits, f"{self.name}.qweight"), n), (torch.int32,)
         )
         if self.g_idx is not None:
             self._check_g_idx()
         groups = self.num_groups
-        _expect(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
-        _expect(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
+        expect_tensor(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
+        expect_tensor(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
         if self.zeros.numel():
             lo, hi = int(self.zeros.min()), int(self.zeros.max())
             if lo < 0 or hi > 1 << s.bits:
@@ -73,7 +67,7 @@ class QuantizedWeight:
     def _check_g_idx(self) -> None:
         g_idx = self.g_idx
         assert g_idx is not None
-        _expect(g_idx, f"{self.name}.g_idx", (self.in_features,), (torch.int32,))
+        expect_tensor(g_idx, f"{self.name}.g_idx", (self.in_features,), (torch.int32,))
         groups = self.scales.shape[0] if self.scales.dim() == 2 else -1
         trivial = trivial_g_idx(self.in_features, self.scheme)
         if groups == self.scheme.num_groups(self.in_features) and bool(torch.equal(g_idx.cpu(), trivial)):

@@ -25,7 +25,7 @@ says quantized).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,16 +34,15 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
-from wna16.errors import CheckpointError, ConfigError, FormatError
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError
 from wna16.formats import AWQFormat, get_format
 from wna16.packing import run_length
+from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES
 
 QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx")
 """Tensor-name suffixes that belong to a packed quantized linear layer."""
-
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class LayerQuantLike(Protocol):
@@ -79,16 +78,6 @@ class Problem:
     def __str__(self) -> str:
         where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
         return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
-
-
-class CheckpointAuditError(CheckpointError):
-    """The audit found problems; ``problems`` holds every one of them."""
-
-    def __init__(self, folder: Path, problems: Sequence[Problem]) -> None:
-        self.folder = folder
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"checkpoint {folder}: {len(self.problems)} problem(s) found by the coverage audit:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -260,7 +249,7 @@ class _Auditor:
         self.expect(module, group["qzeros"], (groups, shapes["qzeros"][1]), (torch.int32,))
         self.expect(module, group["scales"], (groups, n), SCALE_DTYPES)
         if bias is not None:
-            self.expect(module, bias, (n,), FLOAT_DTYPES)
+            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
         tensors = dict(group)

@@ -191,7 +191,7 @@ def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint (or component) folder, for :func:`~wna16.checkpoint.remap.preset_for`."""
+    """The ``config.json`` of a checkpoint (or component) folder, for :func:`~wna16.checkpoint.presets.preset_for`."""
     return _load_json(Path(folder) / "config.json")
 
 

@@ -79,7 +79,7 @@ from wna16.errors import CheckpointError, ConfigError, UnsupportedError
 from wna16.formats import get_format
 from wna16.packing import packed_rows
 from wna16.partition import Shard
-from wna16.protocol import LayerSpec, PreparedLinear
+from wna16.protocol import ACTIVATION_DTYPES, LayerSpec, PreparedLinear
 from wna16.registry import select
 
 METHOD = "wna16"
@@ -93,8 +93,6 @@ ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
 
 ACCEPTED_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round", "gptq", "awq"})
 """``quant_method`` values of the checkpoints the method claims when asked."""
-
-ACT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
 
@@ -290,7 +288,7 @@ class Wna16Config(QuantizationConfig):
     @classmethod
     def get_supported_act_dtypes(cls) -> list[torch.dtype]:
         """Every activation dtype a wna16 backend may serve; the selected backend refuses what it cannot."""
-        return list(ACT_DTYPES)
+        return list(ACTIVATION_DTYPES)
 
     @classmethod
     def get_min_capability(cls) -> int:
