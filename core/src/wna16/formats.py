@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from wna16.errors import FormatError, expect_tensor
+from wna16.groups import stored_groups, trivial_g_idx
 from wna16.packing import pack_cols, pack_rows, packed_rows, unpack_cols, unpack_rows
 from wna16.scheme import Scheme
-from wna16.weight import SCALE_DTYPES, QuantizedWeight, trivial_g_idx
+from wna16.weight import SCALE_DTYPES, QuantizedWeight
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -48,7 +49,7 @@ class GPTQFormat:
 
     def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the tensors this layout stores for a layer (``g_idx`` optional on read)."""
-        groups = scheme.num_groups(in_features)
+        groups = len(stored_groups(scheme, in_features))
         return {
             "qweight": (packed_rows(in_features, scheme.bits, "qweight"), out_features),
             "qzeros": (groups, packed_rows(out_features, scheme.bits, "qzeros")),
@@ -63,7 +64,7 @@ class GPTQFormat:
         shapes = self.expected_shapes(scheme, in_features, out_features)
         qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
         g_idx = tensors.get("g_idx")
-        groups = scheme.num_groups(in_features)
+        groups = shapes["scales"][0]
         if g_idx is not None:
             expect_tensor(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
@@ -113,7 +114,7 @@ class AWQFormat:
     def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the tensors this layout stores for a layer."""
         self._check_scheme(scheme, in_features, out_features, "awq")
-        groups = scheme.num_groups(in_features)
+        groups = len(stored_groups(scheme, in_features))
         return {
             "qweight": (in_features, out_features // 8),
             "qzeros": (groups, out_features // 8),

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from wna16.groups import trivial_g_idx
 from wna16.packing import pack_rows
-from wna16.weight import QuantizedWeight, trivial_g_idx
+from wna16.weight import QuantizedWeight
 
 MIN_BLOCK_K = 16
 """The smallest K block the kernels use (``tl.dot`` needs 16); ``UNIFORM`` needs group rows that it divides."""

@@ -36,6 +36,7 @@ from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
 from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError
 from wna16.formats import AWQFormat, get_format
+from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
 from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
@@ -227,7 +228,7 @@ class _Auditor:
         except FormatError as exc:
             self.add("shape", module, f"K={k}, N={n} do not fit {scheme} ({layout}): {exc}", group["qweight"])
             return None
-        groups = scheme.num_groups(k)
+        groups = shapes["scales"][0]  # wna16.groups.stored_groups, via the layout
         g_idx = group.get("g_idx")
         act_order = False
         if g_idx is not None and g_idx.shape != shapes["g_idx"]:
@@ -242,7 +243,7 @@ class _Auditor:
                     "g_idx", module, f"values in [{lo}, {hi}], expected [0, {stored - 1}] ({stored} groups)", g_idx
                 )
             else:
-                trivial = torch.arange(k, dtype=torch.int64) // scheme.group_rows(k)
+                trivial = trivial_g_idx(k, scheme).to(torch.int64)
                 act_order = not torch.equal(values.to(torch.int64), trivial)
                 groups = max(groups, hi + 1) if act_order else groups
         self.expect(module, group["qweight"], shapes["qweight"], (torch.int32,))

@@ -77,6 +77,7 @@ from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
 from wna16.errors import CheckpointError, ConfigError, UnsupportedError
 from wna16.formats import get_format
+from wna16.groups import stored_groups
 from wna16.packing import packed_rows
 from wna16.partition import Shard
 from wna16.protocol import ACTIVATION_DTYPES, LayerSpec, PreparedLinear
@@ -193,7 +194,11 @@ class Wna16LinearMethod(LinearMethodBase):
         row_parallel = input_size != k
         # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
         replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
-        groups = scheme.num_groups(input_size) if replicate else scheme.num_groups(k)
+        rank = int(getattr(layer, "tp_rank", 0))
+        shard = Shard.row_parallel(input_size, n, rank, input_size // k) if row_parallel else None
+        # The scales this rank stores (wna16.groups): a K-slice keeps every group its rows may use.
+        kept = shard.groups(scheme, k, self.layer_quant.act_order) if shard else stored_groups(scheme, k)
+        groups = len(kept)
         factor: int | Fraction = (
             8 if awq else (32 // scheme.bits if 32 % scheme.bits == 0 else Fraction(32, scheme.bits))
         )
@@ -230,9 +235,7 @@ class Wna16LinearMethod(LinearMethodBase):
         layer.register_parameter("qzeros", qzeros)
         layer.register_parameter("scales", scale_param)
         self._shape, self._dtype = (k, n), params_dtype
-        if row_parallel:
-            rank = int(getattr(layer, "tp_rank", 0))
-            self._shard = Shard(input_size, n, k_start=rank * k, n_start=0, adds_bias=rank == 0)
+        self._shard = shard
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Canonical weight from the loaded tensors, backend selected and prepared; raw tensors released."""
