@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -28,6 +29,33 @@ from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES, QuantizedWeight
 
 Tensors = Mapping[str, torch.Tensor]
+
+
+class PackingFormat(str, Enum):
+    """The on-disk layouts by name, as values: configs, resolved layers, checkpoint layers and :class:`QuantLinear`
+    carry one of these (never a bare string), and :attr:`layout` is the class that reads and writes it. A ``str``
+    Enum, so it compares equal to its name and prints as it (``"gptq_v2"``) in reports and JSON."""
+
+    GPTQ = "gptq"
+    GPTQ_V2 = "gptq_v2"
+    AWQ = "awq"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def of(cls, name: str) -> PackingFormat:
+        """The format called ``name``, or :class:`FormatError` listing the known ones."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise FormatError(f"packed format {name!r}: expected one of {sorted(f.value for f in cls)}") from None
+
+    @property
+    def layout(self) -> PackedFormat:
+        """The layout object that converts this format to and from :class:`QuantizedWeight`."""
+        return FORMATS[self]
+
 
 AWQ_ORDER: tuple[int, ...] = (0, 2, 4, 6, 1, 3, 5, 7)
 """Nibble p of an AWQ word holds column ``AWQ_ORDER[p]`` of its block of 8 columns."""
@@ -44,7 +72,7 @@ def _get(tensors: Tensors, prefix: str, key: str) -> torch.Tensor:
 class GPTQFormat:
     """GPTQ packing; ``zero_offset`` is 1 for v1 (stored zero = zero - 1) and 0 for v2."""
 
-    name: str
+    name: PackingFormat
     zero_offset: int
 
     def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
@@ -100,7 +128,7 @@ class GPTQFormat:
 class AWQFormat:
     """AutoAWQ gemm packing: 4-bit codes and zeros packed along N with the [0,2,4,6,1,3,5,7] interleave."""
 
-    name: str = "awq"
+    name: PackingFormat = PackingFormat.AWQ
 
     @staticmethod
     def _check_scheme(scheme: Scheme, in_features: int, out_features: int, what: str) -> None:
@@ -165,16 +193,14 @@ class AWQFormat:
 
 PackedFormat = GPTQFormat | AWQFormat
 
-GPTQ_V1 = GPTQFormat("gptq", zero_offset=1)
-GPTQ_V2 = GPTQFormat("gptq_v2", zero_offset=0)
+GPTQ_V1 = GPTQFormat(PackingFormat.GPTQ, zero_offset=1)
+GPTQ_V2 = GPTQFormat(PackingFormat.GPTQ_V2, zero_offset=0)
 AWQ = AWQFormat()
 
 FORMATS: dict[str, PackedFormat] = {f.name: f for f in (GPTQ_V1, GPTQ_V2, AWQ)}
+"""Layout objects by :class:`PackingFormat` (which, being a ``str`` Enum, also looks them up by plain name)."""
 
 
-def get_format(name: str) -> PackedFormat:
-    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``)."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise FormatError(f"packed format {name!r}: expected one of {sorted(FORMATS)}") from None
+def get_format(name: str | PackingFormat) -> PackedFormat:
+    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``, or the :class:`PackingFormat` itself)."""
+    return PackingFormat.of(name).layout

@@ -13,6 +13,8 @@ integration), so that they cannot disagree on a slice:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from wna16.errors import SchemeError
@@ -45,3 +47,69 @@ def has_partial_group(scheme: Scheme, in_features: int, *, full_in_features: int
     per group taken from the full layer (never with one group over K)."""
     full = in_features if full_in_features is None else full_in_features
     return scheme.group_size != -1 and in_features % scheme.group_rows(full) != 0
+
+
+@dataclass(frozen=True)
+class RowRegroup:
+    """Where each input row goes when the rows are sorted by group (stable: a row keeps its place within its group)
+    and every group is padded to the rows a kernel wants.
+
+    ``order``: int64 [K], the input rows in group order. ``dest``: int64 [K], the kernel row of input row ``k``.
+    ``counts``/``padded``/``start``: int64 [G], the real rows, padded rows and first kernel row of each group.
+    ``kernel_rows``: K', the rows the kernel sees (the sum of ``padded``).
+    """
+
+    order: torch.Tensor
+    dest: torch.Tensor
+    counts: torch.Tensor
+    padded: torch.Tensor
+    start: torch.Tensor
+    kernel_rows: int
+
+    @property
+    def in_features(self) -> int:
+        """K: the input rows regrouped."""
+        return int(self.dest.numel())
+
+    @property
+    def identity(self) -> bool:
+        """True when the kernel order is the input order with no padding row."""
+        k = self.in_features
+        return self.kernel_rows == k and bool(torch.equal(self.dest, torch.arange(k, device=self.dest.device)))
+
+    def source(self, kernel_rows: int | None = None) -> torch.Tensor:
+        """int64 [K']: the input row each kernel row reads, ``K`` for a padding row (a zero column appended to the
+        activations); ``kernel_rows`` pads the tail further (default :attr:`kernel_rows`)."""
+        total = self.kernel_rows if kernel_rows is None else kernel_rows
+        if total < self.kernel_rows:
+            raise ValueError(f"kernel_rows={total} is smaller than the {self.kernel_rows} rows the regrouping needs")
+        out = torch.full((total,), self.in_features, dtype=torch.int64, device=self.dest.device)
+        out[self.dest] = torch.arange(self.in_features, device=self.dest.device)
+        return out
+
+    def block_groups(self, block_rows: int) -> torch.Tensor:
+        """int64 [K' / block_rows]: the group of each block of ``block_rows`` kernel rows (groups padded to a multiple
+        of ``block_rows``)."""
+        groups = torch.arange(int(self.counts.numel()), device=self.counts.device)
+        return torch.repeat_interleave(groups, self.padded // block_rows)
+
+
+def regroup_rows(group: torch.Tensor, num_groups: int, *, multiple: int = 1, rows: int | None = None) -> RowRegroup:
+    """Sort the rows whose groups are ``group`` (int64 [K], values in ``[0, num_groups)``) by group and pad each group
+    to a multiple of ``multiple`` rows, or to exactly ``rows`` rows (every group the same size; ``rows`` must hold the
+    largest group). A group no row uses gets no row (``multiple``) or ``rows`` padding rows."""
+    group = group.to(torch.int64)
+    k = int(group.numel())
+    sorted_group, order = torch.sort(group, stable=True)
+    counts = torch.bincount(sorted_group, minlength=num_groups)
+    if rows is not None:
+        if counts.numel() and int(counts.max()) > rows:
+            raise ValueError(f"rows={rows} cannot hold a group of {int(counts.max())} rows")
+        padded = torch.full_like(counts, rows)
+    else:
+        padded = (counts + multiple - 1) // multiple * multiple
+    start = torch.cumsum(padded, 0) - padded
+    rank = torch.arange(k, device=group.device) - (torch.cumsum(counts, 0) - counts)[sorted_group]
+    dest = torch.empty(k, dtype=torch.int64, device=group.device)
+    dest[order] = start[sorted_group] + rank
+    return RowRegroup(order, dest, counts, padded, start, int(padded.sum()))

@@ -27,6 +27,7 @@ from wna16.checkpoint.audit import CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
 from wna16.errors import ModelMismatchError
+from wna16.formats import PackingFormat
 from wna16.nn import QuantLinear
 from wna16.protocol import Backend
 from wna16.registry import Registry
@@ -38,7 +39,7 @@ class PatchedLayer:
 
     name: str
     scheme: str
-    packed_format: str
+    packed_format: PackingFormat
     in_features: int
     out_features: int
     act_order: bool

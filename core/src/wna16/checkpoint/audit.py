@@ -35,7 +35,7 @@ import torch
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
 from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError
-from wna16.formats import AWQFormat, get_format
+from wna16.formats import AWQFormat, PackingFormat
 from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
 from wna16.protocol import ACTIVATION_DTYPES
@@ -53,7 +53,7 @@ class LayerQuantLike(Protocol):
     def scheme(self) -> Scheme: ...
 
     @property
-    def packed_format(self) -> str: ...
+    def packed_format(self) -> PackingFormat: ...
 
 
 class Resolver(Protocol):
@@ -92,7 +92,7 @@ class CheckpointLayer:
     name: str
     source: str
     scheme: Scheme
-    packed_format: str
+    packed_format: PackingFormat
     in_features: int
     out_features: int
     act_order: bool
@@ -195,7 +195,7 @@ class _Auditor:
                 self.add("shape", module, f"shape {qweight.describe()}, expected a 2-D packed tensor", qweight)
             return None
         rows, cols = qweight.shape
-        if isinstance(get_format(layout), AWQFormat):
+        if layout is PackingFormat.AWQ:
             return rows, cols * 8
         codes, words = run_length(bits)
         if rows % words:
@@ -210,7 +210,7 @@ class _Auditor:
         """Check one quantized module's tensors against its scheme; the layer, or None when it has problems."""
         before = len(self.problems)
         scheme, layout = quant.scheme, quant.packed_format
-        fmt = get_format(layout)
+        fmt = layout.layout
         required = ("qweight", "qzeros", "scales")
         anchor = next(iter(group.values()))
         for role in required:

@@ -22,7 +22,6 @@ from wna16.checkpoint.files import Progress, SafetensorsFolder, TensorInfo
 from wna16.checkpoint.presets import preset_for
 from wna16.checkpoint.remap import Remap
 from wna16.errors import CheckpointError, FormatError
-from wna16.formats import get_format
 from wna16.weight import QuantizedWeight
 
 
@@ -85,7 +84,7 @@ class Checkpoint:
         skip = {"bias"} if layer.act_order else {"bias", "g_idx"}
         tensors = {role: self._files.tensor(info.name) for role, info in layer.tensors.items() if role not in skip}
         try:
-            return get_format(layer.packed_format).unpack(
+            return layer.packed_format.layout.unpack(
                 tensors, layer.scheme, layer.in_features, layer.out_features, prefix=f"{layer.source}."
             )
         except FormatError as exc:

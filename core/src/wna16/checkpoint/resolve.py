@@ -40,6 +40,7 @@ from typing import Protocol
 import torch
 
 from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError
+from wna16.formats import PackingFormat
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
 
@@ -96,13 +97,17 @@ class DynamicRule:
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """How one linear layer is stored: its scheme, its packed layout (a :data:`wna16.formats.FORMATS` name), whether
-    it uses act order (``desc_act``: a non-trivial ``g_idx``), and ``source``: which rule decided, for messages."""
+    """How one linear layer is stored: its scheme, its packed layout (a :class:`wna16.formats.PackingFormat`; a name
+    is accepted and converted), whether it uses act order (``desc_act``: a non-trivial ``g_idx``), and ``source``:
+    which rule decided, for messages."""
 
     scheme: Scheme
-    packed_format: str
+    packed_format: PackingFormat
     act_order: bool
     source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed_format", PackingFormat.of(self.packed_format))
 
     def __str__(self) -> str:
         order = " act-order" if self.act_order else ""
@@ -116,7 +121,7 @@ class Rules(Protocol):
     @property
     def source(self) -> str: ...
     @property
-    def packed_format(self) -> str: ...
+    def packed_format(self) -> PackingFormat: ...
     @property
     def defaults(self) -> Override: ...
     @property
