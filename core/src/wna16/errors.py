@@ -8,14 +8,12 @@ no" catch that one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
-
-    from wna16.checkpoint.audit import Problem
 
 
 class Wna16Error(Exception):
@@ -83,9 +81,24 @@ class CorruptFileError(CheckpointError):
     """A safetensors file's header is malformed or disagrees with the file (truncated data, lying offsets)."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement between checkpoint and config; ``str()`` is a self-contained message."""
+
+    kind: str
+    module: str
+    message: str
+    tensor: str | None = None
+    file: Path | None = None
+
+    def __str__(self) -> str:
+        where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
+        return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
+
+
 class CheckpointAuditError(CheckpointError):
     """The coverage audit found problems; ``problems`` holds every one of them
-    (:class:`wna16.checkpoint.audit.Problem`)."""
+    (:class:`Problem`)."""
 
     def __init__(self, folder: Path, problems: Sequence[Problem]) -> None:
         self.folder = folder

@@ -34,7 +34,7 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
-from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, Problem
 from wna16.formats import AWQFormat, PackingFormat
 from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
@@ -64,21 +64,6 @@ class Resolver(Protocol):
     def block_prefixes(self) -> tuple[str, ...]: ...
 
     def resolve(self, module_name: str) -> LayerQuantLike | None: ...
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One disagreement between checkpoint and config; ``str()`` is a self-contained message."""
-
-    kind: str
-    module: str
-    message: str
-    tensor: str | None = None
-    file: Path | None = None
-
-    def __str__(self) -> str:
-        where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
-        return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
 
 
 @dataclass(frozen=True)
