@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "conform": "wna16.cli.conform",
     "inspect": "wna16.cli.inspect",
 }
-"""Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (imported on use)."""
+"""Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (all imported up front)."""
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
