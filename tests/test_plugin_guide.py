@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from wna16_conformance.invocation import suite_command
+
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "backends" / "README.md"
 BLOCK = re.compile(r"^```(\w+)(?: file=(\S+))?\n(.*?)^```", re.S | re.M)
@@ -78,24 +80,8 @@ def test_example_backend_installs_and_passes_in_the_fresh_env(workdir: Path) -> 
     python = workdir / ".venv" / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT / "backends" / "example_compile")], check=True)
     report_path = workdir / "reports" / "cpu-example-compile.json"
-    done = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--pyargs",
-            "wna16_conformance",
-            "--wna16-backend=example-compile",
-            "--wna16-max-dim=256",
-            f"--wna16-report={report_path}",
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
+    cmd = suite_command(str(python), "example-compile", max_dim=256, report=str(report_path))
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     (backend,) = json.loads(report_path.read_text())["backends"]
     assert backend["totals"]["failed"] == 0 and backend["totals"]["passed"] > 0
