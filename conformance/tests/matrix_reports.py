@@ -125,18 +125,18 @@ def showcase() -> list[tuple[str, dict[str, Any]]]:
     def marlin_b(cell: Cell) -> Outcome:
         return "failed" if cell == target else four_bit_only(cell)
 
+    epyc, h100, pvc, mi300 = "AMD EPYC 9654", "NVIDIA H100", "Intel Data Center GPU Max 1550", "AMD Instinct MI300X"
+    skip_act = filter_entry("s1", "skip", "*actorder*", "act order not wired")
+    ipex_filtered = simple(lambda c: "skipped" if c.act_order else four_bit_only(c), filters=["s1"])
+    marlin_failing = simple(marlin_b, message="error/bound 3.2 > 1", repro=repro)
+    no_three_bit = simple(lambda c: "refused" if c.bits == 3 else "passed")
     return [
-        ("cpu-reference.json", report("reference", "cpu", "AMD EPYC 9654", simple(lambda c: "passed"))),
-        ("cpu-cpu.json", report("cpu", "cpu", "AMD EPYC 9654", simple(four_bit_only))),
-        ("cpu-rocm-interpreter.json", report("rocm", "cpu", "AMD EPYC 9654", rocm_tests, max_dim=512, filters=[mult])),
-        ("cuda-marlin-a.json", report("marlin", "cuda", "NVIDIA H100", simple(four_bit_only))),
-        ("cuda-marlin-b.json", report("marlin", "cuda", "NVIDIA H100",
-                                      simple(marlin_b, message="error/bound 3.2 > 1", repro=repro))),  # fmt: skip
-        ("cuda-ipex-filtered.json", report("ipex", "xpu", "Intel Data Center GPU Max 1550",
-                                           simple(lambda c: "skipped" if c.act_order else four_bit_only(c),
-                                                  filters=["s1"]),
-                                           filters=[filter_entry("s1", "skip", "*actorder*", "act order not wired")])),
-        ("xpu-ipex.json", report("ipex", "xpu", "Intel Data Center GPU Max 1550", simple(four_bit_only))),
-        ("rocm-rocm.json", report("rocm", "cuda", "AMD Instinct MI300X", simple(lambda c: "refused" if c.bits == 3
-                                                                                 else "passed"), profile="thorough")),
-    ]  # fmt: skip
+        ("cpu-reference.json", report("reference", "cpu", epyc, simple(lambda c: "passed"))),
+        ("cpu-cpu.json", report("cpu", "cpu", epyc, simple(four_bit_only))),
+        ("cpu-rocm-interpreter.json", report("rocm", "cpu", epyc, rocm_tests, max_dim=512, filters=[mult])),
+        ("cuda-marlin-a.json", report("marlin", "cuda", h100, simple(four_bit_only))),
+        ("cuda-marlin-b.json", report("marlin", "cuda", h100, marlin_failing)),
+        ("xpu-ipex-filtered.json", report("ipex", "xpu", pvc, ipex_filtered, filters=[skip_act])),
+        ("xpu-ipex.json", report("ipex", "xpu", pvc, simple(four_bit_only))),
+        ("rocm-rocm.json", report("rocm", "cuda", mi300, no_three_bit, profile="thorough")),
+    ]

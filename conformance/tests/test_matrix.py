@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from matrix_reports import filter_entry, four_bit_only, report, showcase, simple, record_of
+from matrix_reports import filter_entry, four_bit_only, record_of, report, showcase, simple
 
 from wna16.cli import main
 from wna16_conformance.cells import Cell, all_cells
