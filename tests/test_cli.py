@@ -9,6 +9,21 @@ def test_backends_lists_reference_as_available() -> None:
     out = subprocess.run([sys.executable, "-m", "wna16.cli", "backends"], capture_output=True, text=True, check=True)
     line = next(line for line in out.stdout.splitlines() if line.startswith("reference"))
     assert "wna16-reference" in line and " yes " in line
+    # The precisions the error bound is derived from, and a legend for every abbreviation.
+    assert "param fp32 accum fp32" in line
+    legend = " ".join(out.stdout.split("legend:", 1)[1].split())
+    for term in ("w: weight bits", "g: group sizes", "act: activation dtypes", "param:", "accum:", "p: priority",
+                 "act-order:", "k-slices:", "ties go to"):  # fmt: skip
+        assert term in legend, term
+
+
+def test_backends_gives_each_reason_once() -> None:
+    out = subprocess.run([sys.executable, "-m", "wna16.cli", "backends", "--json"], capture_output=True, text=True)
+    reasons = [row["reason"] for row in json.loads(out.stdout) if not row["available"]]
+    assert reasons  # this machine has no GPU: the GPU backends say why
+    table = subprocess.run([sys.executable, "-m", "wna16.cli", "backends"], capture_output=True, text=True).stdout
+    for reason in reasons:
+        assert table.count(reason) == 1, reason
 
 
 def test_backends_json() -> None:

@@ -64,3 +64,9 @@ def describe(tensor: object) -> str:
     if shape is None or dtype is None:
         return type(tensor).__name__
     return f"{str(dtype).removeprefix('torch.')}{list(shape)}"
+
+
+def layer_shape(in_features: int, out_features: int) -> str:
+    """A linear layer's shape as every message, table and report prints it: ``in -> out`` (``4096 -> 11008``), the
+    direction data flows; tensors keep their own ``[rows, cols]`` shapes."""
+    return f"{in_features} -> {out_features}"
