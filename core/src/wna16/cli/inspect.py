@@ -158,8 +158,8 @@ def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device:
         shape = layer_shape(int(str(r["in_features"])), int(str(r["out_features"])))
         print(
             f"{r['name']!s:<{width}}  {r['bits']!s:>4}  {r['group_size']!s:>10}  {'sym' if r['sym'] else 'asym':<10}  "
-            f"{r['layout']!s:<7}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  {'yes' if r['bias'] else 'no':<4}  "
-            f"{r['backend']}"
+            f"{r['layout']!s:<7}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  "
+            f"{'yes' if r['bias'] else 'no':<4}  {r['backend']}"
         )
     groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
     for r in rows:
