@@ -99,9 +99,9 @@ def test_every_summary_and_detail_cell_carries_a_glyph() -> None:
     page = render_html(matrix)
     sums = re.findall(r'<td class="sum (\w+)"[^>]*><a [^>]*>([^<]*)<small>', page)
     assert len(sums) == len(matrix.rows) * 20
-    assert all(text.strip() and text.strip()[0] in "✓✗⊘↷·" for _, text in sums)
+    assert all(text.strip() and text.strip()[0] in "✓✗⊘↷○" for _, text in sums)
     dets = re.findall(r'<td class="det (\w+)"[^>]*>([^<]*)', page)
-    assert all(text[0] in "✓✗⊘↷·n" for _, text in dets)
+    assert all(text[0] in "✓✗⊘↷○n" for _, text in dets)
 
 
 def test_reader_validates_against_the_schema(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ NOTRUN = "notrun"
 STATUSES = (FAILED, PASSED, REFUSED, SKIPPED, NOTRUN)
 """A merged cell's status: the report's outcome names, plus ``notrun`` (no report covered the cell)."""
 
-GLYPHS = {FAILED: "✗", PASSED: "✓", REFUSED: "⊘", SKIPPED: "↷", NOTRUN: "·"}
+GLYPHS = {FAILED: "✗", PASSED: "✓", REFUSED: "⊘", SKIPPED: "↷", NOTRUN: "○"}
 MEANING = {
     FAILED: "failed (or two reports disagree)",
     PASSED: "passed",
