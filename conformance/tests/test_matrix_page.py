@@ -71,6 +71,14 @@ def test_first_view_in_chromium(tmp_path: Path) -> None:
         page.wait_for_timeout(200)
         opened = page.eval_on_selector_all("#detail details", "ds => ds.filter(d => d.open).length")
         detail_cells = page.eval_on_selector_all("#detail details[open] td.det", "tds => tds.length")
+        page.screenshot(path=str(shots / "support_matrix-drill-down.png"))
+        # Narrower than the summary: scrolled to its right end, the row labels stay on screen (sticky).
+        page.set_viewport_size({"width": 900, "height": 700})
+        page.goto(page_file.as_uri())
+        page.eval_on_selector("#first-view", "d => { d.scrollLeft = d.scrollWidth; }")
+        scrolled = page.eval_on_selector("#first-view", "d => d.scrollLeft")
+        label_left = page.eval_on_selector("#summary tbody th.row", "th => th.getBoundingClientRect().left")
+        last_col = page.eval_on_selector("#summary thead th:last-child", INSIDE)
         browser.close()
     assert [r[0] for r in rows] == labels
     assert all(visible and position == "sticky" for _, visible, position in rows), rows
@@ -87,3 +95,4 @@ def test_first_view_in_chromium(tmp_path: Path) -> None:
     assert "reports disagree" in failing_text
     assert opened == 1 and detail_cells == 240  # 40 schemes x 6 dtype/act-order columns (24 of them n/a)
     assert shot.stat().st_size > 10_000
+    assert scrolled > 100 and 0 <= label_left < 40 and last_col  # scrolled, yet the label is still at the left
