@@ -1,8 +1,11 @@
 """`wna16 backends` works on a machine with no GPU and no optional packages."""
 
+import importlib
 import json
 import subprocess
 import sys
+
+import pytest
 
 
 def test_backends_lists_reference_as_available() -> None:
@@ -34,3 +37,16 @@ def test_backends_json() -> None:
     ref = rows["reference"]
     assert ref["available"] is True
     assert ref["capabilities"][0]["bits"] == [2, 3, 4, 8] and ref["capabilities"][0]["act_order"] is True
+
+
+def test_conform_without_wna16_conformance_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wna16.cli
+
+    core_only = {name: importlib.import_module(module) for name, module in wna16.cli.COMMANDS.items()}
+    monkeypatch.setattr(wna16.cli, "commands", lambda: core_only)
+    assert wna16.cli.main(["conform"]) == 2
+    assert "wna16 conform comes with wna16-conformance, which is not installed here: pip install wna16-conformance" in (
+        capsys.readouterr().err
+    )
