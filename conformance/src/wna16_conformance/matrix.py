@@ -25,7 +25,7 @@ from typing import Any
 
 from wna16.errors import Wna16Error
 from wna16_conformance.cells import BITS, DTYPES, GROUP_SIZES, Cell, all_cells
-from wna16_conformance.report import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION, schema
+from wna16_conformance.report import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION, schema, worst
 
 PASSED, FAILED, REFUSED, SKIPPED = OUTCOMES
 NOTRUN = "notrun"
@@ -79,7 +79,7 @@ class Merged:
     @property
     def worst_ratio(self) -> float | str | None:
         """The worst error-to-bound ratio any report measured."""
-        return _worst([s.worst_ratio for s in self.seen])
+        return worst([s.worst_ratio for s in self.seen])
 
     @property
     def multipliers(self) -> list[tuple[float, str]]:
@@ -162,13 +162,6 @@ def sub_cells(bits: int, group: int) -> list[Cell]:
 def _count(statuses: Iterable[str]) -> dict[str, int]:
     listed = list(statuses)
     return {s: listed.count(s) for s in STATUSES}
-
-
-def _worst(values: Iterable[float | str | None]) -> float | str | None:
-    present = [v for v in values if v is not None]
-    if "inf" in present:
-        return "inf"
-    return max((float(v) for v in present), default=None)
 
 
 def status_of(counts: Mapping[str, int]) -> str:
