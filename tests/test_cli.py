@@ -24,7 +24,9 @@ def test_backends_gives_each_reason_once() -> None:
     out = subprocess.run([sys.executable, "-m", "wna16.cli", "backends", "--json"], capture_output=True, text=True)
     reasons = [row["reason"] for row in json.loads(out.stdout) if not row["available"]]
     assert reasons  # this machine has no GPU: the GPU backends say why
-    table = subprocess.run([sys.executable, "-m", "wna16.cli", "backends"], capture_output=True, text=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "wna16.cli", "backends"], capture_output=True, text=True, check=True
+    ).stdout
     for reason in reasons:
         assert table.count(reason) == 1, reason
 

@@ -149,3 +149,26 @@ def test_failing_cells_come_first_with_reason_and_repro() -> None:
     failing = page[page.index('id="failing"') : page.index('id="summary"')]
     assert "marlin@cuda w4g128asym-bf16" in failing and "--wna16-case=k256n128m3b0s17" in failing
     assert record_of(TARGET, "passed")["test"] == "numerics[w4g128asym-bf16]"
+
+
+def test_unavailable_backend_cells_are_not_run_never_passed() -> None:
+    """A backend unavailable on its device (marlin without vLLM): cells whose cases were not computed show as not
+    run, honest refusals stay refused, a failed refusal still fails; the row names the reason."""
+
+    def outcome(c: Cell) -> str:
+        return "failed" if c == TARGET else "refused" if c.bits != 4 else "skipped"
+
+    gpu = report("marlin", "cuda", "H200", simple(outcome))
+    gpu["backends"][0].update(available=False, unavailable_reason="vLLM is not installed")
+    assert status_of({"refused": 2, "skipped": 3}, available=False) == "notrun"
+    assert status_of({"refused": 2}, available=False) == REFUSED
+    assert status_of({}, available=False) == "notrun"
+    (row,) = merge([("gpu.json", gpu)]).ordered()
+    totals = row.totals()
+    assert (totals[FAILED], totals[REFUSED], totals["notrun"], totals[PASSED]) == (1, 162, 53, 0)
+    md = render_markdown(merge([("gpu.json", gpu)]))
+    assert "unavailable in gpu.json: vLLM is not installed" in md
+    # A later report from a machine where it ran fills the not-run cells without a conflict.
+    ran = report("marlin", "cuda", "H200", simple(lambda c: "failed" if c == TARGET else four_bit_only(c)))
+    (merged,) = merge([("gpu.json", gpu), ("vllm.json", ran)]).ordered()
+    assert (merged.totals()[PASSED], merged.totals()["notrun"]) == (53, 0)

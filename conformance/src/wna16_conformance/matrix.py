@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from wna16.errors import Wna16Error
 from wna16_conformance.cells import BITS, DTYPES, GROUP_SIZES, Cell, all_cells
-from wna16_conformance.report import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION, schema, worst
+from wna16_conformance.report import ENV_UNVALIDATED, OUTCOMES, SCHEMA_ID, SCHEMA_VERSION, schema, worst
 
 PASSED, FAILED, REFUSED, SKIPPED = OUTCOMES
 NOTRUN = "notrun"
@@ -38,7 +39,7 @@ MEANING = {
     PASSED: "passed",
     REFUSED: "refused: the backend declares the cell unsupported and refuses it with a reason",
     SKIPPED: "skipped: a filter file or --wna16-max-dim left every test of the cell out",
-    NOTRUN: "not run: no report covers the cell",
+    NOTRUN: "not run: no report covers the cell, or the backend was unavailable on that device",
 }
 COLOURS = {FAILED: "#f8c9c4", PASSED: "#cfe8cf", REFUSED: "#e4e4e4", SKIPPED: "#fbe9b7", NOTRUN: "#ffffff"}
 """Background colours: a second signal only; every cell also carries its glyph and counts as text."""
@@ -164,9 +165,17 @@ def _count(statuses: Iterable[str]) -> dict[str, int]:
     return {s: listed.count(s) for s in STATUSES}
 
 
-def status_of(counts: Mapping[str, int]) -> str:
-    """A cell's status from one report's counts: any failure fails it; else a pass; else refused; else skipped."""
-    for outcome in (FAILED, PASSED, REFUSED, SKIPPED):
+def status_of(counts: Mapping[str, int], available: bool = True) -> str:
+    """A cell's status from one report's counts: any failure fails it; else a pass; else refused; else skipped.
+
+    For a backend the report calls unavailable on its device the suite still checks refusals but computes nothing:
+    a cell with any case not computed (skipped) is ``notrun`` there, never ``refused`` or ``skipped`` (a filter's
+    word); only a cell whose every case was refused honestly keeps ``refused``."""
+    if counts.get(FAILED, 0):
+        return FAILED
+    if not available and (counts.get(SKIPPED, 0) or not counts.get(REFUSED, 0)):
+        return NOTRUN
+    for outcome in (PASSED, REFUSED, SKIPPED):
         if counts.get(outcome, 0):
             return outcome
     return NOTRUN
@@ -175,8 +184,12 @@ def status_of(counts: Mapping[str, int]) -> str:
 def load_report(path: Path) -> dict[str, Any]:
     """Read one report, validated against ``report.schema.json``; :class:`ReportError` naming the file and the
     offending field otherwise."""
-    import jsonschema  # type: ignore[import-untyped]
-
+    try:
+        import jsonschema  # type: ignore[import-untyped]
+    except ModuleNotFoundError:  # an offline GPU machine (see report.ENV_UNVALIDATED): validated elsewhere, later
+        if os.environ.get(ENV_UNVALIDATED) != "1":
+            raise
+        jsonschema = None
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -185,6 +198,8 @@ def load_report(path: Path) -> dict[str, Any]:
         raise ReportError(f"{path}: 'schema' is not {SCHEMA_ID!r}")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ReportError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if jsonschema is None:
+        return data
     try:
         jsonschema.validate(data, schema())
     except jsonschema.ValidationError as exc:
@@ -200,7 +215,7 @@ def _cell_of(source: str, data: Mapping[str, Any]) -> Cell:
     return cell
 
 
-def _seen(source: str, data: Mapping[str, Any], reasons: Mapping[str, str]) -> Seen:
+def _seen(source: str, data: Mapping[str, Any], reasons: Mapping[str, str], available: bool) -> Seen:
     multipliers, skips, failures = set(), [], []
     for t in data["tests"]:
         if t["multiplier"] > 1:
@@ -211,7 +226,14 @@ def _seen(source: str, data: Mapping[str, Any], reasons: Mapping[str, str]) -> S
             skips.append((t["test"], why))
         if t[FAILED]:
             failures.append((t["test"], t["message"], t["repro"] or ""))
-    return Seen(source, status_of(data), data["worst_ratio"], tuple(sorted(multipliers)), tuple(skips), tuple(failures))
+    return Seen(
+        source,
+        status_of(data, available),
+        data["worst_ratio"],
+        tuple(sorted(multipliers)),
+        tuple(skips),
+        tuple(failures),
+    )
 
 
 def merge(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> Matrix:
@@ -226,7 +248,7 @@ def merge(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> Matrix:
             row.sources.append(_provenance(source, report, backend))
             for data in backend["cells"]:
                 cell = _cell_of(source, data)
-                row.cells.setdefault(cell, Merged()).add(_seen(source, data, reasons))
+                row.cells.setdefault(cell, Merged()).add(_seen(source, data, reasons, backend["available"]))
     return matrix
 
 
@@ -283,7 +305,11 @@ def qualifiers(merged: Sequence[Merged], row_reports: int = 1) -> str:
 def _row_context(row: Row) -> str:
     profiles = sorted({str(s["profile"]) for s in row.sources})
     dims = sorted({"max_dim " + (str(s["max_dim"]) if s["max_dim"] else "none") for s in row.sources})
-    return f"{row.device_name} · profile {'/'.join(profiles)} · {'/'.join(dims)} · {len(row.sources)} report(s)"
+    down = [
+        f"unavailable in {s['source']}: {s['unavailable_reason'] or '?'}" for s in row.sources if not s["available"]
+    ]
+    text = f"{row.device_name} · profile {'/'.join(profiles)} · {'/'.join(dims)} · {len(row.sources)} report(s)"
+    return " · ".join([text, *down])
 
 
 def _failure_lines(matrix: Matrix) -> list[tuple[str, str, str]]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from wna16.errors import FormatError, UnsupportedError, Wna16Error, describe
-from wna16.formats import PackedFormat, get_format
+from wna16.errors import FormatError, NoBackendError, UnsupportedError, Wna16Error, describe
+from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
 from wna16.registry import Registry, default_registry
 from wna16.weight import QuantizedWeight
@@ -34,7 +34,7 @@ class QuantLinear(torch.nn.Module):
         device: str | torch.device = "cpu",
         backend: str | Backend | None = None,
         registry: Registry | None = None,
-        weight_format: PackedFormat | str = "gptq_v2",
+        weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -75,6 +75,8 @@ class QuantLinear(torch.nn.Module):
         """The same error, its message prefixed with the layer's name (a model has hundreds of layers)."""
         if not self.name or str(exc).startswith(f"{self.name}:"):
             return exc
+        if isinstance(exc, NoBackendError):
+            return type(exc)(f"{self.name}: {exc.subject}", exc.by_backend)
         if isinstance(exc, UnsupportedError):
             return type(exc)(f"{self.name}: {exc.subject}", exc.reasons)
         try:
