@@ -287,7 +287,7 @@ def test_non_tensor_and_0d_inputs(pair: tuple[QuantLinear, torch.nn.Linear]) -> 
             layer(bad)
     with pytest.raises(RuntimeError):
         linear(torch.tensor(1.0))
-    with pytest.raises(FormatError, match=r"input: got float32\[\] on cpu, expected \[\.\.\., 64\]"):
+    with pytest.raises(FormatError, match=r"input is float32\[\] on cpu, expected \[\.\.\., 64\]"):
         layer(torch.tensor(1.0))
     assert layer(torch.randn(64)).shape == linear(torch.randn(64)).shape == (32,)
 

@@ -131,6 +131,12 @@ def expect_tensor(tensor: object, name: str, shape: tuple[int, ...], dtypes: tup
         raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
 
 
+def layer_shape(in_features: int, out_features: int) -> str:
+    """A linear layer's shape as every message, table and report prints it: ``in -> out`` (``4096 -> 11008``), the
+    direction data flows; tensors keep their own ``[rows, cols]`` shapes."""
+    return f"{in_features} -> {out_features}"
+
+
 class PatternTimeoutError(ConfigError):
     """A regular expression taken from a checkpoint (``extra_config`` key, GPTQ ``dynamic`` rule,
     ``modules_in_block_to_quantize``) ran past its time limit on a module name: catastrophic backtracking in untrusted
