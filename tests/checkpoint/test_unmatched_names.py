@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from wna16.checkpoint import QuantConfig, check_names, unmatched_names
-from wna16.checkpoint.presets import FLUX
+from wna16.checkpoint.presets import WAN2_2
 from wna16.errors import ConfigError, UnmatchedNamesError
 
 FLUX_RUNTIME = [
     "transformer_blocks.0.attn.to_qkv",
     "transformer_blocks.0.attn.add_kv_proj",
-    "transformer_blocks.0.attn.to_out",
+    "transformer_blocks.0.attn.to_out.0",
     "transformer_blocks.0.ff.net.0.proj",
     "transformer_blocks.0.norm1.linear",
     "single_transformer_blocks.0.proj_mlp",
@@ -39,24 +39,27 @@ def test_names_that_match_pass() -> None:
 def test_unmatched_block_key_and_regex_are_named_with_closest_runtime_names() -> None:
     cfg = config(
         "transformer_blocks,single_blocks",
-        {"transformer_blocks.0.attn.to_out.0": {"bits": 8}, r".*\.ffn\.net\.0\..*": {"bits": 8}},
+        {"transformer_blocks.0.attn.to_out": {"bits": 8}, r".*\.ffn\.net\.0\..*": {"bits": 8}},
     )
     with pytest.raises(UnmatchedNamesError) as raised:
         check_names(cfg, FLUX_RUNTIME, where="flux/transformer/config.json")
     error = raised.value
     assert isinstance(error, ConfigError)
-    assert set(error.unmatched) == {"single_blocks", "transformer_blocks.0.attn.to_out.0", r".*\.ffn\.net\.0\..*"}
+    assert set(error.unmatched) == {"single_blocks", "transformer_blocks.0.attn.to_out", r".*\.ffn\.net\.0\..*"}
     assert "single_transformer_blocks" in error.unmatched["single_blocks"]
-    assert error.unmatched["transformer_blocks.0.attn.to_out.0"][0] == "transformer_blocks.0.attn.to_out"
+    # a layer key must name a layer: the prefix of one (to_out of to_out.0) is not enough
+    assert error.unmatched["transformer_blocks.0.attn.to_out"][0] == "transformer_blocks.0.attn.to_out.0"
     message = str(error)
     assert message.startswith("flux/transformer/config.json: ") and "'single_blocks'" in message
 
 
 def test_the_preset_remap_makes_checkpoint_names_match_runtime_names() -> None:
-    """auto-round writes ``attn.to_out.0``; vLLM-Omni's FLUX builds ``attn.to_out``: raw names fail, remapped pass."""
-    cfg = config("transformer_blocks", {"transformer_blocks.0.attn.to_out.0": {"bits": 8}})
-    assert list(unmatched_names(cfg, FLUX_RUNTIME)) == ["transformer_blocks.0.attn.to_out.0"]
-    assert unmatched_names(cfg.remapped(FLUX.stage()), FLUX_RUNTIME) == {}
+    """auto-round writes Wan2.2's ``ffn.net.0.proj``; vLLM-Omni builds ``ffn.net_0.proj``: raw names fail, remapped
+    names pass."""
+    runtime = ["blocks.0.ffn.net_0.proj", "blocks.0.ffn.net_2", "blocks.0.attn1.to_qkv", "blocks.0.attn1.to_out"]
+    cfg = config("blocks", {"blocks.0.ffn.net.0.proj": {"bits": 8}, "blocks.0.attn1.to_out.0": {"bits": 8}})
+    assert set(unmatched_names(cfg, runtime)) == {"blocks.0.ffn.net.0.proj", "blocks.0.attn1.to_out.0"}
+    assert unmatched_names(cfg.remapped(WAN2_2.stage()), runtime) == {}
 
 
 def test_a_prefix_matches_on_dotted_boundaries_only() -> None:

@@ -64,13 +64,16 @@ def unigram_tokenizer(out: Path, cls_name: str, max_length: int) -> None:
     config_path.write_text(json.dumps(config))
 
 
-def quantize_transformer(transformer: torch.nn.Module, pipeline_cls: Any, scheduler: Any, out: Path) -> Path:
-    """auto-round RTN on the pipeline's transformer; returns the folder of the saved quantized transformer."""
+def quantize_transformer(
+    transformer: torch.nn.Module, pipeline_cls: Any, scheduler: Any, out: Path, eight_bit: str
+) -> Path:
+    """auto-round RTN on the pipeline's transformer, layer ``eight_bit`` at 8 bits (an ``extra_config`` entry whose
+    name the runtime must find); returns the folder of the saved quantized transformer."""
     from auto_round import AutoRound
 
     work = out / "autoround"
     pipe = pipeline_cls(scheduler=scheduler, transformer=transformer, **{k: None for k in _others(pipeline_cls)})
-    layer_config = {_first_linear(transformer): {"bits": 8}}
+    layer_config = {eight_bit: {"bits": 8}}
     ar = AutoRound(
         pipe, tokenizer=None, bits=4, group_size=32, sym=True, iters=0, disable_opt_rtn=True, device_map="cpu",
         layer_config=layer_config,
@@ -86,15 +89,6 @@ def _others(pipeline_cls: Any) -> list[str]:
 
     params = inspect.signature(pipeline_cls.__init__).parameters
     return [p for p in params if p not in ("self", "scheduler", "transformer") and params[p].default is params[p].empty]
-
-
-def _first_linear(module: torch.nn.Module) -> str:
-    """A linear layer name inside the first block (made 8-bit, so the pipeline also has an ``extra_config``)."""
-    for name, child in module.named_modules():
-        if isinstance(child, torch.nn.Linear) and name.startswith(("transformer_blocks.0.", "blocks.0.")):
-            if "ff" in name or "ffn" in name:
-                return name
-    raise AssertionError("no linear layer in the first block")
 
 
 def flux(out: Path) -> None:
@@ -129,7 +123,9 @@ def flux(out: Path) -> None:
     clip_tokenizer(full / "tokenizer")
     unigram_tokenizer(full / "tokenizer_2", "T5Tokenizer", 64)
     _set_index(full, {"tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"]})
-    quantized_transformer = quantize_transformer(transformer, FluxPipeline, scheduler, out)
+    quantized_transformer = quantize_transformer(
+        transformer, FluxPipeline, scheduler, out, "transformer_blocks.0.attn.to_out.0"
+    )
     _assemble(full, {"transformer": quantized_transformer}, out / "quantized")
 
 

@@ -286,8 +286,8 @@ def unmatched_names(
     """The config's block prefixes and ``extra_config`` keys (runtime names, after any remap) that match no module of
     ``module_names``, each with its closest runtime names (:mod:`difflib`); empty when every name matches.
 
-    A block prefix or a plain key matches when it is a module's name or a dotted prefix of one; a regex key when it
-    ``re.search``-es a module's name. A fused runtime module (``qkv_proj``) also counts under its parts' names
+    A block prefix matches when it is a module's name or a dotted prefix of one; a plain ``extra_config`` key (a layer
+    name) when it is a module's name; a regex key when it ``re.search``-es a module's name. A fused runtime module (``qkv_proj``) also counts under its parts' names
     (``q_proj``), as the config names parts.
     """
     names: set[str] = set()
@@ -305,7 +305,7 @@ def unmatched_names(
         if pattern is not None:
             if not any(pattern.search(name) for name in names):
                 unmatched[key] = _close(key, names)
-        elif key.rstrip(".") not in scopes:
+        elif key not in names:
             unmatched[key] = _close(key, names)
     return unmatched
 
