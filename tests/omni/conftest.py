@@ -22,10 +22,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import auto_round  # noqa: E402, F401  (required: it makes the checkpoints)
-import diffusers  # noqa: E402, F401
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import auto_round  # noqa: F401  (required: it makes the checkpoints)
+import diffusers  # noqa: F401
+import pytest
+import torch
 
 HERE = Path(__file__).parent
 PROMPT = "a photo of a cat on the mat"

@@ -8,6 +8,7 @@ may spawn processes). Tokenizers are built from a made-up word list: the tests f
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -65,15 +66,16 @@ def unigram_tokenizer(out: Path, cls_name: str, max_length: int) -> None:
 
 
 def quantize_transformer(
-    transformer: torch.nn.Module, pipeline_cls: Any, scheduler: Any, out: Path, eight_bit: str
+    transformer: torch.nn.Module, pipeline_cls: Any, scheduler: Any, out: Path, eight_bit: str | None
 ) -> Path:
     """auto-round RTN on the pipeline's transformer, layer ``eight_bit`` at 8 bits (an ``extra_config`` entry whose
     name the runtime must find); returns the folder of the saved quantized transformer."""
     from auto_round import AutoRound
 
+    transformer = copy.deepcopy(transformer)  # auto-round replaces the layers of the model it is given
     work = out / "autoround"
     pipe = pipeline_cls(scheduler=scheduler, transformer=transformer, **{k: None for k in _others(pipeline_cls)})
-    layer_config = {eight_bit: {"bits": 8}}
+    layer_config = {eight_bit: {"bits": 8}} if eight_bit else None
     ar = AutoRound(
         pipe, tokenizer=None, bits=4, group_size=32, sym=True, iters=0, disable_opt_rtn=True, device_map="cpu",
         layer_config=layer_config,
@@ -103,7 +105,9 @@ def flux(out: Path) -> None:
                        bos_token_id=0, eos_token_id=1, pad_token_id=1)
     )  # fmt: skip
     text_encoder_2 = T5EncoderModel(
-        T5Config(vocab_size=vocab, d_model=HIDDEN, d_kv=16, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0)
+        T5Config(
+            vocab_size=vocab, d_model=HIDDEN, d_kv=16, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0
+        )
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16), layers_per_block=1,
@@ -122,11 +126,16 @@ def flux(out: Path) -> None:
     pipe.save_pretrained(str(full), safe_serialization=True)
     clip_tokenizer(full / "tokenizer")
     unigram_tokenizer(full / "tokenizer_2", "T5Tokenizer", 64)
-    _set_index(full, {"tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"]})
+    _set_index(
+        full, {"tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"]}
+    )
     quantized_transformer = quantize_transformer(
         transformer, FluxPipeline, scheduler, out, "transformer_blocks.0.attn.to_out.0"
     )
     _assemble(full, {"transformer": quantized_transformer}, out / "quantized")
+    # Uniform W4 g32 sym: what vLLM-Omni's own AutoRound method (INC) serves on CPU (it refuses 8-bit layers there).
+    uniform = quantize_transformer(transformer, FluxPipeline, scheduler, out / "w4", None)
+    _assemble(full, {"transformer": uniform}, out / "quantized_w4")
 
 
 def _set_index(folder: Path, entries: dict[str, list[str]]) -> None:

@@ -37,11 +37,17 @@ def load_dequantized(module: torch.nn.Module, folder: Path) -> int:
 
 
 def diffusers_latents(
-    full: Path, quantized: Path | None, components: tuple[str, ...], size: tuple[int, int], prompt: str,
-    steps: int, seed: int, **call: Any,
+    full: Path,
+    quantized: Path | None,
+    components: tuple[str, ...],
+    size: tuple[int, int],
+    prompt: str,
+    steps: int,
+    seed: int,
+    **call: Any,
 ) -> torch.Tensor:
     """Latents of diffusers' pipeline from ``full``; with ``quantized``, its ``components`` (``transformer``,
-    ``transformer_2``) carry the quantized checkpoint's oracle weights."""  # noqa: D205
+    ``transformer_2``) carry the quantized checkpoint's oracle weights."""
     pipe = DiffusionPipeline.from_pretrained(str(full), torch_dtype=torch.float32)
     if quantized is not None:
         for component in components:

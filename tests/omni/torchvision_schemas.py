@@ -12,6 +12,7 @@ aside.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import sys
 from typing import Any
@@ -31,10 +32,8 @@ class _DefineSchemas(importlib.abc.MetaPathFinder):
 
         library = torch.library.Library("torchvision", "FRAGMENT")
         for schema in SCHEMAS:
-            try:
+            with contextlib.suppress(RuntimeError):  # already defined (a working torchvision build did)
                 library.define(schema)
-            except RuntimeError:  # already defined (a working torchvision build registered it)
-                pass
         _LIBRARIES.append(library)  # a Library must stay alive for its definitions to stay
         return None
 

@@ -192,7 +192,7 @@ DIFFUSION_SOURCES = {
 
 
 BUILT_UNDER = re.compile(r'prefix=f"\{prefix\}\.([\w.]+)"')
-"""The quantization prefix a vLLM-Omni diffusion layer is built with, relative to its parent: ``to_out.0``, ``net_0``."""
+"""The quantization prefix a vLLM-Omni diffusion layer is built with, relative to its parent (``to_out.0``)."""
 
 
 @pytest.mark.parametrize("model", sorted(DIFFUSION_SOURCES))

@@ -287,8 +287,8 @@ def unmatched_names(
     ``module_names``, each with its closest runtime names (:mod:`difflib`); empty when every name matches.
 
     A block prefix matches when it is a module's name or a dotted prefix of one; a plain ``extra_config`` key (a layer
-    name) when it is a module's name; a regex key when it ``re.search``-es a module's name. A fused runtime module (``qkv_proj``) also counts under its parts' names
-    (``q_proj``), as the config names parts.
+    name) when it is a module's name; a regex key when it ``re.search``-es a module's name. A fused runtime module
+    (``qkv_proj``) also counts under its parts' names (``q_proj``), as the config names parts.
     """
     names: set[str] = set()
     for module in module_names:
