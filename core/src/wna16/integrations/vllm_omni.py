@@ -126,7 +126,8 @@ def component_config(folder: str | os.PathLike[str], remap: Remap | None = None)
             raise ConfigError(f"{folder}: data_type={raw.get('data_type')!r} (wna16 serves integer weights)")
     except ConfigError as exc:
         logger.info("wna16 does not claim %s (%s); vLLM-Omni's own method serves it", folder, exc)
-        return build_quant_config(dict(raw))
+        own: QuantizationConfig | None = build_quant_config(dict(raw))
+        return own
     remap = preset_for(read_model_config(folder)) if remap is None else remap
     runtime = quant.remapped(remap)
     check_names(runtime, runtime_module_names(folder, remap), where=f"{folder / 'config.json'} (runtime names)")
@@ -141,5 +142,7 @@ def quantization_config(path: str | os.PathLike[str]) -> QuantizationConfig | No
     if not components:
         return None
     if len(components) == 1:
-        return next(iter(components.values()))
-    return ComponentQuantizationConfig(components)
+        only: QuantizationConfig | None = next(iter(components.values()))
+        return only
+    combined: QuantizationConfig = ComponentQuantizationConfig(components)
+    return combined
