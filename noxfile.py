@@ -484,3 +484,17 @@ def omni(session: nox.Session) -> None:
     run_in(session, python, "-m", "pytest", "tests/vllm", "-q", "-rA", *session.posargs, env={"VLLM_PLUGINS": "wna16"})
     total = time.perf_counter() - start
     session.log(f"omni: {total:.0f} s wall ({installed:.0f} s environment, {total - installed:.0f} s tests)")
+
+
+@nox.session(name="gpu-check-dry-run", venv_backend="none", tags=["cpu"])
+def gpu_check_dry_run(session: nox.Session) -> None:
+    """`ci/device/gpu_check.sh --dry-run`: the one-shot GPU script with the device replaced by the CPU (Triton
+    interpreter, two cells, tiny benchmark shapes), every other line as on the GPU, so it cannot rot between GPU
+    runs. Output in reports/gpu-check-dry-run/; the script's own summary fails the session on any problem."""
+    python = cpu_env(session)
+    out = ROOT / "reports" / "gpu-check-dry-run"
+    shutil.rmtree(out, ignore_errors=True)
+    script = str(ROOT / "ci" / "device" / "gpu_check.sh")
+    session.run(
+        "bash", script, "--dry-run", "--out", str(out), *session.posargs, external=True, env={"PYTHON": str(python)}
+    )
