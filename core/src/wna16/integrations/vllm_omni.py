@@ -15,11 +15,11 @@ How it fits vLLM-Omni 0.30:
   ``resolve_quant_config_from_disk`` (the active method must equal the one ``config.json`` declares).
   ``OmniINCConfig.maybe_upgrade`` (LLM stages) returns an ``OmniINCConfig`` subclass unchanged.
 - :func:`quantization_config` reads every quantized component of the pipeline folder (``transformer``,
-  ``transformer_2``), translates its names to the runtime's (the model's preset: vLLM-Omni's transformers rename
-  ``attn.to_out.0`` to ``attn.to_out`` in ``load_weights`` and apply no mapper to the config) and refuses names that
-  match no module of the component (:func:`wna16.checkpoint.resolve.check_names`), before any engine work. Several
-  components give vLLM-Omni's ``ComponentQuantizationConfig`` keyed by component name (Wan2.2 resolves each expert by
-  its name).
+  ``transformer_2``), translates its names to the prefixes the runtime passes to ``get_quant_method`` (the model's
+  preset: Wan2.2 builds ``ffn.net_0`` and ``attn1.to_out``; FLUX and Qwen-Image keep ``attn.to_out.0``; vLLM-Omni
+  applies no mapper to a diffusion config) and refuses names that match no module of the component
+  (:func:`wna16.checkpoint.resolve.check_names`), before any engine work. Several components give vLLM-Omni's
+  ``ComponentQuantizationConfig`` keyed by component name (Wan2.2 resolves each expert by its name).
 - Checkpoints wna16 does not claim (not integer WnA16: AutoRound's ``mx_fp``, ``llm_compressor`` exports, other
   methods) get what vLLM-Omni builds without wna16 (its ``build_quant_config`` on the component's
   ``quantization_config``), with a log line saying why.
