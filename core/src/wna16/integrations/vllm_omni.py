@@ -42,7 +42,8 @@ from vllm_omni.quantization.inc_config import OmniINCConfig
 
 from wna16.checkpoint.config import QuantConfig, read_model_config, read_quant_config
 from wna16.checkpoint.files import SafetensorsFolder
-from wna16.checkpoint.remap import Remap, preset_for
+from wna16.checkpoint.presets import preset_for
+from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import check_names
 from wna16.errors import ConfigError
 from wna16.integrations.vllm import Wna16Config
