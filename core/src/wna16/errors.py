@@ -65,6 +65,21 @@ class MoELayoutError(ConfigError):
     """A mixture-of-experts layout wna16 does not serve (fused-experts tensors); per-expert linears are served."""
 
 
+class UnmatchedNamesError(ConfigError):
+    """``block_name_to_quantize`` entries or ``extra_config`` keys name no module of the runtime model: those layers
+    would stay silently unquantized and loading would fail later on a missing tensor. Carries each unmatched name
+    with the closest runtime names (``unmatched``: name -> closest)."""
+
+    def __init__(self, source: str, unmatched: Mapping[str, Sequence[str]]) -> None:
+        self.source = source
+        self.unmatched: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in unmatched.items()}
+        described = "; ".join(
+            f"{name!r} (closest runtime names: {', '.join(repr(c) for c in close) or 'none'})"
+            for name, close in self.unmatched.items()
+        )
+        super().__init__(f"{source}: names that match no runtime module: {described}")
+
+
 class CheckpointError(Wna16Error):
     """A checkpoint on disk is unsafe, corrupt or inconsistent; the message names the file and the tensor."""
 

