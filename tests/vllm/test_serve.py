@@ -28,6 +28,9 @@ WNA16_CASES = (
     "gptq_w4g128_sym",
     "awq_w4g64_asym",
     "act_order_w4g32_asym",
+    "lc_w4g128_sym",
+    "lc_w4g32_asym",
+    "wna16_ct_mixed",
 )
 
 UNQUANTIZED = {"ar_mixed_fusable": {"model.layers.1.self_attn.o_proj"}}

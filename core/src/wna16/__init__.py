@@ -21,7 +21,7 @@ from wna16.errors import (
     UnsupportedError,
     Wna16Error,
 )
-from wna16.formats import AWQ, FORMATS, GPTQ_V1, GPTQ_V2, get_format
+from wna16.formats import AWQ, COMPRESSED_TENSORS, FORMATS, GPTQ_V1, GPTQ_V2, get_format
 from wna16.partition import Shard, shard_bias, shard_weight
 from wna16.patch import PatchReport, empty_weights, patch_model
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, Support
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AWQ",
+    "COMPRESSED_TENSORS",
     "FORMATS",
     "GPTQ_V1",
     "GPTQ_V2",

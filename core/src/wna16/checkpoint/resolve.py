@@ -18,6 +18,14 @@ AWQ keys folded in:
    (or a bare regex) overrides fields.
 6. The defaults.
 
+compressed-tensors configs (``quant_method: compressed-tensors``) resolve by their own rules instead
+(:func:`resolve_targets`): an ``ignore`` entry that matches leaves the layer unquantized; otherwise the config group
+of the first matching target decides, in compressed-tensors' order (exact names, then ``re:`` regexes matched with
+``re.match``, each sorted by the target string, then class names; ``Linear`` matches every linear layer); a layer no
+target matches is unquantized. vLLM takes name matches in the order written instead; when the two orders pick
+different schemes for a layer, the layer is refused (:class:`~wna16.errors.ConfigError` naming both targets) rather
+than served the way only one of them would.
+
 A result with ``bits >= 16`` is unquantized. Prefixes match on dotted-name boundaries: ``model.layers.1`` covers
 ``model.layers.1.mlp.up_proj`` but not ``model.layers.10.mlp.up_proj``. vLLM uses a raw ``str.startswith`` and would
 count the latter as inside the block; no auto-round checkpoint relies on that, and the boundary rule cannot silently
@@ -112,6 +120,41 @@ class LayerQuant:
         return f"{self.scheme} {self.packed_format}{order} ({self.source})"
 
 
+LINEAR_CLASS_TARGETS = frozenset({"Linear", "LinearBase"})
+"""compressed-tensors class-name targets that match a linear layer (torch's ``Linear``; vLLM's ``LinearBase``)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compressed-tensors ``targets`` / ``ignore`` entry: ``re:<regex>`` (``re.match`` on the module name), or a
+    module name (exact) that may also be a class name (``Linear`` matches every linear layer)."""
+
+    text: str
+    pattern: re.Pattern[str] | None = None
+
+    @property
+    def is_regex(self) -> bool:
+        """Whether the entry is a ``re:`` regex."""
+        return self.pattern is not None
+
+    def matches_name(self, name: str) -> bool:
+        """The entry matches ``name`` as a name (exact, or regex with ``re.match``)."""
+        return self.pattern.match(name) is not None if self.pattern is not None else self.text == name
+
+    def matches_class(self) -> bool:
+        """The entry names a class every linear layer is an instance of."""
+        return self.pattern is None and self.text in LINEAR_CLASS_TARGETS
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """One target of a compressed-tensors config group and the group's weight scheme (every field set)."""
+
+    target: Target
+    group: str
+    override: Override
+
+
 def _layer(config: QuantConfig, fields: Override, base: Override, source: str) -> LayerQuant | None:
     bits = fields.bits if fields.bits is not None else base.bits
     assert bits is not None, "base overrides always carry bits"
@@ -147,6 +190,8 @@ def check_moe_name(name: str) -> None:
 def resolve_layer(config: QuantConfig, name: str) -> tuple[LayerQuant | None, str]:
     """The stored scheme of the linear layer ``name`` (runtime name after any remap) and the rule that decided."""
     check_moe_name(name)
+    if config.method == "compressed-tensors":
+        return resolve_targets(config, name)
     for entry in config.modules_to_not_convert:
         if names_component_run(entry, name):
             return None, f"modules_to_not_convert entry {entry!r}"
@@ -166,6 +211,30 @@ def resolve_layer(config: QuantConfig, name: str) -> tuple[LayerQuant | None, st
                 return None, f"dynamic rule {rule.key!r}"
             return _explained(config, rule.override, config.defaults, f"dynamic rule {rule.key!r}")
     return _explained(config, config.defaults, config.defaults, "default")
+
+
+def resolve_targets(config: QuantConfig, name: str) -> tuple[LayerQuant | None, str]:
+    """A compressed-tensors layer: ``ignore``, then the first matching target (see the module docstring)."""
+    for entry in config.ignore:
+        if entry.matches_name(name) or entry.matches_class():
+            return None, f"ignore entry {entry.text!r}"
+    rules = {rule.target.text: rule for rule in config.targets}  # a target repeated in a later group: that group
+    ordered = sorted(rules.values(), key=lambda r: (r.target.is_regex, r.target.text))
+    ours = next((r for r in ordered if r.target.matches_name(name)), None) or next(
+        (r for r in ordered if r.target.matches_class()), None
+    )
+    if ours is None:
+        return None, "no config_groups target matches"
+    vllm = next((r for r in rules.values() if r.target.matches_name(name)), None) or ours
+    if vllm.override != ours.override:
+        raise ConfigError(
+            f"{config.source}: {name}: targets {ours.target.text!r} (config_groups[{ours.group!r}]) and "
+            f"{vllm.target.text!r} (config_groups[{vllm.group!r}]) both match with different schemes; "
+            "compressed-tensors picks the first, vLLM the second: make the targets unambiguous"
+        )
+    return _explained(
+        config, ours.override, ours.override, f"config_groups[{ours.group!r}] target {ours.target.text!r}"
+    )
 
 
 def _explained(config: QuantConfig, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:

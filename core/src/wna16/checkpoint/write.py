@@ -1,10 +1,14 @@
-"""``write_checkpoint``: a quantized checkpoint in auto-round's layout from a float state dict, through wna16's own RTN.
+"""``write_checkpoint``: a quantized checkpoint in auto-round's layout (or compressed-tensors') from a float state dict,
+through wna16's own RTN.
 
 auto-round makes real checkpoints offline only for the model classes it can load and trace (LLaMA-like LMs, FLUX); the
 other families vLLM-Omni serves (Wan2.2, Qwen-Image, the Omni thinkers, ...) and act-order checkpoints need a writer
 that produces the same files: ``config.json`` with auto-round's ``quantization_config`` (``quant_method``
 "auto-round", ``packing_format``, ``block_name_to_quantize``, ``extra_config``) and one ``model.safetensors`` with
 ``<module>.qweight/qzeros/scales[/g_idx][/bias]`` per quantized linear and every other tensor as stored.
+
+With a compressed-tensors config (:func:`compressed_tensors_config`) the same function writes llm-compressor's
+``pack-quantized`` layout: ``<module>.weight_packed/weight_scale/weight_shape[/weight_zero_point][/weight_g_idx]``.
 
 Which linears are quantized, and how, is decided by wna16's own reader (:meth:`QuantConfig.resolve`) on the config
 written, so the files always say what the reader will resolve. A true zero that the chosen packing cannot store
@@ -25,9 +29,11 @@ from safetensors.torch import save_file
 
 from wna16.checkpoint.config import QuantConfig
 from wna16.errors import ConfigError
-from wna16.formats import get_format
+from wna16.formats import COMPRESSED_TENSORS, get_format
 from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
+from wna16.scheme import Scheme
+from wna16.weight import trivial_g_idx
 
 PACKING_FORMATS: tuple[str, ...] = ("auto_round", "auto_round:auto_gptq", "auto_round:gptqmodel", "auto_round:auto_awq")
 
@@ -59,6 +65,45 @@ def quantization_config(
     return config
 
 
+def compressed_tensors_config(
+    groups: Sequence[tuple[Scheme, Sequence[str]]], *, ignore: Sequence[str] = ("lm_head",), act_order: bool = False
+) -> dict[str, Any]:
+    """A compressed-tensors ``quantization_config`` (``pack-quantized``) with one config group per ``(scheme,
+    targets)`` in order (targets: module names, ``re:`` regexes, or ``"Linear"``), the keys llm-compressor writes.
+    ``act_order`` marks every group ``actorder: group`` (a ``weight_g_idx`` per layer)."""
+    config_groups = {}
+    for i, (scheme, targets) in enumerate(groups):
+        weights: dict[str, Any] = {
+            "actorder": "group" if act_order else None,
+            "block_structure": None,
+            "dynamic": False,
+            "group_size": None if scheme.group_size == -1 else scheme.group_size,
+            "num_bits": scheme.bits,
+            "observer": "minmax",
+            "observer_kwargs": {},
+            "strategy": "channel" if scheme.group_size == -1 else "group",
+            "symmetric": scheme.sym,
+            "type": "int",
+        }
+        config_groups[f"group_{i}"] = {
+            "format": "pack-quantized",
+            "input_activations": None,
+            "output_activations": None,
+            "targets": list(targets),
+            "weights": weights,
+        }
+    return {
+        "config_groups": config_groups,
+        "format": "pack-quantized",
+        "global_compression_ratio": None,
+        "ignore": list(ignore),
+        "kv_cache_scheme": None,
+        "provider": "wna16",
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+    }
+
+
 def write_checkpoint(
     folder: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor],
@@ -88,7 +133,10 @@ def write_checkpoint(
             continue
         order = None if g_idx is None else g_idx.get(module)
         weight = quantize_rtn(tensor, quant.scheme, scale_dtype=scale_dtype, g_idx=order, name=module)
-        for key, packed in layout.pack(weight).items():
+        packed_tensors = layout.pack(weight)
+        if layout is COMPRESSED_TENSORS and quant.act_order and weight.g_idx is None:  # the reader expects one
+            packed_tensors["weight_g_idx"] = trivial_g_idx(weight.in_features, weight.scheme)
+        for key, packed in packed_tensors.items():
             tensors[f"{module}.{key}"] = packed.contiguous()
         expected[module] = dequantize(weight)
     out.mkdir(parents=True, exist_ok=True)

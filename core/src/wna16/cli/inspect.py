@@ -116,6 +116,8 @@ def summary(checkpoint: Checkpoint) -> dict[str, object]:
         "block_prefixes": list(c.block_prefixes),
         "extra_config_keys": len(c.extra_config),
         "modules_to_not_convert": list(c.modules_to_not_convert),
+        "config_groups": sorted({r.group for r in c.targets}),
+        "ignore": [t.text for t in c.ignore],
         "remap": checkpoint.remap.label,
         "quantized_layers": len(checkpoint.layers),
         "unquantized_tensors": len(checkpoint.unquantized),
@@ -137,19 +139,22 @@ def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device:
         f"extra_config {info['extra_config_keys']} key(s), not converted {info['modules_to_not_convert'] or '-'}, "
         f"remap {info['remap']}"
     )
+    if info["config_groups"]:
+        print(f"groups      config_groups {info['config_groups']}, ignore {info['ignore'] or '-'}")
     print(f"layers      {info['quantized_layers']} quantized, {info['unquantized_tensors']} 16-bit tensors")
     print()
     width = max([len("runtime name"), *(len(str(r["name"])) for r in rows)])
+    lw = max([8, *(len(str(r["layout"])) for r in rows)])
     print(
-        f"{'runtime name':<{width}}  bits group sym   layout   act-order  in x out      bias  "
+        f"{'runtime name':<{width}}  bits group sym   {'layout':<{lw}} act-order  in x out      bias  "
         f"backend ({device}, {dtype})"
     )
     for r in rows:
         shape = f"{r['in_features']}x{r['out_features']}"
         print(
             f"{r['name']!s:<{width}}  {r['bits']!s:>4} {r['group_size']!s:>5} {'yes' if r['sym'] else 'no':<5} "
-            f"{r['layout']!s:<8} {'yes' if r['act_order'] else 'no':<10} {shape:<13} {'yes' if r['bias'] else 'no':<5} "
-            f"{r['backend']}"
+            f"{r['layout']!s:<{lw}} {'yes' if r['act_order'] else 'no':<10} {shape:<13} "
+            f"{'yes' if r['bias'] else 'no':<5} {r['backend']}"
         )
     groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
     for r in rows:
