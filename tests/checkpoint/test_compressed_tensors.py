@@ -242,6 +242,8 @@ class Tiny(torch.nn.Module):
         return self.head(x)
 
 
+LINEARS = [f"layers.{i}.{n}" for i in (0, 1) for n in ("up", "down")] + ["head"]
+
 MIXED = [
     (Scheme(8, -1, False), ["layers.1.down"]),
     (Scheme(4, 32, False), ["re:layers\\.0\\..*"]),
@@ -253,7 +255,8 @@ def _write(folder: Path, **options: Any) -> tuple[dict[str, torch.Tensor], dict[
     torch.manual_seed(0)
     state = Tiny().state_dict()
     qc = compressed_tensors_config(MIXED, ignore=["head"])
-    return state, write_checkpoint(folder, state, qc, model_config={"architectures": ["Tiny"]}, **options)
+    return state, write_checkpoint(folder, state, qc, model_config={"architectures": ["Tiny"]}, linears=LINEARS,
+                                   **options)  # fmt: skip
 
 
 def test_writer_files_config_and_round_trip(tmp_path: Path) -> None:
@@ -283,7 +286,9 @@ def test_writer_act_order_writes_g_idx(tmp_path: Path) -> None:
     state = Tiny().state_dict()
     qc = compressed_tensors_config([(Scheme(4, 32, True), ["Linear"])], ignore=["head"], act_order=True)
     g_idx = {"layers.0.up": (torch.randperm(HIDDEN) % 2).to(torch.int32)}
-    expected = write_checkpoint(tmp_path, state, qc, g_idx=g_idx)
+    with pytest.raises(ConfigError, match="pass linears="):
+        write_checkpoint(tmp_path, state, qc, g_idx=g_idx)
+    expected = write_checkpoint(tmp_path, state, qc, g_idx=g_idx, linears=LINEARS)
     ckpt = wna16.load_checkpoint(tmp_path, Remap.IDENTITY)
     assert ckpt.layers["layers.0.up"].act_order and not ckpt.layers["layers.1.up"].act_order
     assert "weight_g_idx" in ckpt.layers["layers.1.up"].tensors, "actorder group: every layer ships its map"

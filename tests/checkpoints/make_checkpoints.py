@@ -338,8 +338,9 @@ def make_ct_writer(out: Path) -> None:
     groups = [(Scheme(8, -1, False), ["re:.*down_proj$"]), (Scheme(4, 32, False), ["Linear"])]
     if out.exists():
         shutil.rmtree(out)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     write_checkpoint(out, model.state_dict(), compressed_tensors_config(groups, ignore=["lm_head"]),
-                     model_config=model.config.to_dict())  # fmt: skip
+                     model_config=model.config.to_dict(), linears=linears)  # fmt: skip
 
 
 ACT_ORDER = "act_order_w4g32_asym"

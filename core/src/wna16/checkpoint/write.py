@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,22 +112,31 @@ def write_checkpoint(
     model_config: Mapping[str, Any] | None = None,
     g_idx: Mapping[str, torch.Tensor] | None = None,
     scale_dtype: torch.dtype = torch.float16,
+    linears: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Write ``folder/config.json`` (``model_config`` + ``quant_config``) and ``folder/model.safetensors``.
 
     Every 2-D floating ``<module>.weight`` whose module the config quantizes is RTN-quantized
     (:func:`wna16.quantize_rtn`, scales in ``scale_dtype``) and packed in the config's layout; ``g_idx`` maps module
-    names to an act-order row-to-group map. Returns the dequantized float32 weight of each quantized module, the exact
-    weights a correct reader must compute.
+    names to an act-order row-to-group map. ``linears``, the model's linear modules, limits quantization to them; a
+    compressed-tensors class target (``Linear``) requires it, since a state dict cannot tell an embedding from a
+    linear layer. Returns the dequantized float32 weight of each quantized module, the exact weights a correct reader
+    must compute.
     """
     out = Path(folder)
     config = QuantConfig.from_dict(dict(quant_config), source=str(out / "config.json"))
+    if linears is None and any(rule.target.matches_class() for rule in config.targets):
+        raise ConfigError(
+            f"{out}: a compressed-tensors class target ('Linear') matches modules by type: pass linears= (the "
+            "model's linear module names) so that embeddings and norms are not quantized"
+        )
     layout = get_format(config.packed_format)
     tensors: dict[str, torch.Tensor] = {}
     expected: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():
         module, _, role = name.rpartition(".")
-        quant = config.resolve(module) if role == "weight" and tensor.dim() == 2 else None
+        is_linear = role == "weight" and tensor.dim() == 2 and (linears is None or module in linears)
+        quant = config.resolve(module) if is_linear else None
         if quant is None or not tensor.dtype.is_floating_point:
             tensors[name] = tensor.detach().contiguous()
             continue
