@@ -25,7 +25,7 @@ says quantized).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,9 +34,11 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
-from wna16.errors import CheckpointError, ConfigError, FormatError, SchemeError
-from wna16.formats import COMPRESSED_TENSORS, AWQFormat, CompressedTensorsFormat, get_format
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, Problem, SchemeError
+from wna16.formats import COMPRESSED_TENSORS, AWQFormat, PackingFormat
+from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
+from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES
 
@@ -46,8 +48,6 @@ QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx", *COMPRES
 PACKED_ROLES = frozenset({"qweight", "qzeros", "weight_packed", "weight_zero_point"})
 """Roles only a quantized layer ships (``scales``/``weight_scale`` also belong to norms and fp8 layers)."""
 
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
-
 
 class LayerQuantLike(Protocol):
     """What the audit needs from a resolved layer (``wna16.checkpoint.config.LayerQuant``)."""
@@ -56,7 +56,7 @@ class LayerQuantLike(Protocol):
     def scheme(self) -> Scheme: ...
 
     @property
-    def packed_format(self) -> str: ...
+    def packed_format(self) -> PackingFormat: ...
 
 
 class Resolver(Protocol):
@@ -70,31 +70,6 @@ class Resolver(Protocol):
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One disagreement between checkpoint and config; ``str()`` is a self-contained message."""
-
-    kind: str
-    module: str
-    message: str
-    tensor: str | None = None
-    file: Path | None = None
-
-    def __str__(self) -> str:
-        where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
-        return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
-
-
-class CheckpointAuditError(CheckpointError):
-    """The audit found problems; ``problems`` holds every one of them."""
-
-    def __init__(self, folder: Path, problems: Sequence[Problem]) -> None:
-        self.folder = folder
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"checkpoint {folder}: {len(self.problems)} problem(s) found by the coverage audit:\n{lines}")
-
-
-@dataclass(frozen=True)
 class CheckpointLayer:
     """A quantized linear layer of a checkpoint, under its runtime name.
 
@@ -105,7 +80,7 @@ class CheckpointLayer:
     name: str
     source: str
     scheme: Scheme
-    packed_format: str
+    packed_format: PackingFormat
     in_features: int
     out_features: int
     act_order: bool
@@ -208,7 +183,7 @@ class _Auditor:
                 self.add("shape", module, f"shape {qweight.describe()}, expected a 2-D packed tensor", qweight)
             return None
         rows, cols = qweight.shape
-        if isinstance(get_format(layout), AWQFormat):
+        if layout is PackingFormat.AWQ:
             return rows, cols * 8
         codes, words = run_length(bits)
         if rows % words:
@@ -223,9 +198,9 @@ class _Auditor:
         """Check one quantized module's tensors against its scheme; the layer, or None when it has problems."""
         before = len(self.problems)
         scheme, layout = quant.scheme, quant.packed_format
-        fmt = get_format(layout)
-        if isinstance(fmt, CompressedTensorsFormat):
+        if layout is PackingFormat.COMPRESSED_TENSORS:
             return self.compressed_tensors(module, source, quant, group, bias)
+        fmt = layout.layout
         required = ("qweight", "qzeros", "scales")
         anchor = next(iter(group.values()))
         for role in required:
@@ -243,7 +218,7 @@ class _Auditor:
         except FormatError as exc:
             self.add("shape", module, f"K={k}, N={n} do not fit {scheme} ({layout}): {exc}", group["qweight"])
             return None
-        groups = scheme.num_groups(k)
+        groups = shapes["scales"][0]  # wna16.groups.stored_groups, via the layout
         g_idx = group.get("g_idx")
         act_order = False
         if g_idx is not None and g_idx.shape != shapes["g_idx"]:
@@ -258,14 +233,14 @@ class _Auditor:
                     "g_idx", module, f"values in [{lo}, {hi}], expected [0, {stored - 1}] ({stored} groups)", g_idx
                 )
             else:
-                trivial = torch.arange(k, dtype=torch.int64) // scheme.group_rows(k)
+                trivial = trivial_g_idx(k, scheme).to(torch.int64)
                 act_order = not torch.equal(values.to(torch.int64), trivial)
                 groups = max(groups, hi + 1) if act_order else groups
         self.expect(module, group["qweight"], shapes["qweight"], (torch.int32,))
         self.expect(module, group["qzeros"], (groups, shapes["qzeros"][1]), (torch.int32,))
         self.expect(module, group["scales"], (groups, n), SCALE_DTYPES)
         if bias is not None:
-            self.expect(module, bias, (n,), FLOAT_DTYPES)
+            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
         tensors = dict(group)
@@ -280,7 +255,7 @@ class _Auditor:
         if lo < 0 or hi >= max(stored, 1):
             self.add("g_idx", module, f"values in [{lo}, {hi}], expected [0, {stored - 1}] ({stored} groups)", g_idx)
             return None
-        return not torch.equal(values.to(torch.int64), torch.arange(k, dtype=torch.int64) // scheme.group_rows(k))
+        return not torch.equal(values.to(torch.int64), trivial_g_idx(k, scheme).to(torch.int64))
 
     def compressed_tensors(
         self, module: str, source: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
@@ -307,7 +282,7 @@ class _Auditor:
         except (FormatError, SchemeError) as exc:
             self.add("shape", module, f"weight_shape (N, K) = ({n}, {k}) does not fit {scheme}: {exc}", shape_info)
             return None
-        groups, act_order = scheme.num_groups(k), False
+        groups, act_order = shapes["weight_scale"][1], False  # wna16.groups.stored_groups, via the layout
         g_idx = group.get("weight_g_idx")
         scale = group["weight_scale"]
         if g_idx is not None and self.expect(module, g_idx, shapes["weight_g_idx"], (torch.int32, torch.int64)):
@@ -320,7 +295,7 @@ class _Auditor:
         if "weight_zero_point" in group:
             self.expect(module, group["weight_zero_point"], (shapes["weight_zero_point"][0], groups), (torch.int32,))
         if bias is not None:
-            self.expect(module, bias, (n,), FLOAT_DTYPES)
+            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
         tensors = dict(group) if bias is None else {**group, "bias": bias}

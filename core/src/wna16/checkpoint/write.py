@@ -27,15 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from wna16.checkpoint.config import QuantConfig
+from wna16.checkpoint.config import WRITTEN_PACKING_NAMES, QuantConfig
 from wna16.errors import ConfigError
-from wna16.formats import COMPRESSED_TENSORS, get_format
+from wna16.formats import PackingFormat
+from wna16.groups import trivial_g_idx
 from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
 from wna16.scheme import Scheme
-from wna16.weight import trivial_g_idx
-
-PACKING_FORMATS: tuple[str, ...] = ("auto_round", "auto_round:auto_gptq", "auto_round:gptqmodel", "auto_round:auto_awq")
 
 
 def quantization_config(
@@ -48,8 +46,8 @@ def quantization_config(
     extra_config: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``quantization_config`` mapping auto-round 0.16 writes (same keys; ``provider`` says who wrote it)."""
-    if packing_format not in PACKING_FORMATS:
-        raise ConfigError(f"packing_format={packing_format!r}: expected one of {PACKING_FORMATS}")
+    if packing_format not in WRITTEN_PACKING_NAMES:
+        raise ConfigError(f"packing_format={packing_format!r}: expected one of {WRITTEN_PACKING_NAMES}")
     config: dict[str, Any] = {
         "bits": bits,
         "block_name_to_quantize": ",".join(block_name_to_quantize),
@@ -130,7 +128,7 @@ def write_checkpoint(
             f"{out}: a compressed-tensors class target ('Linear') matches modules by type: pass linears= (the "
             "model's linear module names) so that embeddings and norms are not quantized"
         )
-    layout = get_format(config.packed_format)
+    layout = config.packed_format.layout
     tensors: dict[str, torch.Tensor] = {}
     expected: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():
@@ -143,7 +141,9 @@ def write_checkpoint(
         order = None if g_idx is None else g_idx.get(module)
         weight = quantize_rtn(tensor, quant.scheme, scale_dtype=scale_dtype, g_idx=order, name=module)
         packed_tensors = layout.pack(weight)
-        if layout is COMPRESSED_TENSORS and quant.act_order and weight.g_idx is None:  # the reader expects one
+        if (
+            config.packed_format is PackingFormat.COMPRESSED_TENSORS and quant.act_order and weight.g_idx is None
+        ):  # the reader expects one
             packed_tensors["weight_g_idx"] = trivial_g_idx(weight.in_features, weight.scheme)
         for key, packed in packed_tensors.items():
             tensors[f"{module}.{key}"] = packed.contiguous()
