@@ -343,8 +343,8 @@ def test_inspect_shows_the_groups(tmp_path: Path) -> None:
         [sys.executable, "-m", "wna16.cli", "inspect", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "compressed-tensors, layout compressed-tensors" in result.stdout
+    assert "quant_method compressed-tensors, packing compressed-tensors" in result.stdout
     assert "config_groups ['group_0', 'group_1', 'group_2'], ignore ['head']" in result.stdout
     row = next(line.split() for line in result.stdout.splitlines() if line.startswith("layers.1.down "))
-    assert row[:5] == ["layers.1.down", "8", "-1", "no", "compressed-tensors"], row
+    assert row[:5] == ["layers.1.down", "8", "-1", "asym", "compressed-tensors"], row
     assert "audit       OK" in result.stdout

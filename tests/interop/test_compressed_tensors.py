@@ -160,7 +160,7 @@ def test_audit_clean_and_inspect(checkpoints: Path, case: str) -> None:
     assert ckpt.audit.ok, ckpt.audit.problems
     result = subprocess.run([sys.executable, "-m", "wna16.cli", "inspect", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "config      compressed-tensors, layout compressed-tensors" in result.stdout
+    assert "config      quant_method compressed-tensors, packing compressed-tensors" in result.stdout
     assert next(iter(ckpt.layers)) in result.stdout
 
 
