@@ -14,7 +14,7 @@ import torch
 
 from wna16.errors import UnsupportedError
 from wna16.protocol import Backend, LayerSpec, PreparedLinear, describe_spec
-from wna16.tolerance import Precision, error_ratio
+from wna16.tolerance import Precision, call_ratios, error_ratio
 from wna16.weight import QuantizedWeight
 from wna16_conformance.data import Inputs, laid_out
 
@@ -150,9 +150,9 @@ def compute(
             message = f"the output of call {i + 1} changed when a later call ran (an output buffer reused across calls)"
             return CaseResult(key, FAILED, None, message), None
     bias = layer.pristine_bias if spec.adds_bias else None
+    ratios = call_ratios([(y, x_cpu) for y, _, x_cpu in outputs], layer.pristine, layer.precision, bias)
     worst = 0.0
-    for i, (y, _, x_cpu) in enumerate(outputs):
-        ratio = error_ratio(y, x_cpu, layer.pristine, layer.precision, bias)
+    for i, ratio in enumerate(ratios):
         if not ratio <= multiplier:  # NaN-safe
             shown = "inf" if math.isinf(ratio) else f"{ratio:.3g}"
             limit = f" (x{multiplier:g} by the filter)" if multiplier != 1.0 else ""

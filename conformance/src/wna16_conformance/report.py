@@ -116,9 +116,12 @@ class Collector:
 
 
 def drawn(cases: list[CaseResult], group_size: int) -> dict[str, Any] | None:
-    """The ranges of rows, K, N and group count the cases of a test ran with (from their keys), or ``None``."""
+    """The ranges of rows, K, N and group count the cases of a test ran with (from their keys; skipped cases left
+    out), or ``None``."""
     shapes = []
     for c in cases:
+        if c.outcome == SKIPPED:
+            continue
         try:
             shapes.append(Case.parse(c.key.split("|", 1)[0]))
         except ValueError:

@@ -150,11 +150,15 @@ def reference_output(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tenso
 
 
 def _model(
-    x: torch.Tensor, weight: QuantizedWeight, precision: Precision | Capability, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: QuantizedWeight,
+    precision: Precision | Capability,
+    bias: torch.Tensor | None,
+    oracle: _Oracle | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ref, bound)``, both float64 [..., N] on CPU."""
+    """``(ref, bound)``, both float64 [..., N] on CPU (``oracle``: the weight's, when the caller already has it)."""
     p = precision if isinstance(precision, Precision) else Precision.of(precision, x.dtype)
-    oracle = _Oracle.of(weight)
+    oracle = oracle if oracle is not None else _Oracle.of(weight)
     x2 = _as_matrix(x)
     xw = x2 @ oracle.wt
     if bias is None:
@@ -199,7 +203,18 @@ def error_ratios(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float64 [..., N] on CPU: ``|y - ref| / bound`` per element; non-finite outputs give ``inf``."""
-    ref, limit = _model(x, weight, precision, bias)
+    return _ratios(y, x, weight, precision, bias, None)
+
+
+def _ratios(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    weight: QuantizedWeight,
+    precision: Precision | Capability,
+    bias: torch.Tensor | None,
+    oracle: _Oracle | None,
+) -> torch.Tensor:
+    ref, limit = _model(x, weight, precision, bias, oracle)
     if tuple(y.shape) != tuple(ref.shape):
         raise ValueError(f"output: got shape {list(y.shape)}, expected {list(ref.shape)}")
     got = y.detach().cpu().to(torch.float64)
@@ -218,3 +233,18 @@ def error_ratio(
     """The worst ``|y - ref| / bound`` over every output element: a correct kernel stays at or below 1."""
     ratios = error_ratios(y, x, weight, precision, bias)
     return float(ratios.max()) if ratios.numel() else 0.0
+
+
+def call_ratios(
+    calls: list[tuple[torch.Tensor, torch.Tensor]],
+    weight: QuantizedWeight,
+    precision: Precision | Capability,
+    bias: torch.Tensor | None = None,
+) -> list[float]:
+    """:func:`error_ratio` of several ``(y, x)`` calls of one layer, deriving the weight's oracle once."""
+    oracle = _Oracle.of(weight)
+    out = []
+    for y, x in calls:
+        ratios = _ratios(y, x, weight, precision, bias, oracle)
+        out.append(float(ratios.max()) if ratios.numel() else 0.0)
+    return out
