@@ -246,10 +246,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Say where the report went and which filter entries matched nothing."""
+    """Say where the report went, which filter entries matched nothing and which shape classes a
+    ``--wna16-max-dim`` kept from running."""
     if CONTEXT not in config.stash:
         return
-    for line in unmatched(config.stash[CONTEXT]):
+    for line in [*unmatched(config.stash[CONTEXT]), *config.stash[COLLECTOR].unreached()]:
         terminalreporter.write_line(f"wna16 WARNING: {line}", yellow=True)
     path = config.getoption("wna16_report")
     if path is not None:
