@@ -101,3 +101,8 @@ def test_to_unavailable_device_is_refused() -> None:
     with pytest.raises(UnsupportedError, match="device type 'meta'"):
         m.to("meta")
     assert m.device == torch.device("cpu")
+    named = QuantLinear(weight, dtype=torch.float32, registry=registry(CpuOnly()), name="model.layers.3.mlp.up_proj")
+    with pytest.raises(UnsupportedError, match=r"^model\.layers\.3\.mlp\.up_proj: no backend can serve 64 -> 16 "):
+        named.to("meta")
+    with pytest.raises(FormatError, match=r"^model\.layers\.3\.mlp\.up_proj: input is float32\[2, 32\]"):
+        named(torch.randn(2, 32))

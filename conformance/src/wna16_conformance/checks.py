@@ -17,6 +17,7 @@ from wna16.protocol import Backend, LayerSpec, PreparedLinear, describe_spec
 from wna16.tolerance import Precision, call_ratios, error_ratio
 from wna16.weight import QuantizedWeight
 from wna16_conformance.data import Inputs, laid_out
+from wna16_conformance.diagnose import backend_frames, kind_of_wrong
 
 PASSED, FAILED, REFUSED, SKIPPED = "passed", "failed", "refused", "skipped"
 
@@ -141,7 +142,9 @@ def compute(
                 return CaseResult(key, FAILED, None, "mutated its input x"), None
             outputs.append((y, y.detach().clone(), x_cpu))
     except Exception as exc:
-        return CaseResult(key, FAILED, None, f"raised {type(exc).__name__}: {exc}"), None
+        where = backend_frames(exc, backend)
+        message = f"raised {type(exc).__name__}: {exc}" + (f" [at {where}]" if where else "")
+        return CaseResult(key, FAILED, None, message), None
     mutated = _mutation(layer)
     if mutated:
         return CaseResult(key, FAILED, None, mutated), None
@@ -157,7 +160,12 @@ def compute(
             shown = "inf" if math.isinf(ratio) else f"{ratio:.3g}"
             limit = f" (x{multiplier:g} by the filter)" if multiplier != 1.0 else ""
             which = "" if i == 0 else f" on call {i + 1} of the prepared layer ({_later_call(outputs, i)})"
-            return CaseResult(key, FAILED, ratio, f"error/bound ratio {shown} > {multiplier:g}{limit}{which}"), None
+            y, _, x_cpu = outputs[i]
+            kind = kind_of_wrong(y.detach().cpu(), x_cpu, layer.pristine, layer.precision, bias, layer.pristine_bias)
+            message = f"error/bound ratio {shown} > {multiplier:g}{limit}{which}" + (
+                f"; looks like: {kind}" if kind else ""
+            )
+            return CaseResult(key, FAILED, ratio, message), None
         worst = max(worst, ratio)
     return CaseResult(key, PASSED, worst), outputs[0][0].detach().cpu()
 

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from importlib import metadata, resources
 from pathlib import Path
@@ -48,7 +49,9 @@ def _ratio(value: float | None) -> float | str | None:
     return float(f"{value:.4g}")
 
 
-def _worst(values: list[float | str | None]) -> float | str | None:
+def worst(values: Iterable[float | str | None]) -> float | str | None:
+    """The worst of some ratios as the report writes them (``"inf"`` beats any number; ``None``: nothing computed).
+    The matrix merges reports with it too."""
     present = [v for v in values if v is not None]
     if "inf" in present:
         return "inf"
@@ -154,7 +157,7 @@ def _test_summary(rec: TestRecord, cell: Cell) -> dict[str, Any]:
         "test": rec.test,
         "outcome": rec.outcome,
         **counts,
-        "worst_ratio": _worst([_ratio(c.ratio) for c in rec.cases]),
+        "worst_ratio": worst([_ratio(c.ratio) for c in rec.cases]),
         "multiplier": rec.multiplier,
         "filters": rec.filters,
         "message": rec.error or (failing.message if failing else rec.skip_reason),
@@ -176,7 +179,7 @@ def _cell_summary(cell: Cell, recs: list[TestRecord]) -> dict[str, Any]:
         "dtype": cell.dtype_name,
         "act_order": cell.act_order,
         **{k: sum(t[k] for t in tests) for k in OUTCOMES},
-        "worst_ratio": _worst([t["worst_ratio"] for t in tests]),
+        "worst_ratio": worst([t["worst_ratio"] for t in tests]),
         "filters": sorted({f for t in tests for f in t["filters"]}),
         "tests": tests,
     }
@@ -193,7 +196,7 @@ def build(ctx: Context, collector: Collector, warnings: list[str], run: dict[str
             "available": bool(b.availability), "unavailable_reason": b.availability.reason,
             "totals": {**totals, "cells": len(cells), "cells_failed": sum(c["failed"] > 0 for c in cells),
                        "tests": sum(len(c["tests"]) for c in cells)},
-            "worst_ratio": _worst([c["worst_ratio"] for c in cells]),
+            "worst_ratio": worst([c["worst_ratio"] for c in cells]),
             "cells": cells,
         })  # fmt: skip
     entries = {e.id: e for b in ctx.backends for e in ctx.entries_for(b)}

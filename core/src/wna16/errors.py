@@ -129,3 +129,9 @@ def expect_tensor(tensor: object, name: str, shape: tuple[int, ...], dtypes: tup
     if got_shape is None or tuple(got_shape) != shape or getattr(tensor, "dtype", None) not in dtypes:
         allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
         raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
+
+
+def layer_shape(in_features: int, out_features: int) -> str:
+    """A linear layer's shape as every message, table and report prints it: ``in -> out`` (``4096 -> 11008``), the
+    direction data flows; tensors keep their own ``[rows, cols]`` shapes."""
+    return f"{in_features} -> {out_features}"

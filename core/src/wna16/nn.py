@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, NoBackendError, UnsupportedError, Wna16Error, describe
 from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
 from wna16.registry import Registry, default_registry
@@ -35,8 +35,11 @@ class QuantLinear(torch.nn.Module):
         backend: str | Backend | None = None,
         registry: Registry | None = None,
         weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
+        name: str = "",
     ) -> None:
         super().__init__()
+        self.name = name or ("" if weight.name == "weight" else weight.name)
+        """The layer's name in messages (``patch_model`` passes the module's; default: the weight's own name)."""
         self.weight_format = get_format(weight_format) if isinstance(weight_format, str) else weight_format
         self.in_features: int = weight.in_features
         self.out_features: int = weight.out_features
@@ -60,16 +63,33 @@ class QuantLinear(torch.nn.Module):
 
     def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, PreparedLinear, dict[str, Any]]:
         spec = LayerSpec.of(self._weight, dtype, bias=self._bias is not None, device=device)
-        selection = self._registry.select(spec, self._requested)
-        weight = self._weight.to(device)
-        bias = None if self._bias is None else self._bias.to(device)
-        return selection.backend, selection.backend.prepare(weight, spec, bias), selection.rejected
+        try:
+            selection = self._registry.select(spec, self._requested)
+            weight = self._weight.to(device)
+            bias = None if self._bias is None else self._bias.to(device)
+            return selection.backend, selection.backend.prepare(weight, spec, bias), selection.rejected
+        except Wna16Error as exc:
+            raise self._named(exc) from exc
+
+    def _named(self, exc: Wna16Error) -> Wna16Error:
+        """The same error, its message prefixed with the layer's name (a model has hundreds of layers)."""
+        if not self.name or str(exc).startswith(f"{self.name}:"):
+            return exc
+        if isinstance(exc, NoBackendError):
+            return type(exc)(f"{self.name}: {exc.subject}", exc.by_backend)
+        if isinstance(exc, UnsupportedError):
+            return type(exc)(f"{self.name}: {exc.subject}", exc.reasons)
+        try:
+            return type(exc)(f"{self.name}: {exc}")
+        except TypeError:  # an error type with another constructor: keep it, add the name as a note
+            exc.add_note(f"layer: {self.name}")
+            return exc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute with the prepared backend; ``x`` must be in the layer's dtype and on its device."""
         if x.dtype != self.dtype or x.device != self.device or x.shape[-1] != self.in_features:
             raise FormatError(
-                f"input: got {describe(x)} on {x.device}, expected [..., {self.in_features}] "
+                f"{self.name or 'input'}: input is {describe(x)} on {x.device}, expected [..., {self.in_features}] "
                 f"{str(self.dtype).removeprefix('torch.')} on {self.device}"
             )
         return self._prepared(x)

@@ -26,7 +26,7 @@ import torch
 from wna16.checkpoint.audit import CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
-from wna16.errors import ModelMismatchError
+from wna16.errors import ModelMismatchError, layer_shape
 from wna16.formats import PackingFormat
 from wna16.nn import QuantLinear
 from wna16.protocol import Backend
@@ -120,8 +120,8 @@ def _check_layer(model: torch.nn.Module, layer: CheckpointLayer) -> str | None:
     want = (layer.in_features, layer.out_features, layer.has_bias)
     if have != want:
         return (
-            f"{layer.name}: model has in={have[0]} out={have[1]} bias={have[2]}, "
-            f"checkpoint has in={want[0]} out={want[1]} bias={want[2]}"
+            f"{layer.name}: model has {layer_shape(have[0], have[1])}{' with bias' if have[2] else ''}, "
+            f"checkpoint has {layer_shape(want[0], want[1])}{' with bias' if want[2] else ''}"
         )
     return None
 
@@ -228,6 +228,7 @@ def patch_model(
             backend=backend,
             registry=registry,
             weight_format=layer.packed_format,
+            name=name,
         )
     loaded: list[str] = []
     for name, owner in owners.items():

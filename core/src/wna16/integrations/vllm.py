@@ -75,7 +75,7 @@ from vllm.model_executor.parameter import (
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
-from wna16.errors import CheckpointError, ConfigError, UnsupportedError
+from wna16.errors import CheckpointError, ConfigError, UnsupportedError, layer_shape
 from wna16.formats import PackingFormat
 from wna16.groups import stored_groups
 from wna16.packing import packed_rows
@@ -187,7 +187,7 @@ class Wna16LinearMethod(LinearMethodBase):
         k, n = input_size_per_partition, sum(output_partition_sizes)
         scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format is PackingFormat.AWQ
         loader = extra_weight_attrs["weight_loader"]
-        where = f"{self.prefix} (local {n}x{k} of {output_size}x{input_size})"
+        where = f"{self.prefix} (local {layer_shape(k, n)} of {layer_shape(input_size, output_size)})"
         row_parallel = input_size != k
         # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
         replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
