@@ -16,6 +16,9 @@ fully patched or left as it was.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +96,21 @@ def empty_weights() -> Iterator[None]:
         yield
     finally:
         setattr(torch.nn.Module, "register_parameter", original)  # noqa: B010
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Repacking frees its large temporary buffers, but glibc keeps freed heap memory for reuse, so without this a
+    patched model's resident size stays at the repack's peak. Called once at the end of :func:`patch_model`."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
+    trim(0)
 
 
 def _linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
@@ -224,6 +242,7 @@ def patch_model(
             backend=backend,
             registry=registry,
             weight_format=layer.packed_format,
+            source=functools.partial(checkpoint.weight, name),
         )
     loaded: list[str] = []
     for name, owner in owners.items():
@@ -244,6 +263,7 @@ def patch_model(
         for key, buf in list(module._buffers.items()):
             if buf is not None and not buf.is_meta and buf.device != target:
                 module._buffers[key] = buf.to(target)
+    release_free_memory()
     layers = {name: _patched(layer, built[name].backend_name) for name, layer in checkpoint.layers.items()}
     plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     return PatchReport(layers, tuple(loaded), plain)
