@@ -124,7 +124,9 @@ def test_source_replaces_the_kept_canonical_weight() -> None:
     assert torch.equal(m(x.bfloat16()), kept.to(torch.bfloat16)(x.bfloat16()))
 
     other = quantize_rtn(torch.randn(32, 64), Scheme(4, 64, False))
-    stale = QuantLinear(weight, dtype=torch.float32, registry=registry(ReferenceBackend()), source=lambda: other)
+    stale = QuantLinear(
+        weight, kept._bias, dtype=torch.float32, registry=registry(ReferenceBackend()), source=lambda: other
+    )
     with pytest.raises(FormatError, match="the source now gives"):
         stale.state_dict()
     stale.load_state_dict(kept.state_dict(), strict=False)  # a loaded state_dict becomes the kept truth
