@@ -6,8 +6,9 @@ the device holds only the backend's layout. Given a ``source`` (a callable that 
 :func:`wna16.patch_model` passes for a checkpoint), the module does not keep the canonical weight once the backend
 has its own layout: one packed copy per layer stays resident, and ``state_dict`` / ``.to()`` read it again. Without
 one, the module keeps it in host memory; backends whose layout *is* the canonical one (the reference backend on CPU)
-share its storage, so no second copy exists. ``.to()``, ``.cuda()``, ``.half()`` ... re-prepare for the new device and dtype, or raise
-:class:`UnsupportedError` and leave the module as it was; it never computes with a layout meant for another device.
+share its storage, so no second copy exists. ``.to()``, ``.cuda()``, ``.half()`` ... re-prepare for the new device
+and dtype, or raise :class:`UnsupportedError` and leave the module as it was; it never computes with a layout meant
+for another device.
 """
 
 from __future__ import annotations

@@ -157,7 +157,9 @@ class PackedColumns:
         out = [(c0, min(c0 + step, full), self.block) for c0 in range(0, full, step)]
         return out + ([(full, n, self.tail)] if self.tail else [])
 
-    def centered(self, packed: torch.Tensor, rows: int, start: int, stop: int, block: int, dtype: torch.dtype) -> torch.Tensor:
+    def centered(
+        self, packed: torch.Tensor, rows: int, start: int, stop: int, block: int, dtype: torch.dtype
+    ) -> torch.Tensor:
         """[rows, stop - start] in ``dtype``: ``code - 8`` of packed columns ``start:stop`` (one range of
         :meth:`blocks`), in packed column order (what :meth:`unpack` gives, centred and converted in fewer passes)."""
         v = packed.view(-1)[start * rows // 2 : stop * rows // 2].view(-1, rows, block // 2).transpose(0, 1)
@@ -219,7 +221,9 @@ def pack_int4(weight: QuantizedWeight, param_dtype: torch.dtype) -> tuple[RowLay
     ``[N, K_padded / 2]`` (codes in kernel row order, code 8 in the padding), repacked ``CHUNK_ROWS`` output columns at
     a time, and ``sz`` [K_padded / gk, N, 2] in ``param_dtype``."""
     if weight.scheme.bits not in (2, 3, 4):
-        raise FormatError(f"{weight.name}: the int4 CPU kernel takes 2-, 3- or 4-bit codes, got a {weight.scheme} weight")
+        raise FormatError(
+            f"{weight.name}: the int4 CPU kernel takes 2-, 3- or 4-bit codes, got a {weight.scheme} weight"
+        )
     k, n = weight.in_features, weight.out_features
     layout = RowLayout.of(weight.group_index(), weight.num_groups, kernel_group(weight.scheme.group_rows(k)))
     packed = torch.empty(n, layout.padded_features // 2, dtype=torch.uint8)
