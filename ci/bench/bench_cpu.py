@@ -204,11 +204,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compact(report: dict[str, Any]) -> str:
+    """The README's tables: per (threads, shape), one row per scheme x dtype with ``x dense`` at every M (the path
+    taken in brackets: k = kernel, g = GEMM), the M = 1 times and the fraction of the roofline reached at M = 1."""
+    groups: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
+    for r in report["rows"]:
+        groups.setdefault((r["threads"], r["k"], r["n"]), []).append(r)
+    out = []
+    for (threads, k, n), rows in groups.items():
+        clock = "thread CPU time" if threads == 1 else "wall time"
+        out.append(f"{threads} thread(s), K x N = {k} x {n} ({clock}); x dense at M = {', '.join(map(str, MS))}:")
+        out.append("")
+        out.append("| scheme | dtype | " + " | ".join(f"M={m}" for m in MS) + " | M=1 ms (dense) | M=1 % roofline |")
+        out.append("|---|---|" + "---|" * (len(MS) + 2))
+        cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for r in rows:
+            cells.setdefault((r["scheme"], r["dtype"]), {})[r["m"]] = r
+        for (scheme, dtype), by_m in cells.items():
+            ratios = " | ".join(f"{by_m[m]['x_dense']:.2f} ({by_m[m]['path'][0]})" for m in MS if m in by_m)
+            one = by_m[MS[0]]
+            out.append(
+                f"| {scheme} | {dtype} | {ratios} | {one['cpu_ms']:.2f} ({one['dense_ms']:.2f}) | "
+                f"{100 * one['roofline_fraction']:.0f}% |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="reports/bench_cpu.json", help="where to write the JSON report")
     parser.add_argument("--full", action="store_true", help="every shape x scheme at both thread counts")
+    parser.add_argument("--render", metavar="JSON", help="print the README tables of an earlier report and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        print(compact(json.loads(Path(args.render).read_text())))
+        return 0
 
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -240,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
           f"LLC {report['llc_mib']} MiB, load {load_start:.1f} -> {report['load_average_end']:.1f} on "
           f"{all_threads} CPUs; 1 thread: thread CPU time, all threads: wall; medians of {ROUNDS} rounds")  # fmt: skip
     print(table(rows))
+    print(compact(report))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -21,7 +21,7 @@ rounded to the parameter dtype (bf16 for the kernel, fp32 for the fp32 path), wh
 
 The packed bytes are the only copy of the codes: :class:`PackedColumns` learns, once per process and shape, which
 output column each nibble of torch's opaque layout holds (it is ISA-specific: blocks of 64 columns on AVX-512, 32 on
-AVX2), so that large M and fp32 can dequantize chunks of it in float32 and call BLAS instead of the kernel.
+AVX2), so that large M and fp32 can dequantize chunks of it and call BLAS instead of the kernel.
 """
 
 from __future__ import annotations
@@ -250,9 +250,10 @@ class Int4Linear:
 
     Two paths over the same bytes and parameters: the int4 kernel (bf16; fp16 rounded to bf16 on the way in and
     out), for ``M <= kernel_max_m``; above that, and always in fp32, the layer dequantizes chunks of the packed
-    columns in float32 (:class:`PackedColumns`) and calls BLAS, accumulating in float32. ``kernel_max_m`` is the
-    measured crossover for this ISA, chosen by the backend. Without a known column layout (a torch build that
-    packs differently) the kernel serves every M of bf16/fp16.
+    columns (:class:`PackedColumns`) in ``gemm_dtype`` (bf16 on CPUs with native bf16, else float32; float32 for fp32
+    layers) and calls BLAS, accumulating in float32. ``kernel_max_m`` is the measured crossover for this ISA and GEMM
+    dtype, chosen by the backend. Without a known column layout (a torch build that
+    packs differently) the kernel serves every M (a scalar loop in fp32).
     """
 
     def __init__(
@@ -285,7 +286,7 @@ class Int4Linear:
         elif x2.shape[0] > self.kernel_max_m:
             y = self.dequantized_matmul(self.layout.scatter(x2))
         else:
-            xp = self.layout.scatter(x2.to(KERNEL_DTYPE))
+            xp = self.layout.scatter(x2.to(self.sz.dtype))  # bf16, or fp32 (scalar loop) without a known layout
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, self.packed, self.layout.block_rows, self.sz)
         if self.bias is not None:
             y = y.to(torch.float32) + self.bias
