@@ -245,13 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cache = last_level_cache_bytes()
     stream = torch.ones(max(8 * cache, 256 << 20) // 4, dtype=torch.float32)
-    rows: list[dict[str, Any]] = []
-    for k, n, scheme, dtype_name, threads in plan(args.full, all_threads):
-        rows += bench_cell(k, n, scheme, dtype_name, threads, cache, stream)
-        last = rows[-len(MS) :]
-        print(f"# {threads}t {k}x{n} {scheme} {dtype_name}: " + ", ".join(
-            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']})" for r in last), file=sys.stderr, flush=True)  # fmt: skip
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "bench_cpu",
         "torch": torch.__version__,
         "cpu": cpu_model(),
@@ -261,20 +255,25 @@ def main(argv: list[str] | None = None) -> int:
         "all_threads": all_threads,
         "llc_mib": cache >> 20,
         "load_average_start": load_start,
-        "load_average_end": os.getloadavg()[0],
         "peers": {"auto_round_lib": auto_round_lib() or "not installed"},
         "goals": GOALS,
-        "rows": rows,
-        "seconds": round(time.perf_counter() - started, 1),
+        "rows": [],
     }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = report["rows"]
+    for k, n, scheme, dtype_name, threads in plan(args.full, all_threads):
+        rows += bench_cell(k, n, scheme, dtype_name, threads, cache, stream)
+        last = rows[-len(MS) :]
+        print(f"# {threads}t {k}x{n} {scheme} {dtype_name}: " + ", ".join(
+            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']})" for r in last), file=sys.stderr, flush=True)  # fmt: skip
+        report.update(load_average_end=os.getloadavg()[0], seconds=round(time.perf_counter() - started, 1))
+        path.write_text(json.dumps(report, indent=2) + "\n")  # after every cell: a partial run keeps its rows
     print(f"# CPU backend benchmark: {report['cpu']}, ISA {report['isa']}, torch {report['torch']}, "
           f"LLC {report['llc_mib']} MiB, load {load_start:.1f} -> {report['load_average_end']:.1f} on "
           f"{all_threads} CPUs; 1 thread: thread CPU time, all threads: wall; medians of {ROUNDS} rounds")  # fmt: skip
     print(table(rows))
     print(compact(report))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"# wrote {path} in {report['seconds']} s", file=sys.stderr)
     return 0
 
