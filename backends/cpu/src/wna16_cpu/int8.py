@@ -61,6 +61,9 @@ class Int8Linear:
         self.scales = weight.scales.to(torch.float32).to(dtype).to(torch.float32)  # [G, N], rounded once
         self.zeros = None if s.sym else (weight.zeros - CODE_OFFSET).to(torch.int16)  # [G, N]
         self.group = None if per_channel else weight.group_index()
+        rows_per_group = weight.scheme.group_rows(self.in_features)
+        whole = not weight.act_order and self.in_features % rows_per_group == 0
+        self.group_rows = rows_per_group if whole and not per_channel else 0  # groups as a view: no gather per call
         use_kernel = s.sym and per_channel and dtype == KERNEL_DTYPE and self.in_features % K_MULTIPLE == 0
         self.kernel_scales = self.scales[0].to(dtype) if use_kernel else None
         self.kernel_max_m = kernel_max_m if use_kernel else 0
@@ -102,6 +105,11 @@ class Int8Linear:
                 if self.zeros is not None:
                     w.sub_(self.zeros[0, n0:n1, None].to(gemm))
                 w.mul_(self.scales[0, n0:n1, None])
+            elif self.group_rows:
+                wg = w.view(n1 - n0, -1, self.group_rows)
+                if self.zeros is not None:
+                    wg.sub_(self.zeros[:, n0:n1].t().unsqueeze(-1).to(gemm))
+                wg.mul_(self.scales[:, n0:n1].t().unsqueeze(-1))
             else:
                 if self.zeros is not None:
                     w.sub_(self.zeros[:, n0:n1].t()[:, self.group].to(gemm))
