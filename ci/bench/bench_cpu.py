@@ -187,7 +187,9 @@ def plan(full: bool, all_threads: int) -> list[tuple[int, int, Scheme, str, int]
                     wide = (k, n) == (4096, 4096) and threads == 1
                     if full or wide or (scheme == w4 and (threads == 1 or (k, n) == (4096, 4096))):
                         cells.append((k, n, scheme, dtype_name, threads))
-    return cells
+    # Most telling first (a run cut short keeps them): w4 sym, then 8-bit, then the rest; one thread first.
+    order = {str(w4): 0, "w8g128sym": 1, "w8g128asym": 1}
+    return sorted(cells, key=lambda c: (c[4] != 1, (c[0], c[1]) != (4096, 4096), order.get(str(c[2]), 2)))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
