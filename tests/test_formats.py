@@ -6,20 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import schemes, weights
 
-from wna16 import (
-    AWQ,
-    GPTQ_V1,
-    GPTQ_V2,
-    FormatError,
-    QuantizedWeight,
-    Scheme,
-    SchemeError,
-    Shard,
-    get_format,
-    quantize_rtn,
-    shard_weight,
-)
+from wna16 import FormatError, QuantizedWeight, Scheme, SchemeError, Shard, quantize_rtn
+from wna16.formats import AWQ, GPTQ_V1, GPTQ_V2, get_format
 from wna16.packing import pack_cols, pack_rows, run_length, unpack_cols, unpack_rows
+from wna16.partition import shard_weight
 from wna16.reference import dequantize
 
 

@@ -5,7 +5,8 @@ A wrong bit order, a wrong word order or a wrong AWQ interleave cannot pass thes
 
 import torch
 
-from wna16 import AWQ, GPTQ_V1, GPTQ_V2, QuantizedWeight, Scheme
+from wna16 import QuantizedWeight, Scheme
+from wna16.formats import AWQ, GPTQ_V1, GPTQ_V2
 from wna16.packing import pack_rows, unpack_rows
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from wna16 import GPTQ_V1, Capability, FormatError, LayerSpec, Registry, Scheme, UnsupportedError, quantize_rtn
+from wna16 import Capability, FormatError, LayerSpec, Registry, Scheme, UnsupportedError, quantize_rtn
+from wna16.formats import GPTQ_V1
 from wna16.nn import QuantLinear
 from wna16.protocol import Backend, PreparedLinear
 from wna16.reference import dequantize

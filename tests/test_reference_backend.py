@@ -7,7 +7,8 @@ import pytest
 import torch
 from strategies import weights
 
-from wna16 import LayerSpec, QuantizedWeight, Scheme, Shard, quantize_rtn, shard_bias, shard_weight
+from wna16 import LayerSpec, QuantizedWeight, Scheme, Shard, quantize_rtn
+from wna16.partition import shard_bias, shard_weight
 from wna16.reference import dequantize
 from wna16_reference import ReferenceBackend
 

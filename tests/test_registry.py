@@ -109,6 +109,10 @@ def test_no_backend_lists_every_reason(plugins: Registry, monkeypatch: pytest.Mo
     text = str(info.value)
     assert "no backend can serve 32x64 w3g32sym float32 cpu" in text
     assert "fourbit: 3-bit not supported" in text and "reference: disabled" in text and "broken: failed to load" in text
+    by_backend = info.value.by_backend
+    assert set(by_backend) >= {"fourbit", "reference", "broken"}
+    assert any("3-bit not supported" in r for r in by_backend["fourbit"])
+    assert by_backend["reference"] == ("disabled by WNA16_DISABLED_BACKENDS",)
 
 
 class Refusing(Backend):

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from wna16 import FORMATS, Checkpoint, Scheme, load_checkpoint, quantize_rtn
+from wna16 import Checkpoint, Scheme, load_checkpoint, quantize_rtn
+from wna16.formats import FORMATS
 
 BUFFER = 8 << 20
 

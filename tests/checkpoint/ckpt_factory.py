@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from wna16 import FORMATS, QuantizedWeight, Scheme, quantize_rtn
+from wna16 import QuantizedWeight, Scheme, quantize_rtn
+from wna16.formats import FORMATS
 
 PACKING = {"gptq": "auto_round:auto_gptq", "gptq_v2": "auto_round", "awq": "auto_round:auto_awq"}
 

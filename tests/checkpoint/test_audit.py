@@ -11,11 +11,12 @@ import torch
 from ckpt_factory import Layer, layer_tensors, llama_layers, plain_tensors, quant_config, write_checkpoint
 
 from wna16 import Scheme
-from wna16.checkpoint.audit import AuditReport, CheckpointAuditError, Problem, audit_tensors
+from wna16.checkpoint.audit import AuditReport, Problem, audit_tensors
 from wna16.checkpoint.config import read_quant_config
 from wna16.checkpoint.files import SafetensorsFolder
 from wna16.checkpoint.load import load_checkpoint
 from wna16.checkpoint.remap import Remap
+from wna16.errors import CheckpointAuditError
 
 Tensors = dict[str, torch.Tensor]
 UP = "model.layers.0.mlp.up_proj"

@@ -10,8 +10,9 @@ import pytest
 import torch
 from ckpt_factory import Layer, layer_tensors, quant_config, tiny_llama, write_checkpoint
 
-from wna16 import LayerSpec, Scheme, select
+from wna16 import LayerSpec, Scheme
 from wna16.cli import main
+from wna16.registry import select
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -11,10 +11,9 @@ from ckpt_factory import Layer, layer_tensors, plain_tensors, quant_config, tiny
 
 import wna16
 from wna16 import Scheme
-from wna16.checkpoint.audit import CheckpointAuditError
 from wna16.checkpoint.files import SafetensorsFolder
 from wna16.checkpoint.remap import Remap
-from wna16.errors import CheckpointError, ConfigError
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError
 from wna16.reference import dequantize
 
 CASES = [

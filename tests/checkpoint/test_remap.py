@@ -8,8 +8,8 @@ import pytest
 
 from wna16 import ConfigError, Scheme
 from wna16.checkpoint.config import QuantConfig
-from wna16.checkpoint.presets import PRESETS, find_preset
-from wna16.checkpoint.remap import Remap, preset_for
+from wna16.checkpoint.presets import PRESETS, find_preset, preset_for
+from wna16.checkpoint.remap import Remap
 
 THINKER = Remap.from_mapper(
     {"thinker.lm_head.": "language_model.lm_head.", "thinker.model.": "language_model.model.", "thinker.": ""}

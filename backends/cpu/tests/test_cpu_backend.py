@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wna16 import LayerSpec, QuantizedWeight, Registry, Scheme, Shard, quantize_rtn, shard_bias, shard_weight
+from wna16 import LayerSpec, QuantizedWeight, Registry, Scheme, Shard, quantize_rtn
 from wna16.errors import FormatError, UnsupportedError
+from wna16.partition import shard_bias, shard_weight
 from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
 from wna16_cpu import CpuBackend, isa

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wna16 import FormatError, LayerSpec, Scheme, Shard, quantize_rtn, shard_bias, shard_weight
+from wna16 import FormatError, LayerSpec, Scheme, Shard, quantize_rtn
+from wna16.partition import shard_bias, shard_weight
 from wna16.reference import dequantize
 from wna16.tolerance import error_ratio
 from wna16.weight import QuantizedWeight

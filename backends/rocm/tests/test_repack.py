@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wna16 import Scheme, Shard, quantize_rtn, shard_weight
+from wna16 import Scheme, Shard, quantize_rtn
+from wna16.partition import shard_weight
 from wna16.reference import dequantize
 from wna16.weight import QuantizedWeight
 from wna16_rocm.repack import GroupMode, RepackedWeight, repack

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from wna16.groups import trivial_g_idx
 from wna16.scheme import Scheme
-from wna16.weight import QuantizedWeight, trivial_g_idx
+from wna16.weight import QuantizedWeight
 from wna16_conformance.cells import DTYPES, Cell
 
 _FIELDS = ("M", "K", "N", "3d", "bias", "scales", "seed")

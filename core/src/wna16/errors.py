@@ -7,11 +7,22 @@ no" catch that one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Wna16Error(Exception):
     """Base class of every error raised by wna16."""
+
+
+class UsageError(Wna16Error, ValueError):
+    """The caller passed an argument wna16 cannot use (wrong value or combination of arguments to an API call), as
+    opposed to bad data (a checkpoint, a tensor) or a layer no backend serves: the fix is in the calling code."""
 
 
 class SchemeError(Wna16Error, ValueError):
@@ -33,7 +44,13 @@ class UnsupportedError(Wna16Error):
 
 
 class NoBackendError(UnsupportedError):
-    """No installed backend can serve a layer spec; the reasons of each backend are listed."""
+    """No installed backend can serve a layer spec. ``by_backend`` maps each backend's name to its reasons (empty
+    when no backend is installed); ``reasons`` holds the same as ``"name: reason; reason"`` lines."""
+
+    def __init__(self, subject: str, by_backend: Mapping[str, Sequence[str]]) -> None:
+        self.by_backend: dict[str, tuple[str, ...]] = {name: tuple(r) for name, r in by_backend.items()}
+        lines = [f"{name}: {'; '.join(r)}" for name, r in self.by_backend.items()] or ["no backend is installed"]
+        super().__init__(subject, lines)
 
 
 class BackendLoadError(Wna16Error):
@@ -52,6 +69,44 @@ class CheckpointError(Wna16Error):
     """A checkpoint on disk is unsafe, corrupt or inconsistent; the message names the file and the tensor."""
 
 
+class UnsafePathError(CheckpointError):
+    """An index names a shard outside the checkpoint folder."""
+
+
+class MissingShardError(CheckpointError):
+    """An index names a shard that does not exist (or no weights file is present at all)."""
+
+
+class CorruptFileError(CheckpointError):
+    """A safetensors file's header is malformed or disagrees with the file (truncated data, lying offsets)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement between checkpoint and config; ``str()`` is a self-contained message."""
+
+    kind: str
+    module: str
+    message: str
+    tensor: str | None = None
+    file: Path | None = None
+
+    def __str__(self) -> str:
+        where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
+        return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
+
+
+class CheckpointAuditError(CheckpointError):
+    """The coverage audit found problems; ``problems`` holds every one of them
+    (:class:`Problem`)."""
+
+    def __init__(self, folder: Path, problems: Sequence[Problem]) -> None:
+        self.folder = folder
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"checkpoint {folder}: {len(self.problems)} problem(s) found by the coverage audit:\n{lines}")
+
+
 class ModelMismatchError(Wna16Error):
     """A model's modules do not match a checkpoint (missing module, not a linear, other shape or bias, tensors left
     unloaded); the message lists every mismatch by module name with what was expected."""
@@ -64,3 +119,13 @@ def describe(tensor: object) -> str:
     if shape is None or dtype is None:
         return type(tensor).__name__
     return f"{str(dtype).removeprefix('torch.')}{list(shape)}"
+
+
+def expect_tensor(tensor: object, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    """Raise :class:`FormatError` unless ``tensor`` is a tensor of exactly ``shape`` with one of ``dtypes``; the
+    message names the tensor and says what it is and what was expected (``scales: got int32[4, 8], expected
+    float16/bfloat16/float32[2, 8]``)."""
+    got_shape = getattr(tensor, "shape", None)
+    if got_shape is None or tuple(got_shape) != shape or getattr(tensor, "dtype", None) not in dtypes:
+        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")

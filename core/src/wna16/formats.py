@@ -18,15 +18,44 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, expect_tensor
+from wna16.groups import stored_groups, trivial_g_idx
 from wna16.packing import pack_cols, pack_rows, packed_rows, unpack_cols, unpack_rows
 from wna16.scheme import Scheme
-from wna16.weight import SCALE_DTYPES, QuantizedWeight, trivial_g_idx
+from wna16.weight import SCALE_DTYPES, QuantizedWeight
 
 Tensors = Mapping[str, torch.Tensor]
+
+
+class PackingFormat(str, Enum):
+    """The on-disk layouts by name, as values: configs, resolved layers, checkpoint layers and :class:`QuantLinear`
+    carry one of these (never a bare string), and :attr:`layout` is the class that reads and writes it. A ``str``
+    Enum, so it compares equal to its name and prints as it (``"gptq_v2"``) in reports and JSON."""
+
+    GPTQ = "gptq"
+    GPTQ_V2 = "gptq_v2"
+    AWQ = "awq"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def of(cls, name: str) -> PackingFormat:
+        """The format called ``name``, or :class:`FormatError` listing the known ones."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise FormatError(f"packed format {name!r}: expected one of {sorted(f.value for f in cls)}") from None
+
+    @property
+    def layout(self) -> PackedFormat:
+        """The layout object that converts this format to and from :class:`QuantizedWeight`."""
+        return FORMATS[self]
+
 
 AWQ_ORDER: tuple[int, ...] = (0, 2, 4, 6, 1, 3, 5, 7)
 """Nibble p of an AWQ word holds column ``AWQ_ORDER[p]`` of its block of 8 columns."""
@@ -39,22 +68,16 @@ def _get(tensors: Tensors, prefix: str, key: str) -> torch.Tensor:
     return tensor
 
 
-def _check(tensor: torch.Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
-    if tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
-        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
-
-
 @dataclass(frozen=True)
 class GPTQFormat:
     """GPTQ packing; ``zero_offset`` is 1 for v1 (stored zero = zero - 1) and 0 for v2."""
 
-    name: str
+    name: PackingFormat
     zero_offset: int
 
     def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the tensors this layout stores for a layer (``g_idx`` optional on read)."""
-        groups = scheme.num_groups(in_features)
+        groups = len(stored_groups(scheme, in_features))
         return {
             "qweight": (packed_rows(in_features, scheme.bits, "qweight"), out_features),
             "qzeros": (groups, packed_rows(out_features, scheme.bits, "qzeros")),
@@ -69,16 +92,16 @@ class GPTQFormat:
         shapes = self.expected_shapes(scheme, in_features, out_features)
         qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
         g_idx = tensors.get("g_idx")
-        groups = scheme.num_groups(in_features)
+        groups = shapes["scales"][0]
         if g_idx is not None:
-            _check(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
+            expect_tensor(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
             needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
             # A row-parallel slice under act order carries the scales of every group, used or not (wna16.partition).
             groups = max(needed, int(scales.shape[0])) if scales.dim() == 2 else needed
-        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
-        _check(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
-        _check(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
+        expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        expect_tensor(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
+        expect_tensor(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
         zeros = unpack_cols(qzeros, scheme.bits, f"{prefix}qzeros") + self.zero_offset
         return QuantizedWeight(scheme, in_features, out_features, qweight, zeros, scales, g_idx, prefix + "weight")
 
@@ -105,7 +128,7 @@ class GPTQFormat:
 class AWQFormat:
     """AutoAWQ gemm packing: 4-bit codes and zeros packed along N with the [0,2,4,6,1,3,5,7] interleave."""
 
-    name: str = "awq"
+    name: PackingFormat = PackingFormat.AWQ
 
     @staticmethod
     def _check_scheme(scheme: Scheme, in_features: int, out_features: int, what: str) -> None:
@@ -119,7 +142,7 @@ class AWQFormat:
     def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the tensors this layout stores for a layer."""
         self._check_scheme(scheme, in_features, out_features, "awq")
-        groups = scheme.num_groups(in_features)
+        groups = len(stored_groups(scheme, in_features))
         return {
             "qweight": (in_features, out_features // 8),
             "qzeros": (groups, out_features // 8),
@@ -146,9 +169,9 @@ class AWQFormat:
         """Read ``qweight``/``qzeros``/``scales`` into the canonical weight (codes are repacked along K)."""
         shapes = self.expected_shapes(scheme, in_features, out_features)
         qweight, qzeros, scales = (_get(tensors, prefix, k) for k in ("qweight", "qzeros", "scales"))
-        _check(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
-        _check(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
-        _check(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
+        expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
+        expect_tensor(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
+        expect_tensor(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
         codes = self._unpack_n(qweight, f"{prefix}qweight")
         zeros = self._unpack_n(qzeros, f"{prefix}qzeros")
         packed = pack_rows(codes, 4, f"{prefix}qweight")
@@ -170,16 +193,14 @@ class AWQFormat:
 
 PackedFormat = GPTQFormat | AWQFormat
 
-GPTQ_V1 = GPTQFormat("gptq", zero_offset=1)
-GPTQ_V2 = GPTQFormat("gptq_v2", zero_offset=0)
+GPTQ_V1 = GPTQFormat(PackingFormat.GPTQ, zero_offset=1)
+GPTQ_V2 = GPTQFormat(PackingFormat.GPTQ_V2, zero_offset=0)
 AWQ = AWQFormat()
 
 FORMATS: dict[str, PackedFormat] = {f.name: f for f in (GPTQ_V1, GPTQ_V2, AWQ)}
+"""Layout objects by :class:`PackingFormat` (which, being a ``str`` Enum, also looks them up by plain name)."""
 
 
-def get_format(name: str) -> PackedFormat:
-    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``)."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise FormatError(f"packed format {name!r}: expected one of {sorted(FORMATS)}") from None
+def get_format(name: str | PackingFormat) -> PackedFormat:
+    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``, or the :class:`PackingFormat` itself)."""
+    return PackingFormat.of(name).layout

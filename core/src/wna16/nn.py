@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from wna16.errors import FormatError, describe
-from wna16.formats import PackedFormat, get_format
+from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
 from wna16.registry import Registry, default_registry
 from wna16.weight import QuantizedWeight
@@ -37,7 +37,7 @@ class QuantLinear(torch.nn.Module):
         device: str | torch.device = "cpu",
         backend: str | Backend | None = None,
         registry: Registry | None = None,
-        weight_format: PackedFormat | str = "gptq_v2",
+        weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
         source: Callable[[], QuantizedWeight] | None = None,
     ) -> None:
         super().__init__()

@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wna16.errors import FormatError
+from wna16.errors import FormatError, UsageError
+from wna16.groups import stored_groups
 from wna16.packing import run_length
+from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
 
 
@@ -31,6 +33,24 @@ class Shard:
     k_start: int = 0
     n_start: int = 0
     adds_bias: bool = True
+
+    @classmethod
+    def row_parallel(cls, full_in_features: int, full_out_features: int, rank: int, world_size: int) -> Shard:
+        """Rank ``rank`` of ``world_size`` equal row-parallel (K) slices, as vLLM's ``RowParallelLinear`` cuts them:
+        rows ``[rank * K / world_size, (rank + 1) * K / world_size)``, all output columns, the bias added by rank 0."""
+        if world_size <= 0 or not 0 <= rank < world_size or full_in_features % world_size:
+            raise UsageError(
+                f"row-parallel rank {rank} of {world_size}: expected 0 <= rank < world_size and K={full_in_features} "
+                "divisible by world_size"
+            )
+        k = full_in_features // world_size
+        return cls(full_in_features, full_out_features, k_start=rank * k, n_start=0, adds_bias=rank == 0)
+
+    def groups(self, scheme: Scheme, in_features: int, act_order: bool) -> range:
+        """The full layer's groups this K-slice of ``in_features`` rows stores (:func:`wna16.groups.stored_groups`)."""
+        return stored_groups(
+            scheme, in_features, full_in_features=self.full_in_features, k_start=self.k_start, act_order=act_order
+        )
 
     def problems(self, in_features: int, out_features: int, group_size: int, bits: int, act_order: bool) -> list[str]:
         """Every reason this shard is not a valid slice of ``in_features`` x ``out_features`` (empty when valid)."""
@@ -63,13 +83,10 @@ def shard_weight(full: QuantizedWeight, shard: Shard, in_features: int, out_feat
     k0, k1 = shard.k_start, shard.k_start + in_features
     codes, words = run_length(s.bits)
     qweight = full.qweight[k0 // codes * words : k1 // codes * words, n0:n1]
-    if full.g_idx is not None:
-        g_idx: torch.Tensor | None = full.g_idx[k0:k1]
-        g0, g1 = 0, full.num_groups
-    else:
-        g_idx = None
-        rows = s.group_rows(full.in_features)
-        g0, g1 = k0 // rows, -(-k1 // rows)
+    g_idx = None if full.g_idx is None else full.g_idx[k0:k1]
+    # An act-order slice keeps every group the full weight carries (its rows may use any of them).
+    kept = range(full.num_groups) if full.act_order else shard.groups(s, in_features, act_order=False)
+    g0, g1 = kept.start, kept.stop
     return replace(
         full,
         in_features=in_features,

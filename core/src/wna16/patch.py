@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from wna16.checkpoint.audit import CheckpointLayer
-from wna16.checkpoint.load import Checkpoint, load_checkpoint
+from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
 from wna16.errors import ModelMismatchError
+from wna16.formats import PackingFormat
 from wna16.nn import QuantLinear
 from wna16.protocol import Backend
 from wna16.registry import Registry
@@ -41,7 +42,7 @@ class PatchedLayer:
 
     name: str
     scheme: str
-    packed_format: str
+    packed_format: PackingFormat
     in_features: int
     out_features: int
     act_order: bool
@@ -194,7 +195,8 @@ def patch_model(
 ) -> PatchReport:
     """Replace the checkpoint's quantized linears of ``model`` with :class:`QuantLinear` and load its 16-bit tensors.
 
-    ``checkpoint``: a loaded :class:`Checkpoint`, or a folder, loaded with ``remap`` (default identity: the
+    ``checkpoint``: a loaded :class:`Checkpoint`, or a folder, loaded with ``remap`` (default:
+    :func:`~wna16.checkpoint.load.default_remap` for the ``"transformers"`` runtime, which is the identity: the
     checkpoint's names are the model's, as for transformers and diffusers models) and audited against the model's
     linear layers. ``dtype``: the activation dtype of the quantized layers and the dtype 16-bit float tensors are
     cast to (default: the dtype of the model's first floating parameter). ``backend``: a backend name or object to
@@ -202,7 +204,9 @@ def patch_model(
     change to the model.
     """
     if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint, remap or Remap.IDENTITY, expected_modules=_linears(model))
+        checkpoint = load_checkpoint(
+            checkpoint, remap or default_remap(checkpoint, "transformers"), expected_modules=_linears(model)
+        )
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
     target = torch.device(device)

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from wna16.errors import FormatError, UnsupportedError, describe
+from wna16.groups import has_partial_group
 from wna16.partition import Shard
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
@@ -61,11 +62,6 @@ class LayerSpec:
     def is_k_slice(self) -> bool:
         """True when this layer is a row-parallel slice whose output is a partial sum."""
         return self.shard is not None and self.in_features != self.shard.full_in_features
-
-    @property
-    def is_n_slice(self) -> bool:
-        """True when this layer holds only some output columns of a larger layer."""
-        return self.shard is not None and self.out_features != self.shard.full_out_features
 
     @property
     def adds_bias(self) -> bool:
@@ -145,10 +141,9 @@ class Capability:
             out.append(f"{s.bits}-bit not supported (supports {sorted(self.bits)})")
         if self.group_sizes is not None and s.group_size not in self.group_sizes:
             out.append(f"group size {s.group_size} not supported (supports {sorted(self.group_sizes)})")
-        k = spec.shard.full_in_features if spec.shard is not None else spec.in_features
-        rows = s.group_rows(k)
-        if not self.partial_last_group and s.group_size != -1 and spec.in_features % rows:
-            out.append(f"partial last group not supported (K={spec.in_features} is not a multiple of {rows})")
+        full_k = spec.shard.full_in_features if spec.shard is not None else spec.in_features
+        if not self.partial_last_group and has_partial_group(s, spec.in_features, full_in_features=full_k):
+            out.append(f"partial last group not supported (K={spec.in_features} is not a multiple of {s.group_size})")
         if s.sym and not self.sym:
             out.append("symmetric schemes not supported")
         if not s.sym and not self.asym:

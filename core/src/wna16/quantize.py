@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from wna16.errors import FormatError, describe
+from wna16.groups import trivial_g_idx
 from wna16.scheme import Scheme
-from wna16.weight import QuantizedWeight, trivial_g_idx
+from wna16.weight import QuantizedWeight
 
 
 def quantize_rtn(

@@ -144,8 +144,7 @@ class Registry:
             else:
                 candidates.append((entry.backend.check(spec), entry.backend))
         if not candidates:
-            lines = [f"{name}: {'; '.join(r)}" for name, r in rejected.items()] or ["no backend is installed"]
-            raise NoBackendError(f"no backend can serve {describe_spec(spec)}", lines)
+            raise NoBackendError(f"no backend can serve {describe_spec(spec)}", rejected)
         candidates.sort(key=lambda c: (-c[0].priority, c[1].name))
         (support, best), others = candidates[0], candidates[1:]
         for other_support, other in others:

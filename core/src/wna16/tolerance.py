@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wna16.errors import UsageError
 from wna16.protocol import Backend, Capability, LayerSpec
 from wna16.weight import QuantizedWeight
 
@@ -60,10 +61,11 @@ class Precision:
 
     @classmethod
     def for_backend(cls, backend: Backend, spec: LayerSpec) -> Precision:
-        """The precisions of the rule ``backend.check(spec)`` matched; raises ``ValueError`` if none matches."""
+        """The precisions of the rule ``backend.check(spec)`` matched; raises :class:`UsageError` (a ``ValueError``)
+        if none matches: asking for the precision of a spec the backend does not claim is a caller mistake."""
         support = backend.check(spec)
         if not support or support.rule is None:
-            raise ValueError(f"backend {backend.name!r} does not claim the spec; reasons: {list(support.reasons)}")
+            raise UsageError(f"backend {backend.name!r} does not claim the spec; reasons: {list(support.reasons)}")
         return cls.of(support.rule, spec.dtype)
 
 

@@ -19,23 +19,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, describe, expect_tensor
+from wna16.groups import stored_groups, trivial_g_idx
 from wna16.packing import pack_rows, packed_rows, unpack_rows
 from wna16.scheme import Scheme
 
 SCALE_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def trivial_g_idx(in_features: int, scheme: Scheme, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The g_idx exports ship without act order: ``arange(K) // group_size``."""
-    rows = scheme.group_rows(in_features)
-    return torch.arange(in_features, dtype=torch.int32, device=device) // rows
-
-
-def _expect(tensor: object, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
-    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
-        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,14 +42,14 @@ class QuantizedWeight:
 
     def __post_init__(self) -> None:
         k, n, s = self.in_features, self.out_features, self.scheme
-        _expect(
+        expect_tensor(
             self.qweight, f"{self.name}.qweight", (packed_rows(k, s.bits, f"{self.name}.qweight"), n), (torch.int32,)
         )
         if self.g_idx is not None:
             self._check_g_idx()
         groups = self.num_groups
-        _expect(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
-        _expect(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
+        expect_tensor(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
+        expect_tensor(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
         if self.zeros.numel():
             lo, hi = int(self.zeros.min()), int(self.zeros.max())
             if lo < 0 or hi > 1 << s.bits:
@@ -73,10 +62,10 @@ class QuantizedWeight:
     def _check_g_idx(self) -> None:
         g_idx = self.g_idx
         assert g_idx is not None
-        _expect(g_idx, f"{self.name}.g_idx", (self.in_features,), (torch.int32,))
+        expect_tensor(g_idx, f"{self.name}.g_idx", (self.in_features,), (torch.int32,))
         groups = self.scales.shape[0] if self.scales.dim() == 2 else -1
         trivial = trivial_g_idx(self.in_features, self.scheme)
-        if groups == self.scheme.num_groups(self.in_features) and bool(torch.equal(g_idx.cpu(), trivial)):
+        if groups == len(stored_groups(self.scheme, self.in_features)) and bool(torch.equal(g_idx.cpu(), trivial)):
             object.__setattr__(self, "g_idx", None)  # exports ship arange(K) // group_size without act order
             return
         lo, hi = int(g_idx.min()), int(g_idx.max())
@@ -92,11 +81,12 @@ class QuantizedWeight:
 
     @property
     def num_groups(self) -> int:
-        """Rows of ``scales``: ceil(K / group_size), or what a non-trivial ``g_idx`` addresses (tensor-parallel
-        K-slices with act order carry every group)."""
+        """Rows of ``scales`` (:func:`wna16.groups.stored_groups`): ceil(K / group_size) without act order; with act
+        order what ``scales`` carries (a K-slice carries every group of its full layer, which the weight alone does not
+        know)."""
         if self.g_idx is not None:
             return int(self.scales.shape[0])
-        return self.scheme.num_groups(self.in_features)
+        return len(stored_groups(self.scheme, self.in_features))
 
     def group_index(self) -> torch.Tensor:
         """int64 [K]: the group of each input row, whether or not the weight is act-ordered."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from wna16.errors import FormatError, describe
+from wna16.groups import regroup_rows
 from wna16.packing import unpack_rows
 from wna16.weight import QuantizedWeight
 
@@ -80,20 +81,9 @@ class RowLayout:
     def of(cls, group: torch.Tensor, num_groups: int, block_rows: int) -> RowLayout:
         """Layout for rows whose groups are ``group`` (int64 [K]): rows sorted by group (stable, so a trivial
         ``g_idx`` keeps its order) and every group padded to a multiple of ``block_rows``."""
-        k = int(group.numel())
-        order = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=num_groups)
-        blocks = (counts + block_rows - 1) // block_rows
-        padded_start = torch.cumsum(blocks * block_rows, 0) - blocks * block_rows
-        sorted_start = torch.cumsum(counts, 0) - counts
-        sorted_group = group[order]
-        rank_in_group = torch.arange(k) - sorted_start[sorted_group]
-        dest = torch.empty(k, dtype=torch.int64)
-        dest[order] = padded_start[sorted_group] + rank_in_group
-        padded = int(blocks.sum()) * block_rows
-        block_group = torch.repeat_interleave(torch.arange(num_groups), blocks)
-        identity = padded == k and bool(torch.equal(dest, torch.arange(k)))
-        return cls(k, padded, block_rows, None if identity else dest, block_group)
+        rows = regroup_rows(group, num_groups, multiple=block_rows)
+        dest = None if rows.identity else rows.dest
+        return cls(rows.in_features, rows.kernel_rows, block_rows, dest, rows.block_groups(block_rows))
 
     def scatter(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2`` [M, K] -> contiguous [M, K_padded] in kernel row order (zeros in the padding columns)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from wna16.errors import UnsupportedError
+from wna16.groups import regroup_rows
 from wna16.weight import QuantizedWeight
 from wna16_marlin.layout import pack_zero_points, padded_nk, permute_bias, permute_scales, repack_weight
 
@@ -42,30 +43,16 @@ def plan_rows(weight: QuantizedWeight, padded_k: int | None = None) -> RowPlan:
 
     Without act order and with whole groups this is the identity followed by zero padding up to ``padded_k``.
     """
-    k, scheme = weight.in_features, weight.scheme
-    rows = scheme.group_rows(k)
+    k = weight.in_features
+    rows = weight.scheme.group_rows(k)
     device = weight.qweight.device
-    group = weight.group_index()
-    if weight.g_idx is None:
-        order = torch.arange(k, device=device)
-        sorted_group = group
-    else:
-        sorted_group, order = torch.sort(group, stable=True)
-    groups = weight.num_groups
-    counts = torch.bincount(sorted_group, minlength=groups)
-    runs = -(-counts // rows)
-    run_start = torch.cumsum(runs, 0) - runs
-    row_start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(k, device=device) - row_start[sorted_group]
-    position = (run_start[sorted_group] + rank // rows) * rows + rank % rows
-    total_runs = int(runs.sum())
-    kernel_k = total_runs * rows if padded_k is None else padded_k
-    if kernel_k < total_runs * rows:
-        raise ValueError(f"padded_k={padded_k} is smaller than the {total_runs * rows} rows the plan needs")
-    source = torch.full((kernel_k,), k, dtype=torch.int64, device=device)
-    source[position] = order
+    plan = regroup_rows(weight.group_index(), weight.num_groups, multiple=rows)  # runs of `rows` rows per group
+    kernel_k = plan.kernel_rows if padded_k is None else padded_k
+    if kernel_k < plan.kernel_rows:
+        raise ValueError(f"padded_k={padded_k} is smaller than the {plan.kernel_rows} rows the plan needs")
+    source = plan.source(kernel_k)
     run_group = torch.full((kernel_k // rows,), -1, dtype=torch.int64, device=device)
-    run_group[:total_runs] = torch.repeat_interleave(torch.arange(groups, device=device), runs)
+    run_group[: plan.kernel_rows // rows] = plan.block_groups(rows)
     return RowPlan(source, run_group, bool(torch.equal(source[:k], torch.arange(k, device=device))))
 
 

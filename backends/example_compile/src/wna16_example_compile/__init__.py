@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from wna16.protocol import Backend, Capability, LayerSpec, PreparedLinear
+from wna16.protocol import ACTIVATION_DTYPES, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 
 RECOMPILE_LIMIT = 8
@@ -53,7 +53,7 @@ class CompiledBackend(Backend):
     capabilities = (
         Capability(
             bits=frozenset({2, 3, 4, 8}),
-            dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+            dtypes=frozenset(ACTIVATION_DTYPES),
             group_sizes=None,
             partial_last_group=False,  # codes are reshaped to [N, G, group]: K must be whole groups
             sym=True,

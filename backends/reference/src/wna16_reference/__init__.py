@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from wna16.packing import run_length, unpack_rows
-from wna16.protocol import Backend, Capability, LayerSpec, PreparedLinear
+from wna16.protocol import ACTIVATION_DTYPES, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 
 CHUNK_BYTES = 32 << 20
@@ -26,7 +26,7 @@ class ReferenceBackend(Backend):
     capabilities = (
         Capability(
             bits=frozenset({2, 3, 4, 8}),
-            dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+            dtypes=frozenset(ACTIVATION_DTYPES),
             group_sizes=None,  # every group size, -1 included
             partial_last_group=True,
             sym=True,

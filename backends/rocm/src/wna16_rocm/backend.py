@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from wna16.errors import UnsupportedError
-from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear
+from wna16.protocol import ACTIVATION_DTYPES, Availability, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 from wna16_rocm import runtime
 from wna16_rocm.linear import TritonLinear
 from wna16_rocm.repack import repack
 
-ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
+ALL_DTYPES = frozenset(ACTIVATION_DTYPES)
 EXACT_GROUPS = frozenset({-1, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096})
 """Group sizes that are multiples of 16: without act order their tiles lie in one group, and the kernels multiply
 exact integer weights and apply the scale in float32 afterwards (``param_dtype`` fp32)."""

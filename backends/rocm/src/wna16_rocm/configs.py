@@ -45,10 +45,6 @@ class LaunchConfig:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages, **dict(self.hints)}
 
 
-def _pow2_floor(v: int) -> int:
-    return 1 << (max(v, 1).bit_length() - 1)
-
-
 def _pow2_ceil(v: int) -> int:
     return 1 << (max(v, 1) - 1).bit_length()
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from wna16.groups import regroup_rows, trivial_g_idx
 from wna16.packing import pack_rows
-from wna16.weight import QuantizedWeight, trivial_g_idx
+from wna16.weight import QuantizedWeight
 
 MIN_BLOCK_K = 16
 """The smallest K block the kernels use (``tl.dot`` needs 16); ``UNIFORM`` needs group rows that it divides."""
@@ -101,7 +102,7 @@ def repack(weight: QuantizedWeight, device: torch.device | str) -> RepackedWeigh
     perm: torch.Tensor | None = None
     row_group = w.group_index()
     if w.g_idx is not None:
-        order = torch.argsort(w.g_idx, stable=True)
+        order = regroup_rows(row_group, w.num_groups).order  # rows sorted by group, no padding
         perm, row_group = order.to(torch.int32).contiguous(), row_group[order]
     if bits == 3 or perm is not None:
         codes = w.codes()

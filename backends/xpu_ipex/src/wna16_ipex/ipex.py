@@ -30,14 +30,22 @@ import torch
 
 from wna16.errors import UnsupportedError
 from wna16.packing import pack_cols, pack_rows
-from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear, describe_spec
+from wna16.protocol import (
+    ACTIVATION_DTYPES,
+    Availability,
+    Backend,
+    Capability,
+    LayerSpec,
+    PreparedLinear,
+    describe_spec,
+)
 from wna16.weight import QuantizedWeight
 from wna16_ipex.layout import Regrouped, RowOrder, check_expansion, pad_columns, regroup
 
 N_TILE = 32
 """IPEX 2.8 computes wrong outputs unless out_features is a multiple of this (measured on CPU)."""
 
-DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
+DTYPES = frozenset(ACTIVATION_DTYPES)
 
 
 def _rule(device: str, priority: int) -> Capability:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from wna16.errors import UnsupportedError
+from wna16.groups import regroup_rows
 from wna16.weight import QuantizedWeight
 
 MAX_EXPANSION = 4
@@ -94,16 +95,13 @@ def regroup(weight: QuantizedWeight, round_rows: int | None, power_of_two: bool,
     group = weight.group_index().cpu()
     used, inverse, counts = torch.unique(group, sorted=True, return_inverse=True, return_counts=True)
     target = _round_up_rows(int(counts.max()), round_rows, power_of_two)
-    order = torch.argsort(inverse, stable=True)  # rows of group 0, then group 1, ... (original order within a group)
-    rank = torch.arange(k) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    position = inverse[order] * target + rank  # kernel row of each sorted input row
-    kernel_k = int(used.numel()) * target
-    gather = torch.full((kernel_k,), k, dtype=torch.int64)
-    gather[position] = order
+    # Rows of (used) group 0, then group 1, ... in their original order, each group padded to `target` rows.
+    rows_of = regroup_rows(inverse, int(used.numel()), rows=target)
+    gather = rows_of.source()
     zeros = weight.zeros.cpu()[used]
     pad_code = zeros.clamp(max=weight.scheme.max_code).to(torch.int32)  # [groups, N]: dequantizes to 0 (z <= max)
     out = pad_code.repeat_interleave(target, dim=0)
-    out[position] = codes.cpu()[order]
+    out[rows_of.dest] = codes.cpu()
     return Regrouped(out, zeros, weight.scales.cpu()[used], target, k, gather)
 
 

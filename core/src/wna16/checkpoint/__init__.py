@@ -22,7 +22,7 @@ API (stable; other modules of this package and later issues build on it)::
     concat_out([(part_name, QuantizedWeight), ...], name) -> QuantizedWeight  # fused weight, parts along N
     check_moe_name(name)       # MoELayoutError for fused-experts names (experts, experts.gate_up_proj)
 
-    from wna16.checkpoint.remap import Remap, preset_for
+    from wna16.checkpoint.remap import Remap
     Remap(prefixes={}, substrings={}, stage_prefix="", label="custom"); Remap.from_mapper(prefixes, substrings)
     Remap.from_weights_mapper(vllm_weights_mapper)  # compare a preset with the runtime's own mapper (==)
     Remap.name(checkpoint_name) -> runtime name     # tensors, modules, block prefixes, plain extra_config keys
@@ -30,7 +30,7 @@ API (stable; other modules of this package and later issues build on it)::
     Remap.IDENTITY
     preset_for(model_config, runtime="vllm-omni", stage=None) -> Remap   # from architectures / _class_name
 
-    from wna16.checkpoint.presets import PRESETS, Preset, find_preset
+    from wna16.checkpoint.presets import PRESETS, Preset, find_preset, preset_for
 
 Loading (files.py, audit.py, load.py; also ``wna16.load_checkpoint``)::
 
@@ -48,8 +48,8 @@ Typical use: ``cfg = read_quant_config(path).remapped(preset_for(read_model_conf
 """
 
 from wna16.checkpoint.config import QuantConfig, read_model_config, read_quant_config
-from wna16.checkpoint.presets import PRESETS, Preset, find_preset
-from wna16.checkpoint.remap import Remap, preset_for
+from wna16.checkpoint.presets import PRESETS, Preset, find_preset, preset_for
+from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import (
     PACKED_MODULES,
     LayerQuant,

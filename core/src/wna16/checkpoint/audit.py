@@ -25,7 +25,7 @@ says quantized).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,16 +34,16 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
-from wna16.errors import CheckpointError, ConfigError, FormatError
-from wna16.formats import AWQFormat, get_format
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, Problem
+from wna16.formats import AWQFormat, PackingFormat
+from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
+from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES
 
 QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx")
 """Tensor-name suffixes that belong to a packed quantized linear layer."""
-
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class LayerQuantLike(Protocol):
@@ -53,7 +53,7 @@ class LayerQuantLike(Protocol):
     def scheme(self) -> Scheme: ...
 
     @property
-    def packed_format(self) -> str: ...
+    def packed_format(self) -> PackingFormat: ...
 
 
 class Resolver(Protocol):
@@ -67,31 +67,6 @@ class Resolver(Protocol):
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One disagreement between checkpoint and config; ``str()`` is a self-contained message."""
-
-    kind: str
-    module: str
-    message: str
-    tensor: str | None = None
-    file: Path | None = None
-
-    def __str__(self) -> str:
-        where = [str(self.file.name) if self.file is not None else None, self.tensor or self.module]
-        return f"[{self.kind}] {': '.join(w for w in where if w)}: {self.message}"
-
-
-class CheckpointAuditError(CheckpointError):
-    """The audit found problems; ``problems`` holds every one of them."""
-
-    def __init__(self, folder: Path, problems: Sequence[Problem]) -> None:
-        self.folder = folder
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"checkpoint {folder}: {len(self.problems)} problem(s) found by the coverage audit:\n{lines}")
-
-
-@dataclass(frozen=True)
 class CheckpointLayer:
     """A quantized linear layer of a checkpoint, under its runtime name.
 
@@ -102,7 +77,7 @@ class CheckpointLayer:
     name: str
     source: str
     scheme: Scheme
-    packed_format: str
+    packed_format: PackingFormat
     in_features: int
     out_features: int
     act_order: bool
@@ -205,7 +180,7 @@ class _Auditor:
                 self.add("shape", module, f"shape {qweight.describe()}, expected a 2-D packed tensor", qweight)
             return None
         rows, cols = qweight.shape
-        if isinstance(get_format(layout), AWQFormat):
+        if layout is PackingFormat.AWQ:
             return rows, cols * 8
         codes, words = run_length(bits)
         if rows % words:
@@ -220,7 +195,7 @@ class _Auditor:
         """Check one quantized module's tensors against its scheme; the layer, or None when it has problems."""
         before = len(self.problems)
         scheme, layout = quant.scheme, quant.packed_format
-        fmt = get_format(layout)
+        fmt = layout.layout
         required = ("qweight", "qzeros", "scales")
         anchor = next(iter(group.values()))
         for role in required:
@@ -238,7 +213,7 @@ class _Auditor:
         except FormatError as exc:
             self.add("shape", module, f"K={k}, N={n} do not fit {scheme} ({layout}): {exc}", group["qweight"])
             return None
-        groups = scheme.num_groups(k)
+        groups = shapes["scales"][0]  # wna16.groups.stored_groups, via the layout
         g_idx = group.get("g_idx")
         act_order = False
         if g_idx is not None and g_idx.shape != shapes["g_idx"]:
@@ -253,14 +228,14 @@ class _Auditor:
                     "g_idx", module, f"values in [{lo}, {hi}], expected [0, {stored - 1}] ({stored} groups)", g_idx
                 )
             else:
-                trivial = torch.arange(k, dtype=torch.int64) // scheme.group_rows(k)
+                trivial = trivial_g_idx(k, scheme).to(torch.int64)
                 act_order = not torch.equal(values.to(torch.int64), trivial)
                 groups = max(groups, hi + 1) if act_order else groups
         self.expect(module, group["qweight"], shapes["qweight"], (torch.int32,))
         self.expect(module, group["qzeros"], (groups, shapes["qzeros"][1]), (torch.int32,))
         self.expect(module, group["scales"], (groups, n), SCALE_DTYPES)
         if bias is not None:
-            self.expect(module, bias, (n,), FLOAT_DTYPES)
+            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
         tensors = dict(group)

@@ -47,6 +47,7 @@ from wna16.checkpoint.resolve import (
     resolve_module,
 )
 from wna16.errors import ConfigError
+from wna16.formats import PackingFormat
 from wna16.scheme import SUPPORTED_BITS, Scheme
 
 if TYPE_CHECKING:
@@ -55,29 +56,42 @@ if TYPE_CHECKING:
 METHODS: tuple[str, ...] = ("auto-round", "gptq", "awq")
 
 CONFIG_FILES: tuple[str, ...] = ("config.json", "quantization_config.json", "quantize_config.json", "quant_config.json")
-"""Files :func:`read_quant_config` looks in, in order."""
+"""Files :func:`read_quant_config` looks in, in order (the ones after ``config.json`` hold only the quantization
+config: what vLLM's ``get_config_filenames`` lists)."""
 
-_AUTO_ROUND_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round"})
+AUTO_ROUND_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round"})
+"""``quant_method`` spellings of auto-round checkpoints (lower case)."""
 
-_PACKING: Mapping[str, str] = {
-    "auto_round": "gptq_v2",
-    "auto_round:gptqmodel": "gptq_v2",
-    "auto_round:auto_gptq": "gptq",
-    "auto_round:gptq": "gptq",
-    "auto_gptq": "gptq",
-    "auto": "gptq",
-    "auto_round:auto_awq": "awq",
-    "auto_round:awq": "awq",
-    "auto_awq": "awq",
+QUANT_METHODS = AUTO_ROUND_METHODS | {"gptq", "awq"}
+"""Every ``quant_method`` value (lower case) this module reads."""
+
+PACKING_NAMES: Mapping[str, PackingFormat] = {
+    "auto_round": PackingFormat.GPTQ_V2,
+    "auto_round:gptqmodel": PackingFormat.GPTQ_V2,
+    "auto_round:auto_gptq": PackingFormat.GPTQ,
+    "auto_round:gptq": PackingFormat.GPTQ,
+    "auto_gptq": PackingFormat.GPTQ,
+    "auto": PackingFormat.GPTQ,
+    "auto_round:auto_awq": PackingFormat.AWQ,
+    "auto_round:awq": PackingFormat.AWQ,
+    "auto_awq": PackingFormat.AWQ,
 }
 """auto-round packing names (lower case) -> layout. ``auto`` is what auto-round's reader maps to auto_gptq."""
+
+WRITTEN_PACKING_NAMES: tuple[str, ...] = (
+    "auto_round",
+    "auto_round:auto_gptq",
+    "auto_round:gptqmodel",
+    "auto_round:auto_awq",
+)
+"""The packing names :func:`wna16.checkpoint.write.quantization_config` writes (a subset of :data:`PACKING_NAMES`)."""
 
 _KERNEL_SUFFIXES = frozenset(
     {"exllamav2", "exllamav1", "marlin", "triton", "tritonv2", "qbits", "ipex", "cuda", "torch"}
 )
 """Kernel names legacy ``backend`` values append (``auto_round:gptq:exllamav2``); they do not change the layout."""
 
-_GPTQ_FORMATS: Mapping[str, str] = {"gptq": "gptq", "gptq_v2": "gptq_v2"}
+_GPTQ_FORMATS: Mapping[str, PackingFormat] = {f.value: f for f in (PackingFormat.GPTQ, PackingFormat.GPTQ_V2)}
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class QuantConfig:
     """
 
     method: str
-    packed_format: str
+    packed_format: PackingFormat
     bits: int
     group_size: int
     sym: bool
@@ -106,6 +120,7 @@ class QuantConfig:
     regex_keys: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "packed_format", PackingFormat.of(self.packed_format))
         regex = [key for key in self.extra_config if is_regex_key(key)]
         compiled = tuple((key, _compile(key, f"{self.source}: extra_config key")) for key in regex)
         object.__setattr__(self, "regex_keys", compiled)
@@ -191,7 +206,7 @@ def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint (or component) folder, for :func:`~wna16.checkpoint.remap.preset_for`."""
+    """The ``config.json`` of a checkpoint (or component) folder, for :func:`~wna16.checkpoint.presets.preset_for`."""
     return _load_json(Path(folder) / "config.json")
 
 
@@ -245,7 +260,7 @@ def _parse(d: Mapping[str, Any], source: str, default_method: str | None = None)
     if not isinstance(raw_method, str):
         raise ConfigError(f"{source}: quant_method={raw_method!r}: expected one of {list(METHODS)}")
     method = raw_method.strip().lower()
-    if method in _AUTO_ROUND_METHODS:
+    if method in AUTO_ROUND_METHODS:
         return _parse_auto_round(d, source)
     if method == "gptq":
         return _parse_gptq(d, source)
@@ -355,7 +370,7 @@ def _metadata(d: Mapping[str, Any], known: set[str]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in known}
 
 
-def _packing(d: Mapping[str, Any], source: str) -> str:
+def _packing(d: Mapping[str, Any], source: str) -> PackingFormat:
     key = "packing_format" if d.get("packing_format") is not None else "backend"
     value = d.get(key, "auto_round:auto_gptq")
     if not isinstance(value, str):
@@ -364,9 +379,9 @@ def _packing(d: Mapping[str, Any], source: str) -> str:
     head, _, last = name.rpartition(":")
     if head and last in _KERNEL_SUFFIXES:
         name = head
-    layout = _PACKING.get(name)
+    layout = PACKING_NAMES.get(name)
     if layout is None:
-        raise ConfigError(f"{source}: {key}={value!r}: unknown packing format; expected one of {sorted(_PACKING)}")
+        raise ConfigError(f"{source}: {key}={value!r}: unknown packing format; expected one of {sorted(PACKING_NAMES)}")
     return layout
 
 
@@ -420,7 +435,7 @@ def _parse_auto_round(d: Mapping[str, Any], source: str) -> QuantConfig:
     packed = _packing(d, source)
     defaults = Override(bits, group, sym, False)
     extra = _extra_config(d, defaults, source)
-    if packed == "awq":
+    if packed is PackingFormat.AWQ:
         _check_awq_bits(bits, extra, source)
     return QuantConfig(
         method="auto-round",
@@ -519,7 +534,7 @@ def _parse_awq(d: Mapping[str, Any], source: str) -> QuantConfig:
     _check_awq_bits(bits, {}, source)
     return QuantConfig(
         method="awq",
-        packed_format="awq",
+        packed_format=PackingFormat.AWQ,
         bits=bits,
         group_size=group,
         sym=not zero_point,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from wna16.errors import CheckpointError
+from wna16.errors import CheckpointError, CorruptFileError, MissingShardError, UnsafePathError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Safetensors' own limit on the JSON header: larger is a corrupt or hostile file."""
@@ -53,18 +53,6 @@ SINGLE_NAMES: tuple[str, ...] = ("model.safetensors", "diffusion_pytorch_model.s
 
 Progress = Callable[[int, int, str], None]
 """Called as ``progress(done, total, file_name)`` after each shard header is read."""
-
-
-class UnsafePathError(CheckpointError):
-    """An index names a shard outside the checkpoint folder."""
-
-
-class MissingShardError(CheckpointError):
-    """An index names a shard that does not exist (or no weights file is present at all)."""
-
-
-class CorruptFileError(CheckpointError):
-    """A safetensors file's header is malformed or disagrees with the file (truncated data, lying offsets)."""
 
 
 @dataclass(frozen=True)

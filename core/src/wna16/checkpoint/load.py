@@ -19,9 +19,9 @@ import torch
 from wna16.checkpoint.audit import AuditReport, CheckpointLayer, audit_tensors
 from wna16.checkpoint.config import QuantConfig, read_model_config, read_quant_config
 from wna16.checkpoint.files import Progress, SafetensorsFolder, TensorInfo
-from wna16.checkpoint.remap import Remap, preset_for
+from wna16.checkpoint.presets import preset_for
+from wna16.checkpoint.remap import Remap
 from wna16.errors import CheckpointError, FormatError
-from wna16.formats import get_format
 from wna16.weight import QuantizedWeight
 
 
@@ -84,7 +84,7 @@ class Checkpoint:
         skip = {"bias"} if layer.act_order else {"bias", "g_idx"}
         tensors = {role: self._files.tensor(info.name) for role, info in layer.tensors.items() if role not in skip}
         try:
-            return get_format(layer.packed_format).unpack(
+            return layer.packed_format.layout.unpack(
                 tensors, layer.scheme, layer.in_features, layer.out_features, prefix=f"{layer.source}."
             )
         except FormatError as exc:
@@ -119,6 +119,15 @@ def _folder(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def default_remap(path: str | os.PathLike[str], runtime: str = "vllm-omni") -> Remap:
+    """The remap used when a caller passes none: the preset of the checkpoint's ``config.json`` for ``runtime``
+    (:func:`~wna16.checkpoint.presets.preset_for`), identity without a ``config.json``. :func:`load_checkpoint`
+    serves the vLLM-Omni runtime by default; :func:`~wna16.patch.patch_model` asks for ``"transformers"``, where
+    the checkpoint's names are the model's (identity)."""
+    folder = _folder(path)
+    return preset_for(read_model_config(folder), runtime) if (folder / "config.json").is_file() else Remap.IDENTITY
+
+
 def open_checkpoint(
     path: str | os.PathLike[str],
     remap: Remap | None = None,
@@ -133,7 +142,7 @@ def open_checkpoint(
     folder = _folder(path)
     config = read_quant_config(folder)
     if remap is None:
-        remap = preset_for(read_model_config(folder)) if (folder / "config.json").is_file() else Remap.IDENTITY
+        remap = default_remap(folder)
     runtime_config = config.remapped(remap)
     files = SafetensorsFolder(folder, progress)
     report = audit_tensors(
@@ -154,11 +163,12 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load the checkpoint in folder ``path`` (``config.json`` + safetensors; a diffusers component folder works).
 
-    ``remap`` maps checkpoint names to runtime names (default: the preset chosen from the config's architecture,
-    identity for plain transformers/diffusers models). ``expected_modules``: the runtime's linear modules (names, or
-    names -> ``(in_features, out_features)``) to audit coverage against. Opt-outs: ``ignore`` (tensor-name regexes
-    dropped before the audit), ``allow_unquantized`` (module regexes, or True, accepted as 16-bit although the config
-    quantizes them). Raises :class:`~wna16.checkpoint.audit.CheckpointAuditError` with every problem, or another
+    ``remap`` maps checkpoint names to runtime names (default: :func:`default_remap`, the vLLM-Omni preset chosen
+    from the config's architecture, identity for plain transformers/diffusers models). ``expected_modules``: the
+    runtime's linear modules (names, or names -> ``(in_features, out_features)``) to audit coverage against.
+    Opt-outs: ``ignore`` (tensor-name regexes dropped before the audit), ``allow_unquantized`` (module regexes, or
+    True, accepted as 16-bit although the config quantizes them). Raises :class:`~wna16.errors.CheckpointAuditError`
+    with every problem, or another
     :class:`~wna16.errors.CheckpointError` / :class:`~wna16.errors.ConfigError` for unreadable input.
     """
     checkpoint, report = open_checkpoint(

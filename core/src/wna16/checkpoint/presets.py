@@ -240,8 +240,10 @@ def find_preset(model_config: Mapping[str, Any]) -> Preset | None:
     return None
 
 
-def lookup(model_config: Mapping[str, Any], runtime: str = "vllm-omni", stage: str | None = None) -> Remap:
-    """The remap for ``model_config`` served by ``runtime`` (identity for transformers/diffusers and unknown models)."""
+def preset_for(model_config: Mapping[str, Any], runtime: str = "vllm-omni", stage: str | None = None) -> Remap:
+    """The built-in remap for the model named by a ``config.json`` (``architectures``) or a diffusers config
+    (``_class_name``) when served by ``runtime``: a vLLM-Omni preset (``stage`` picks thinker / talker, default the
+    quantized one), :attr:`Remap.IDENTITY` for ``"transformers"`` / ``"diffusers"`` and for unknown models."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime={runtime!r}: expected one of {list(RUNTIMES)}")
     if not isinstance(model_config, Mapping):

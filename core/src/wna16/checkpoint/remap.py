@@ -133,12 +133,3 @@ class Remap:
 
 
 Remap.IDENTITY = Remap(label="identity")
-
-
-def preset_for(model_config: Mapping[str, Any], runtime: str = "vllm-omni", stage: str | None = None) -> Remap:
-    """The built-in remap for the model named by a ``config.json`` (``architectures``) or a diffusers config
-    (``_class_name``) when served by ``runtime``: a vLLM-Omni preset (``stage`` picks thinker / talker, default the
-    quantized one), :attr:`Remap.IDENTITY` for ``"transformers"`` / ``"diffusers"`` and for unknown models."""
-    from wna16.checkpoint.presets import lookup
-
-    return lookup(model_config, runtime, stage)

@@ -35,16 +35,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError
+from wna16.formats import PackingFormat
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
-
-if TYPE_CHECKING:
-    from wna16.checkpoint.config import QuantConfig
 
 REGEX_CHARS = frozenset("*+?^$()[]{}|\\")
 """A key holding one of these is a regex (vLLM's rule; ``.`` alone does not make a regex)."""
@@ -99,20 +97,50 @@ class DynamicRule:
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """How one linear layer is stored: its scheme, its packed layout (a :data:`wna16.formats.FORMATS` name), whether
-    it uses act order (``desc_act``: a non-trivial ``g_idx``), and ``source``: which rule decided, for messages."""
+    """How one linear layer is stored: its scheme, its packed layout (a :class:`wna16.formats.PackingFormat`; a name
+    is accepted and converted), whether it uses act order (``desc_act``: a non-trivial ``g_idx``), and ``source``:
+    which rule decided, for messages."""
 
     scheme: Scheme
-    packed_format: str
+    packed_format: PackingFormat
     act_order: bool
     source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed_format", PackingFormat.of(self.packed_format))
 
     def __str__(self) -> str:
         order = " act-order" if self.act_order else ""
         return f"{self.scheme} {self.packed_format}{order} ({self.source})"
 
 
-def _layer(config: QuantConfig, fields: Override, base: Override, source: str) -> LayerQuant | None:
+class Rules(Protocol):
+    """What resolution reads from a config (:class:`wna16.checkpoint.config.QuantConfig` provides it): the imports
+    run config -> resolve only, so the resolution rules never depend on how a config file is parsed."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def packed_format(self) -> PackingFormat: ...
+    @property
+    def defaults(self) -> Override: ...
+    @property
+    def block_prefixes(self) -> tuple[str, ...]: ...
+    @property
+    def extra_config(self) -> Mapping[str, Override]: ...
+    @property
+    def regex_keys(self) -> tuple[tuple[str, re.Pattern[str]], ...]: ...
+    @property
+    def modules_to_not_convert(self) -> tuple[str, ...]: ...
+    @property
+    def dynamic(self) -> tuple[DynamicRule, ...]: ...
+    @property
+    def modules_in_block(self) -> tuple[re.Pattern[str], ...]: ...
+    @property
+    def lm_head(self) -> bool: ...
+
+
+def _layer(config: Rules, fields: Override, base: Override, source: str) -> LayerQuant | None:
     bits = fields.bits if fields.bits is not None else base.bits
     assert bits is not None, "base overrides always carry bits"
     if bits >= UNQUANTIZED_BITS:
@@ -144,7 +172,7 @@ def check_moe_name(name: str) -> None:
             )
 
 
-def resolve_layer(config: QuantConfig, name: str) -> tuple[LayerQuant | None, str]:
+def resolve_layer(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
     """The stored scheme of the linear layer ``name`` (runtime name after any remap) and the rule that decided."""
     check_moe_name(name)
     for entry in config.modules_to_not_convert:
@@ -168,12 +196,12 @@ def resolve_layer(config: QuantConfig, name: str) -> tuple[LayerQuant | None, st
     return _explained(config, config.defaults, config.defaults, "default")
 
 
-def _explained(config: QuantConfig, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:
+def _explained(config: Rules, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:
     layer = _layer(config, fields, base, source)
     return layer, source if layer is not None else f"{source} (bits >= {UNQUANTIZED_BITS})"
 
 
-def _out_of_scope(config: QuantConfig, name: str) -> str | None:
+def _out_of_scope(config: Rules, name: str) -> str | None:
     """Why ``name`` lies outside the quantized part of the model, or None if it is inside."""
     if config.block_prefixes and not any(covers(p, name) for p in config.block_prefixes):
         return f"outside every block_name_to_quantize prefix {list(config.block_prefixes)}"
@@ -253,7 +281,7 @@ def fused_parts(name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_
 
 
 def resolve_module(
-    config: QuantConfig, name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
+    config: Rules, name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
 ) -> LayerQuant | None:
     """Resolve a runtime module that may be fused (``...qkv_proj``): its parts are resolved and :func:`fuse`-d.
 

@@ -23,13 +23,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from wna16.checkpoint.config import QuantConfig
+from wna16.checkpoint.config import WRITTEN_PACKING_NAMES, QuantConfig
 from wna16.errors import ConfigError
-from wna16.formats import get_format
 from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
-
-PACKING_FORMATS: tuple[str, ...] = ("auto_round", "auto_round:auto_gptq", "auto_round:gptqmodel", "auto_round:auto_awq")
 
 
 def quantization_config(
@@ -42,8 +39,8 @@ def quantization_config(
     extra_config: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``quantization_config`` mapping auto-round 0.16 writes (same keys; ``provider`` says who wrote it)."""
-    if packing_format not in PACKING_FORMATS:
-        raise ConfigError(f"packing_format={packing_format!r}: expected one of {PACKING_FORMATS}")
+    if packing_format not in WRITTEN_PACKING_NAMES:
+        raise ConfigError(f"packing_format={packing_format!r}: expected one of {WRITTEN_PACKING_NAMES}")
     config: dict[str, Any] = {
         "bits": bits,
         "block_name_to_quantize": ",".join(block_name_to_quantize),
@@ -77,7 +74,7 @@ def write_checkpoint(
     """
     out = Path(folder)
     config = QuantConfig.from_dict(dict(quant_config), source=str(out / "config.json"))
-    layout = get_format(config.packed_format)
+    layout = config.packed_format.layout
     tensors: dict[str, torch.Tensor] = {}
     expected: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():

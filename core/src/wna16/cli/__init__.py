@@ -13,7 +13,7 @@ COMMANDS: dict[str, str] = {
     "conform": "wna16.cli.conform",
     "inspect": "wna16.cli.inspect",
 }
-"""Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (imported on use)."""
+"""Subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int`` (all imported up front)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,11 +74,7 @@ def _choose(spec: LayerSpec) -> tuple[str, dict[str, tuple[str, ...]]]:
     try:
         chosen: Selection = select(spec)
     except NoBackendError as exc:
-        rejected: dict[str, tuple[str, ...]] = {}
-        for line in exc.reasons:
-            name, _, why = line.partition(": ")
-            rejected[name] = (why,)
-        return "none", rejected
+        return "none", exc.by_backend
     return chosen.backend.name, dict(chosen.rejected)
 
 

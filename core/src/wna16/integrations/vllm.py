@@ -72,14 +72,15 @@ from vllm.model_executor.parameter import (
     RowvLLMParameter,
 )
 
-from wna16.checkpoint.config import QuantConfig
+from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
 from wna16.errors import CheckpointError, ConfigError, UnsupportedError
-from wna16.formats import get_format
+from wna16.formats import PackingFormat
+from wna16.groups import stored_groups
 from wna16.packing import packed_rows
 from wna16.partition import Shard
-from wna16.protocol import LayerSpec, PreparedLinear
+from wna16.protocol import ACTIVATION_DTYPES, LayerSpec, PreparedLinear
 from wna16.registry import select
 
 METHOD = "wna16"
@@ -90,11 +91,6 @@ SUPPORTED_VLLM: tuple[str, ...] = ("0.32",)
 
 ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
 """Set to ``1`` to try an untested vLLM version anyway (at your own risk)."""
-
-ACCEPTED_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round", "gptq", "awq"})
-"""``quant_method`` values of the checkpoints the method claims when asked."""
-
-ACT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
 
@@ -173,7 +169,7 @@ class Wna16LinearMethod(LinearMethodBase):
 
     @property
     def _tensor_names(self) -> tuple[str, ...]:
-        if self.layer_quant.packed_format == "awq":
+        if self.layer_quant.packed_format is PackingFormat.AWQ:
             return ("qweight", "qzeros", "scales")
         return ("qweight", "qzeros", "scales", "g_idx")
 
@@ -189,13 +185,17 @@ class Wna16LinearMethod(LinearMethodBase):
     ) -> None:
         """Register the checkpoint's tensors (local sizes) with vLLM's parameter classes and weight loader."""
         k, n = input_size_per_partition, sum(output_partition_sizes)
-        scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format == "awq"
+        scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format is PackingFormat.AWQ
         loader = extra_weight_attrs["weight_loader"]
         where = f"{self.prefix} (local {n}x{k} of {output_size}x{input_size})"
         row_parallel = input_size != k
         # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
         replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
-        groups = scheme.num_groups(input_size) if replicate else scheme.num_groups(k)
+        rank = int(getattr(layer, "tp_rank", 0))
+        shard = Shard.row_parallel(input_size, n, rank, input_size // k) if row_parallel else None
+        # The scales this rank stores (wna16.groups): a K-slice keeps every group its rows may use.
+        kept = shard.groups(scheme, k, self.layer_quant.act_order) if shard else stored_groups(scheme, k)
+        groups = len(kept)
         factor: int | Fraction = (
             8 if awq else (32 // scheme.bits if 32 % scheme.bits == 0 else Fraction(32, scheme.bits))
         )
@@ -232,9 +232,7 @@ class Wna16LinearMethod(LinearMethodBase):
         layer.register_parameter("qzeros", qzeros)
         layer.register_parameter("scales", scale_param)
         self._shape, self._dtype = (k, n), params_dtype
-        if row_parallel:
-            rank = int(getattr(layer, "tp_rank", 0))
-            self._shard = Shard(input_size, n, k_start=rank * k, n_start=0, adds_bias=rank == 0)
+        self._shard = shard
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Canonical weight from the loaded tensors, backend selected and prepared; raw tensors released."""
@@ -246,7 +244,7 @@ class Wna16LinearMethod(LinearMethodBase):
             tensors["g_idx"] = g_idx
         elif g_idx is not None and bool((g_idx >= 0).any()):
             raise CheckpointError(f"{self.prefix}.g_idx: only part of it was loaded (expected all {k} rows or none)")
-        weight = get_format(lq.packed_format).unpack(tensors, lq.scheme, k, n, prefix=f"{self.prefix}.")
+        weight = lq.packed_format.layout.unpack(tensors, lq.scheme, k, n, prefix=f"{self.prefix}.")
         if lq.act_order != weight.act_order and weight.act_order:
             logger.debug("%s: g_idx is not trivial although desc_act is false; serving it as act order", self.prefix)
         spec = LayerSpec.of(weight, self._dtype, bias=False, device=tensors["qweight"].device, shard=self._shard)
@@ -290,7 +288,7 @@ class Wna16Config(QuantizationConfig):
     @classmethod
     def get_supported_act_dtypes(cls) -> list[torch.dtype]:
         """Every activation dtype a wna16 backend may serve; the selected backend refuses what it cannot."""
-        return list(ACT_DTYPES)
+        return list(ACTIVATION_DTYPES)
 
     @classmethod
     def get_min_capability(cls) -> int:
@@ -300,7 +298,7 @@ class Wna16Config(QuantizationConfig):
     @staticmethod
     def get_config_filenames() -> list[str]:
         """Where vLLM looks when ``config.json`` holds no ``quantization_config``."""
-        return ["quantization_config.json", "quantize_config.json", "quant_config.json"]
+        return [name for name in CONFIG_FILES if name != "config.json"]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Wna16Config:
@@ -314,7 +312,7 @@ class Wna16Config(QuantizationConfig):
     ) -> str | None:
         """Claim the checkpoint only when the user asked for ``wna16`` (never by default)."""
         method = str(hf_quant_cfg.get("quant_method", "")).strip().lower()
-        if user_quant == METHOD and method in ACCEPTED_METHODS:
+        if user_quant == METHOD and method in QUANT_METHODS:
             return METHOD
         return None
 
