@@ -109,7 +109,16 @@ def targets(check: str) -> list[Target]:
         return [Target(check, Cell(bits, 128, False, d, False)) for bits in BITS for d in DTYPES]
     if check == "tensor_parallel":
         return [Target(check, Cell(bits, 64, False, d, act)) for bits in BITS for d in DTYPES for act in (False, True)]
+    if check == "experts":
+        return [
+            Target(check, Cell(bits, 64, False, d, False), v) for v in EXPERTS_VARIANTS for bits in BITS for d in DTYPES
+        ]
     raise KeyError(f"unknown conformance check {check!r}")
 
 
-CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel")
+EXPERTS_VARIANTS: tuple[str, ...] = (
+    "random-routing", "one-expert", "empty-experts", "weights-before-down", "mixed-schemes",
+)  # fmt: skip
+"""Routing variants of the experts check (see :mod:`wna16_conformance.experts`)."""
+
+CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel", "experts")
