@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from make_checkpoints import tiny_tokenizer  # registered by conftest.py (tests/checkpoints/make_checkpoints.py)
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from wna16 import CheckpointAuditError, load_checkpoint
@@ -20,9 +20,6 @@ from wna16.checkpoint.files import SafetensorsFolder
 from wna16.nn import QuantExperts
 from wna16.patch import empty_weights, patch_model
 from wna16.reference import dequantize
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "checkpoints"))
-from make_checkpoints import tiny_tokenizer  # noqa: E402
 
 EXPERTS, TOP_K, HIDDEN, MOE_INTER = 4, 2, 128, 64
 PREFIX = "model.layers.0.mlp.experts"
@@ -87,7 +84,7 @@ def test_patch_model_serves_the_experts_and_equals_the_dequantized_model(qwen3_m
         module_name, _, attr = name.rpartition(".")
         owner = dense.get_submodule(module_name)
         setattr(owner, attr, torch.nn.Parameter(checkpoint.tensor(name).float(), requires_grad=False))
-    for name, layer in checkpoint.layers.items():
+    for name in checkpoint.layers:
         if ".experts." in name:
             continue
         owner = dense.get_submodule(name)
