@@ -8,7 +8,7 @@ import pytest
 from planted_experts import BROKEN_EXPERTS
 from suite_run import SuiteRun, run_suite
 
-SELECTION = "experts and (w4g64asym-fp16 or w8g64asym-bf16)"
+SELECTION = "test_experts and (w4g64asym-fp16 or w8g64asym-bf16)"
 
 EXPECTED: dict[str, str] = {
     # backend class: a variant whose test must fail
