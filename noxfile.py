@@ -433,3 +433,17 @@ def interop(session: nox.Session) -> None:
     editable = [arg for d in local_distributions() for arg in ("-e", str(ROOT / d))]
     python = shared_env(session, "interop", ["-c", str(constraints), *INTEROP_DEPS, *editable, *TEST_DEPS])
     run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)
+
+
+@nox.session(name="gpu-check-dry-run", venv_backend="none", tags=["cpu"])
+def gpu_check_dry_run(session: nox.Session) -> None:
+    """`ci/device/gpu_check.sh --dry-run`: the one-shot GPU script with the device replaced by the CPU (Triton
+    interpreter, two cells, tiny benchmark shapes), every other line as on the GPU, so it cannot rot between GPU
+    runs. Output in reports/gpu-check-dry-run/; the script's own summary fails the session on any problem."""
+    python = cpu_env(session)
+    out = ROOT / "reports" / "gpu-check-dry-run"
+    shutil.rmtree(out, ignore_errors=True)
+    script = str(ROOT / "ci" / "device" / "gpu_check.sh")
+    session.run(
+        "bash", script, "--dry-run", "--out", str(out), *session.posargs, external=True, env={"PYTHON": str(python)}
+    )

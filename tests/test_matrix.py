@@ -69,3 +69,24 @@ def test_cli_writes_both_files_and_fails_on_failures(tmp_path: Path, capsys: pyt
     assert md.exists() and page.exists()
     assert main(["matrix", str(good), str(bad), "--markdown", str(md), "--html", str(page)]) == 1
     assert "1 failing cell(s)" in capsys.readouterr().out
+
+
+def test_unavailable_backend_cells_are_not_run_never_passed() -> None:
+    """A backend unavailable on its device (marlin without vLLM): cells whose cases were not computed show as not
+    run, honest refusals stay refused, a failed refusal still fails; the Sources name the reason."""
+    gpu = report("marlin", "cuda", "H200", ["skipped", "refused", "fail", "skipped", "refused"])
+    gpu["backends"][0].update(available=False, unavailable_reason="vLLM is not installed")
+    gpu["backends"][0]["cells"][3]["refused"] = 2  # a cell with some draws refused, its claimed cases not run
+    assert status_of({"refused": 2, "skipped": 3}, available=False) == "notrun"
+    assert status_of({"refused": 2}, available=False) == "refused"
+    assert status_of({}, available=False) == "notrun"
+    matrix = merge([("gpu.json", gpu)])
+    row = matrix.rows["marlin @ cuda (H200)"]
+    assert sorted(m.status for m in row.values()) == ["fail", "notrun", "notrun", "refused", "refused"]
+    md = render_markdown(matrix)
+    assert "unavailable: vLLM is not installed" in md and "backend was unavailable on that device" in md
+    assert "P" not in md.split("| marlin @ cuda (H200) |")[1].splitlines()[0]
+    # a later report from a machine where it ran fills the not-run cells without a conflict
+    ran = report("marlin", "cuda", "H200", ["pass", "refused", "fail", "pass", "refused"])
+    merged = merge([("gpu.json", gpu), ("vllm.json", ran)]).rows["marlin @ cuda (H200)"]
+    assert sorted(m.status for m in merged.values()) == ["fail", "pass", "pass", "refused", "refused"]
