@@ -404,9 +404,12 @@ def conformance_rocm_interpreter(session: nox.Session) -> None:
     """
     python = cpu_env(session)
     env = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    # The experts check is left out here: on rocm it is the generic path over the same kernels numerics covers, and
+    # its ~2900 more launches under the interpreter would not fit the CI budget.
     summary = run_suite(
-        session, python, "rocm", "cpu", "cpu-rocm-interpreter.json", "--wna16-max-dim=512", "-n", "2", env=env
-    )
+        session, python, "rocm", "cpu", "cpu-rocm-interpreter.json", "--wna16-max-dim=512", "-n", "2",
+        "-k", "not test_experts", env=env,
+    )  # fmt: skip
     totals = summary["totals"]
     if not summary["available"] or totals["failed"] or totals["passed"] < 1000:
         session.error(f"conformance-rocm-interpreter: available={summary['available']}, {totals}")
