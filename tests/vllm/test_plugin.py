@@ -82,17 +82,18 @@ def test_refuses_what_is_not_wna16() -> None:
 
 
 def test_names_the_supported_vllm_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin.check_vllm_version("0.32.0")
-    plugin.check_vllm_version("0.32.1+cpu")
-    for other in ("0.31.2", "0.33.0", "1.0.0"):
-        with pytest.raises(UnsupportedError, match=rf"supports vLLM 0\.32\.x; found vLLM {other}"):
+    for tested in ("0.30.0", "0.30.2+cpu", "0.32.0", "0.32.1+cpu"):
+        plugin.check_vllm_version(tested)
+    for other in ("0.29.9", "0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(UnsupportedError, match=rf"supports vLLM 0\.30\.x, 0\.32\.x; found vLLM {other}"):
             plugin.check_vllm_version(other)
     monkeypatch.setattr(plugin, "vllm_version", lambda: "0.33.0")
-    with pytest.raises(UnsupportedError, match="WNA16_VLLM_ANY_VERSION"):
+    with pytest.raises(UnsupportedError, match="install a supported vLLM series"):
         plugin.Wna16Config.from_config(AUTO_ROUND)
     plugin.register()  # never raises in vLLM's plugin loop, whatever the version
-    monkeypatch.setenv(plugin.ENV_ANY_VERSION, "1")
-    assert plugin.Wna16Config.from_config(AUTO_ROUND).quant.bits == 4
+    monkeypatch.setenv("WNA16_VLLM_ANY_VERSION", "1")  # the former override is gone: still refused
+    with pytest.raises(UnsupportedError):
+        plugin.Wna16Config.from_config(AUTO_ROUND)
 
 
 def test_mixed_bits_that_split_a_fused_module_are_refused_naming_the_parts() -> None:

@@ -17,6 +17,7 @@ from wna16.protocol import Backend, LayerSpec, PreparedLinear, describe_spec
 from wna16.tolerance import Precision, error_ratio
 from wna16.weight import QuantizedWeight
 from wna16_conformance.data import Inputs
+from wna16_conformance.diagnose import backend_frames, kind_of_wrong
 
 PASSED, FAILED, REFUSED, SKIPPED = "passed", "failed", "refused", "skipped"
 
@@ -98,7 +99,10 @@ def compute(
         x_before = x.clone()
         y = layer.fn(x)
     except Exception as exc:
-        return CaseResult(key, FAILED, None, f"raised {type(exc).__name__}: {exc}"), None
+        where = backend_frames(exc, backend)
+        return CaseResult(
+            key, FAILED, None, f"raised {type(exc).__name__}: {exc}" + (f" [at {where}]" if where else "")
+        ), None
     problem = _validate_output(y, x, spec)
     if problem:
         return CaseResult(key, FAILED, None, problem), None
@@ -114,7 +118,9 @@ def compute(
     if not ratio <= multiplier:  # NaN-safe
         shown = "inf" if math.isinf(ratio) else f"{ratio:.3g}"
         limit = f" (x{multiplier:g} by the filter)" if multiplier != 1.0 else ""
-        return CaseResult(key, FAILED, ratio, f"error/bound ratio {shown} > {multiplier:g}{limit}"), result
+        kind = kind_of_wrong(result, inputs.x, inputs.weight, layer.precision, bias, inputs.bias)
+        message = f"error/bound ratio {shown} > {multiplier:g}{limit}" + (f"; looks like: {kind}" if kind else "")
+        return CaseResult(key, FAILED, ratio, message), result
     return CaseResult(key, PASSED, ratio), result
 
 

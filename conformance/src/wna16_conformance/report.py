@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def _ratio(value: float | None) -> float | str | None:
     return float(f"{value:.4g}")
 
 
-def _worst(values: list[float | str | None]) -> float | str | None:
+def worst(values: Iterable[float | str | None]) -> float | str | None:
+    """The worst of some ratios as the report writes them (``"inf"`` beats any number; ``None``: nothing computed).
+    The matrix merges reports with it too."""
     present = [v for v in values if v is not None]
     if "inf" in present:
         return "inf"
@@ -115,7 +118,7 @@ def _test_summary(rec: dict[str, Any]) -> dict[str, Any]:
         "test": rec["test"],
         "outcome": rec["outcome"],
         **counts,
-        "worst_ratio": _worst([_ratio(c["ratio"]) for c in cases]),
+        "worst_ratio": worst([_ratio(c["ratio"]) for c in cases]),
         "multiplier": rec.get("multiplier", 1.0),
         "filters": rec.get("filters", []),
         "message": rec.get("error") or (failing["message"] if failing else rec.get("skip_reason", "")),
@@ -133,7 +136,7 @@ def _cell_summary(cell: Cell, recs: list[dict[str, Any]]) -> dict[str, Any]:
         "dtype": cell.dtype_name,
         "act_order": cell.act_order,
         **{k: sum(t[k] for t in tests) for k in OUTCOMES},
-        "worst_ratio": _worst([t["worst_ratio"] for t in tests]),
+        "worst_ratio": worst([t["worst_ratio"] for t in tests]),
         "filters": sorted({f for t in tests for f in t["filters"]}),
         "tests": tests,
     }
@@ -150,7 +153,7 @@ def build(ctx: Context, collector: Collector, warnings: list[str], run: dict[str
             "available": bool(b.availability), "unavailable_reason": b.availability.reason,
             "totals": {**totals, "cells": len(cells), "cells_failed": sum(c["failed"] > 0 for c in cells),
                        "tests": sum(len(c["tests"]) for c in cells)},
-            "worst_ratio": _worst([c["worst_ratio"] for c in cells]),
+            "worst_ratio": worst([c["worst_ratio"] for c in cells]),
             "cells": cells,
         })  # fmt: skip
     entries = {e.id: e for b in ctx.backends for e in ctx.entries_for(b)}

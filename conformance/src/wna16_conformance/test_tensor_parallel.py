@@ -4,9 +4,12 @@ A backend that does not declare ``k_slices`` must refuse K-slices."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from wna16.partition import Shard, shard_bias, shard_weight
+from wna16.protocol import LayerSpec, describe_spec
 from wna16.tolerance import bound, reference_output
 from wna16_conformance import checks
 from wna16_conformance.checks import FAILED, PASSED, SKIPPED, CaseResult
@@ -16,6 +19,13 @@ from wna16_conformance.strategies import n_unit
 
 FULL_K, SMALL_K, SLICES = 512, 256, 2
 """K of the full layer (SMALL_K under a --wna16-max-dim below FULL_K): two K-slices on group and 3-bit word bounds."""
+
+
+def own_spec(result: CaseResult, spec: LayerSpec) -> CaseResult:
+    """A failing slice names its own spec (the slice's shape and shard), not only the full layer's."""
+    if result.outcome != FAILED:
+        return result
+    return dataclasses.replace(result, message=f"{result.message} | slice spec: {describe_spec(spec)}")
 
 
 def test_tensor_parallel(wna16: Runner) -> None:
@@ -37,7 +47,7 @@ def test_tensor_parallel(wna16: Runner) -> None:
                 shard_weight(full.weight, shard, case.k, n_part), full.x, shard_bias(full.bias, shard, n_part)
             )
             key = f"{case.key}|n-slice{i}"
-            results.append(checks.case(wna16.backend, spec, part, key, wna16.multiplier))
+            results.append(own_spec(checks.case(wna16.backend, spec, part, key, wna16.multiplier), spec))
         k_part = case.k // SLICES
         partials: list[torch.Tensor] = []
         bounds = torch.zeros(())
@@ -48,10 +58,10 @@ def test_tensor_parallel(wna16: Runner) -> None:
             part = Inputs(shard_weight(full.weight, shard, k_part, case.n), x, full.bias)
             key = f"{case.key}|k-slice{i}"
             if not wna16.backend.check(spec):
-                results.append(checks.refusal(wna16.backend, spec, part, key))
+                results.append(own_spec(checks.refusal(wna16.backend, spec, part, key), spec))
                 continue
             result, y = checks.compute(wna16.backend, spec, part, key, wna16.multiplier)
-            results.append(result)
+            results.append(own_spec(result, spec))
             if y is not None:
                 partials.append(y.to(torch.float64))
                 rule = wna16.backend.check(spec).rule

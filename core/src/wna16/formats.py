@@ -102,8 +102,12 @@ class GPTQFormat:
         expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
         expect_tensor(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
         expect_tensor(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
-        zeros = unpack_cols(qzeros, scheme.bits, f"{prefix}qzeros") + self.zero_offset
+        zeros = self.unpack_zeros(qzeros, scheme, f"{prefix}qzeros")
         return QuantizedWeight(scheme, in_features, out_features, qweight, zeros, scales, g_idx, prefix + "weight")
+
+    def unpack_zeros(self, qzeros: torch.Tensor, scheme: Scheme, what: str = "qzeros") -> torch.Tensor:
+        """The true zero points [G, N] of a stored ``qzeros`` (packed along N; v1 adds its offset back)."""
+        return unpack_cols(qzeros, scheme.bits, what) + self.zero_offset
 
     def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
         """Write the canonical weight in this layout; ``g_idx`` is always written (trivial without act order)."""
@@ -173,9 +177,13 @@ class AWQFormat:
         expect_tensor(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
         expect_tensor(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
         codes = self._unpack_n(qweight, f"{prefix}qweight")
-        zeros = self._unpack_n(qzeros, f"{prefix}qzeros")
+        zeros = self.unpack_zeros(qzeros, scheme, f"{prefix}qzeros")
         packed = pack_rows(codes, 4, f"{prefix}qweight")
         return QuantizedWeight(scheme, in_features, out_features, packed, zeros, scales, None, prefix + "weight")
+
+    def unpack_zeros(self, qzeros: torch.Tensor, scheme: Scheme, what: str = "qzeros") -> torch.Tensor:
+        """The zero points [G, N] of a stored ``qzeros`` (4-bit, interleaved along N, stored as is)."""
+        return self._unpack_n(qzeros, what)
 
     def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
         """Write the canonical weight as AWQ; act order and zeros of 16 cannot be expressed."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from wna16.errors import FormatError, UnsupportedError, describe
+from wna16.errors import FormatError, UnsupportedError, describe, layer_shape
 from wna16.groups import has_partial_group
 from wna16.partition import Shard
 from wna16.scheme import Scheme
@@ -274,7 +274,7 @@ class Backend(abc.ABC):
 
 def describe_spec(spec: LayerSpec) -> str:
     """One-line description of a spec for messages and reports."""
-    parts = [f"{spec.out_features}x{spec.in_features}", str(spec.scheme), _dtype_name(spec.dtype), spec.device]
+    parts = [layer_shape(spec.in_features, spec.out_features), str(spec.scheme), _dtype_name(spec.dtype), spec.device]
     if spec.act_order:
         parts.append("act-order")
     if spec.bias:

@@ -20,6 +20,12 @@ Problem kinds:
   with an expert or a projection missing (indices must run from 0 without gaps), shapes that differ between experts,
   or schemes that differ within a fused group (``gate_proj`` + ``up_proj`` of every expert; ``down_proj`` of every
   expert): one kernel call serves each group (vLLM's ``w13``/``w2``).
+- ``zeros``: a symmetric layer whose stored zero points are not all the centre ``2**(bits-1)``.
+- ``values``: non-finite (NaN or infinite) scales or bias.
+- ``nothing-quantized``: the checkpoint holds no quantized tensor at all (a 16-bit model with a quantization config).
+
+A zero-sized dimension (K or N of 0) is a ``shape`` problem. Besides headers, the audit reads ``g_idx``, ``qzeros``,
+``scales`` and ``bias`` (a few percent of a layer), never ``qweight``.
 
 Opt-outs are explicit arguments of :func:`audit_tensors`: ``ignore`` (tensor-name regexes dropped from the checkpoint
 before the audit) and ``allow_unquantized`` (module-name regexes, or ``True``, accepted as 16-bit although the config
@@ -39,13 +45,13 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import fused_parts
-from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, Problem
+from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, PatternTimeoutError, Problem
 from wna16.formats import AWQFormat, PackingFormat
 from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
 from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
-from wna16.weight import SCALE_DTYPES
+from wna16.weight import SCALE_DTYPES, zero_problem
 
 QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx")
 """Tensor-name suffixes that belong to a packed quantized linear layer."""
@@ -167,6 +173,8 @@ class _Auditor:
         """The config's resolution of ``module``; a config error (e.g. a fused-experts name) is recorded."""
         try:
             return config.resolve(module)
+        except PatternTimeoutError:
+            raise  # the config itself is unusable: one error naming the key, not one problem per module
         except ConfigError as exc:
             self.add("config", module, str(exc), info)
             return exc
@@ -219,6 +227,12 @@ class _Auditor:
         if sizes is None or len(self.problems) > before:
             return None
         k, n = sizes
+        if not k or not n:
+            qweight = group["qweight"].describe()
+            self.add(
+                "shape", module, f"zero-sized layer: (in, out) = ({k}, {n}) from qweight {qweight}", group["qweight"]
+            )
+            return None
         try:
             shapes = fmt.expected_shapes(scheme, k, n)
         except FormatError as exc:
@@ -249,10 +263,32 @@ class _Auditor:
             self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
+        self.values(module, quant, group, bias)
+        if len(self.problems) > before:
+            return None
         tensors = dict(group)
         if bias is not None:
             tensors["bias"] = bias
         return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
+
+    def values(
+        self, module: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
+    ) -> None:
+        """Check what shapes cannot: symmetric zeros at the centre, finite scales and bias (tensors already checked
+        for shape and dtype)."""
+        scheme, fmt = quant.scheme, quant.packed_format.layout
+        qzeros = group["qzeros"]
+        zeros = fmt.unpack_zeros(self.read(qzeros.name), scheme, qzeros.name)
+        problem = zero_problem(zeros, scheme)
+        if problem is not None:
+            self.add("zeros", module, f"{problem} ({quant.packed_format})", qzeros)
+        for info in (group["scales"], bias):
+            if info is not None:
+                bad = int((~torch.isfinite(self.read(info.name))).sum())
+                if bad:
+                    self.add(
+                        "values", module, f"{bad} non-finite value(s) (NaN or infinite) in {info.describe()}", info
+                    )
 
 
 def _audit_experts(
@@ -313,7 +349,8 @@ def audit_tensors(
     ``rename`` maps a checkpoint tensor name to its runtime name (the remap). ``expected_modules``, when given, is the
     runtime's linear modules (names, or names -> ``(in_features, out_features)``): quantized tensors of other modules
     and quantized-resolving modules without tensors are then reported, and shapes checked against it. ``ignore`` and
-    ``allow_unquantized`` are the opt-outs described in the module docstring. Reads only ``g_idx`` data.
+    ``allow_unquantized`` are the opt-outs described in the module docstring. Reads ``g_idx``, ``qzeros``, ``scales``
+    and ``bias`` data, never ``qweight``.
     """
     ignore_re = _compile(ignore, "ignore")
     allow_all = allow_unquantized is True
@@ -429,6 +466,12 @@ def audit_tensors(
             f"the config resolves it to {quant.scheme} ({quant.packed_format}) but it {what}; a loader would fail on "
             "its missing qweight (opt out with allow_unquantized)",
             weight16,
+        )  # fmt: skip
+    if not any("qweight" in group or "qzeros" in group for group in groups.values()):
+        auditor.add(
+            "nothing-quantized", str(files.folder),
+            f"no quantized tensors (qweight/qzeros) among {len(files.tensors)} tensor(s): the files are not the "
+            "quantized checkpoint the config describes",
         )  # fmt: skip
     return AuditReport(
         files.folder, layers, plain, tuple(auditor.problems), tuple(ignored), tuple(allowed),

