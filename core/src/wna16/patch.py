@@ -349,9 +349,9 @@ def patch_model(
             alias_owner = _owner(model, alias)
             if alias_owner is not None:
                 _set_tensor(*alias_owner, values[name])
-    for name, quant in built.items():
+    for name, served in built.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, quant)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, served)
     for module in model.modules():
         for key, buf in list(module._buffers.items()):
             if (id(module), key) in moved and buf is not None and not buf.is_meta and buf.device != target:
