@@ -369,7 +369,13 @@ IPEX = os.environ.get("WNA16_IPEX", "intel-extension-for-pytorch==2.8.0")
 
 # Interop: auto-round (the tool that writes the checkpoints users download) judges wna16. Exact pins: these tests
 # compare bit for bit with auto-round's own modules, so a new auto-round release is a deliberate update.
-INTEROP_DEPS = ["auto-round==0.16.1", "auto-round-lib==0.16.0", "transformers==5.23.0", "diffusers==0.42.1"]
+INTEROP_DEPS = [
+    "auto-round==0.16.1",
+    "auto-round-lib==0.16.0",
+    "transformers==5.23.0",
+    "diffusers==0.42.1",
+    "compressed-tensors==0.20.1",  # writes auto-round's llm_compressor export; its decompressor is an oracle
+]
 
 
 @nox.session(venv_backend="none", tags=["cpu"])

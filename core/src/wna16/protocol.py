@@ -11,6 +11,7 @@ must refuse.
 from __future__ import annotations
 
 import abc
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -207,6 +208,21 @@ class Backend(abc.ABC):
     experts_capabilities: ClassVar[tuple[ExpertsCapability, ...]] = ()
     """Experts blocks this backend computes at once (see :mod:`wna16.experts`); empty: the generic per-expert path
     over this backend's own layers serves them."""
+    conformance_filter: ClassVar[str | None] = None
+    """A TOML filter file of known gaps the conformance suite applies to this backend (a path relative to the
+    directory of the module defining the class, or absolute): see conformance/README.md."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse a class attribute that misspells one of the declarations above (``conformance_filters``,
+        ``capabilites``): a misspelt declaration would otherwise be silently ignored."""
+        super().__init_subclass__(**kwargs)
+        declared = ("name", "capabilities", "description", "conformance_filter", "experts_capabilities")
+        for attr, value in vars(cls).items():
+            if attr in declared or callable(value) or isinstance(value, (property, staticmethod, classmethod)):
+                continue
+            close = difflib.get_close_matches(attr, declared, n=1, cutoff=0.8)
+            if close:
+                raise TypeError(f"{cls.__qualname__}.{attr}: not a Backend declaration; did you mean {close[0]!r}?")
 
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Whether the backend can run on ``device`` here. The default covers pure-torch backends: the device type

@@ -6,8 +6,9 @@ API (stable; other modules of this package and later issues build on it)::
     read_quant_config(folder) -> QuantConfig        # config.json, component config.json, quantization_config.json,
                                                     # quantize_config.json, quant_config.json; ConfigError: file + key
     QuantConfig.from_dict(d, source="<dict>")        # the quantization_config mapping, or a whole config.json
-    QuantConfig.method         -> "auto-round" | "gptq" | "awq"
-    QuantConfig.packed_format  -> "gptq" (v1 zeros) | "gptq_v2" | "awq"   (names in wna16.formats.FORMATS)
+    QuantConfig.method         -> "auto-round" | "gptq" | "awq" | "compressed-tensors"
+    QuantConfig.packed_format  -> "gptq" (v1 zeros) | "gptq_v2" | "awq" | "compressed-tensors"  (wna16.formats.FORMATS)
+    QuantConfig.targets, .ignore   # compressed-tensors config_groups targets (TargetRule) and ignore entries (Target)
     QuantConfig.block_prefixes -> tuple[str, ...]   # () = no block list (every linear but lm_head in scope)
     QuantConfig.default_scheme -> Scheme | None
     QuantConfig.resolve(name)  -> LayerQuant | None # None = unquantized; fused names (qkv_proj, gate_up_proj, to_qkv,

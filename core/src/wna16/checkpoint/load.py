@@ -82,7 +82,7 @@ class Checkpoint:
         """The canonical weight of layer ``name``, read and converted from its packed layout."""
         layer = self.layer(name)
         # The audit read g_idx already: a trivial one (no act order) is not re-read and re-checked.
-        skip = {"bias"} if layer.act_order else {"bias", "g_idx"}
+        skip = {"bias"} if layer.act_order else {"bias", "g_idx", "weight_g_idx"}
         tensors = {role: self._files.tensor(info.name) for role, info in layer.tensors.items() if role not in skip}
         try:
             return layer.packed_format.layout.unpack(

@@ -18,6 +18,14 @@ AWQ keys folded in:
    (or a bare regex) overrides fields.
 6. The defaults.
 
+compressed-tensors configs (``quant_method: compressed-tensors``) resolve by their own rules instead
+(:func:`resolve_targets`): an ``ignore`` entry that matches leaves the layer unquantized; otherwise the config group
+of the first matching target decides, in compressed-tensors' order (exact names, then ``re:`` regexes matched with
+``re.match``, each sorted by the target string, then class names; ``Linear`` matches every linear layer); a layer no
+target matches is unquantized. vLLM takes name matches in the order written instead; when the two orders pick
+different schemes for a layer, the layer is refused (:class:`~wna16.errors.ConfigError` naming both targets) rather
+than served the way only one of them would.
+
 Every regex here comes from the checkpoint and is matched with a time limit
 (:class:`~wna16.checkpoint.patterns.BoundedPattern`): a catastrophic pattern is a typed error naming its key.
 
@@ -41,7 +49,6 @@ the closest runtime names, for every runtime (vLLM-Omni, vLLM, ``patch_model``) 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -124,6 +131,41 @@ class LayerQuant:
         return f"{self.scheme} {self.packed_format}{order} ({self.source})"
 
 
+LINEAR_CLASS_TARGETS = frozenset({"Linear", "LinearBase"})
+"""compressed-tensors class-name targets that match a linear layer (torch's ``Linear``; vLLM's ``LinearBase``)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compressed-tensors ``targets`` / ``ignore`` entry: ``re:<regex>`` (``re.match`` on the module name), or a
+    module name (exact) that may also be a class name (``Linear`` matches every linear layer)."""
+
+    text: str
+    pattern: BoundedPattern | None = None
+
+    @property
+    def is_regex(self) -> bool:
+        """Whether the entry is a ``re:`` regex."""
+        return self.pattern is not None
+
+    def matches_name(self, name: str) -> bool:
+        """The entry matches ``name`` as a name (exact, or regex with ``re.match``)."""
+        return self.pattern.match(name) is not None if self.pattern is not None else self.text == name
+
+    def matches_class(self) -> bool:
+        """The entry names a class every linear layer is an instance of."""
+        return self.pattern is None and self.text in LINEAR_CLASS_TARGETS
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """One target of a compressed-tensors config group and the group's weight scheme (every field set)."""
+
+    target: Target
+    group: str
+    override: Override
+
+
 class Rules(Protocol):
     """What resolution reads from a config (:class:`wna16.checkpoint.config.QuantConfig` provides it): the imports
     run config -> resolve only, so the resolution rules never depend on how a config file is parsed."""
@@ -148,6 +190,12 @@ class Rules(Protocol):
     def modules_in_block(self) -> tuple[BoundedPattern, ...]: ...
     @property
     def lm_head(self) -> bool: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def targets(self) -> tuple[TargetRule, ...]: ...
+    @property
+    def ignore(self) -> tuple[Target, ...]: ...
 
 
 def _layer(config: Rules, fields: Override, base: Override, source: str) -> LayerQuant | None:
@@ -185,6 +233,8 @@ def check_moe_name(name: str) -> None:
 def resolve_layer(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
     """The stored scheme of the linear layer ``name`` (runtime name after any remap) and the rule that decided."""
     check_moe_name(name)
+    if config.method == "compressed-tensors":
+        return resolve_targets(config, name)
     for entry in config.modules_to_not_convert:
         if names_component_run(entry, name):
             return None, f"modules_to_not_convert entry {entry!r}"
@@ -204,6 +254,30 @@ def resolve_layer(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
                 return None, f"dynamic rule {rule.key!r}"
             return _explained(config, rule.override, config.defaults, f"dynamic rule {rule.key!r}")
     return _explained(config, config.defaults, config.defaults, "default")
+
+
+def resolve_targets(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
+    """A compressed-tensors layer: ``ignore``, then the first matching target (see the module docstring)."""
+    for entry in config.ignore:
+        if entry.matches_name(name) or entry.matches_class():
+            return None, f"ignore entry {entry.text!r}"
+    rules = {rule.target.text: rule for rule in config.targets}  # a target repeated in a later group: that group
+    ordered = sorted(rules.values(), key=lambda r: (r.target.is_regex, r.target.text))
+    ours = next((r for r in ordered if r.target.matches_name(name)), None) or next(
+        (r for r in ordered if r.target.matches_class()), None
+    )
+    if ours is None:
+        return None, "no config_groups target matches"
+    vllm = next((r for r in rules.values() if r.target.matches_name(name)), None) or ours
+    if vllm.override != ours.override:
+        raise ConfigError(
+            f"{config.source}: {name}: targets {ours.target.text!r} (config_groups[{ours.group!r}]) and "
+            f"{vllm.target.text!r} (config_groups[{vllm.group!r}]) both match with different schemes; "
+            "compressed-tensors picks the first, vLLM the second: make the targets unambiguous"
+        )
+    return _explained(
+        config, ours.override, ours.override, f"config_groups[{ours.group!r}] target {ours.target.text!r}"
+    )
 
 
 def _explained(config: Rules, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:

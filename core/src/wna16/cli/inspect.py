@@ -113,6 +113,8 @@ def summary(checkpoint: Checkpoint) -> dict[str, object]:
         "block_prefixes": list(c.block_prefixes),
         "extra_config_keys": len(c.extra_config),
         "modules_to_not_convert": list(c.modules_to_not_convert),
+        "config_groups": sorted({r.group for r in c.targets}),
+        "ignore": [t.text for t in c.ignore],
         "remap": checkpoint.remap.label,
         "quantized_layers": len(checkpoint.layers),
         "unquantized_tensors": len(checkpoint.unquantized),
@@ -143,18 +145,22 @@ def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device:
         f"{info['block_prefixes'] or 'all'}, per-layer overrides (extra_config) {info['extra_config_keys']}, "
         f"modules_to_not_convert {info['modules_to_not_convert'] or '-'}, name remap {info['remap']}"
     )
+    if info["config_groups"]:
+        print(f"groups      config_groups {info['config_groups']}, ignore {info['ignore'] or '-'}")
     print(f"layers      {info['quantized_layers']} quantized, {info['unquantized_tensors']} 16-bit tensors")
     print()
     width = max([len("runtime name"), *(len(str(r["name"])) for r in rows)])
+    lw = max([7, *(len(str(r["layout"])) for r in rows)])
     print(
-        f"{'runtime name':<{width}}  bits  group size  zero point  packing  act order  {'in -> out':<13}  bias  "
+        f"{'runtime name':<{width}}  bits  group size  zero point  {'packing':<{lw}}  act order  {'in -> out':<13}  "
+        f"bias  "
         f"backend ({device}, {dtype})"
     )
     for r in rows:
         shape = layer_shape(int(str(r["in_features"])), int(str(r["out_features"])))
         print(
             f"{r['name']!s:<{width}}  {r['bits']!s:>4}  {r['group_size']!s:>10}  {'sym' if r['sym'] else 'asym':<10}  "
-            f"{r['layout']!s:<7}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  "
+            f"{r['layout']!s:<{lw}}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  "
             f"{'yes' if r['bias'] else 'no':<4}  {r['backend']}"
         )
     groups: dict[tuple[object, ...], list[dict[str, object]]] = {}

@@ -13,14 +13,15 @@ same server.)
 How it fits vLLM (0.30 and 0.32):
 
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
-  / ``awq`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM picks its own method (INC,
-  GPTQ-Marlin, AWQ, ...) exactly as without the plugin.
+  / ``awq`` / ``compressed-tensors`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM
+  picks its own method (INC, GPTQ-Marlin, AWQ, compressed-tensors, ...) exactly as without the plugin.
 - Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
   block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
   ``qkv_proj`` / ``gate_up_proj`` resolve their parts, which must agree). Unquantized layers get vLLM's
   ``UnquantizedLinearMethod``.
 - :meth:`Wna16LinearMethod.create_weights` creates the checkpoint's own tensors (``qweight``/``qzeros``/``scales``
-  and, for GPTQ layouts, ``g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
+  and, for GPTQ layouts, ``g_idx``; compressed-tensors' ``weight_packed``/``weight_scale``/``weight_zero_point``/
+  ``weight_shape``/``weight_g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
   place the parts of fused layers. Scales are kept in float32 until the backend rounds them (fp16 and bf16 checkpoint
   scales both fit exactly), so the result does not depend on the model dtype the engine runs in.
 - :meth:`Wna16LinearMethod.process_weights_after_loading` converts the loaded tensors into wna16's canonical weight
@@ -64,6 +65,7 @@ from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, regist
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.parameter import (
+    BasevLLMParameter,
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
     PackedColumnParameter,
@@ -168,6 +170,12 @@ class Wna16LinearMethod(LinearMethodBase):
     def _tensor_names(self) -> tuple[str, ...]:
         if self.layer_quant.packed_format is PackingFormat.AWQ:
             return ("qweight", "qzeros", "scales")
+        if self.layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
+            lq = self.layer_quant
+            names = ("weight_packed", "weight_scale", "weight_shape")
+            return (
+                names + (() if lq.scheme.sym else ("weight_zero_point",)) + (("weight_g_idx",) if lq.act_order else ())
+            )
         return ("qweight", "qzeros", "scales", "g_idx")
 
     def create_weights(
@@ -196,6 +204,10 @@ class Wna16LinearMethod(LinearMethodBase):
         factor: int | Fraction = (
             8 if awq else (32 // scheme.bits if 32 % scheme.bits == 0 else Fraction(32, scheme.bits))
         )
+        self._shape, self._dtype, self._shard = (k, n), params_dtype, shard
+        if self.layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
+            self._create_compressed_tensors(layer, groups, factor, replicate, loader, where)
+            return
         if awq:
             if n % 8:
                 raise UnsupportedError(where, ("the AWQ layout needs out_features % 8 == 0",))
@@ -228,27 +240,65 @@ class Wna16LinearMethod(LinearMethodBase):
         layer.register_parameter("qweight", qweight)
         layer.register_parameter("qzeros", qzeros)
         layer.register_parameter("scales", scale_param)
-        self._shape, self._dtype = (k, n), params_dtype
-        self._shard = shard
+
+    def _create_compressed_tensors(
+        self, layer: torch.nn.Module, groups: int, factor: int | Fraction, replicate: bool, loader: Any, where: str
+    ) -> None:
+        """compressed-tensors' tensors, [N, ...] (output dim 0): codes packed along K, zero points along N."""
+        (k, n), scheme = self._shape, self.layer_quant.scheme
+        packed = PackedvLLMParameter(
+            data=torch.empty(n, packed_rows(k, scheme.bits, f"{where}.weight_packed"), dtype=torch.int32),
+            input_dim=1, output_dim=0, packed_dim=1, packed_factor=factor, weight_loader=loader,
+        )  # fmt: skip
+        scales = torch.empty(n, groups, dtype=torch.float32)
+        layer.register_parameter("weight_packed", packed)
+        if replicate:
+            layer.register_parameter("weight_scale", ChannelQuantScaleParameter(data=scales, output_dim=0,
+                                                                                weight_loader=loader))  # fmt: skip
+        else:
+            layer.register_parameter("weight_scale", GroupQuantScaleParameter(data=scales, input_dim=1, output_dim=0,
+                                                                              weight_loader=loader))  # fmt: skip
+        # Each part of a fused module loads its own (N_part, K) here; the layer's shape is known, so it is not read.
+        layer.register_parameter("weight_shape", BasevLLMParameter(data=torch.empty(2, dtype=torch.int64),
+                                                                   weight_loader=loader))  # fmt: skip
+        if not scheme.sym:
+            zeros = torch.empty(packed_rows(n, scheme.bits, f"{where}.weight_zero_point"), groups, dtype=torch.int32)
+            zero_point: BasevLLMParameter = (
+                PackedColumnParameter(data=zeros, output_dim=0, packed_dim=0, packed_factor=factor,
+                                      weight_loader=loader)
+                if replicate
+                else PackedvLLMParameter(data=zeros, input_dim=1, output_dim=0, packed_dim=0, packed_factor=factor,
+                                         weight_loader=loader)
+            )  # fmt: skip
+            layer.register_parameter("weight_zero_point", zero_point)
+        if self.layer_quant.act_order:
+            g_idx = RowvLLMParameter(data=torch.full((k,), -1, dtype=torch.int32), input_dim=0, weight_loader=loader)
+            layer.register_parameter("weight_g_idx", g_idx)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Canonical weight from the loaded tensors, backend selected and prepared; raw tensors released."""
         k, n = self._shape
         lq = self.layer_quant
-        tensors = {name: getattr(layer, name).data for name in self._tensor_names}
-        g_idx = tensors.pop("g_idx", None)
+        ct = lq.packed_format is PackingFormat.COMPRESSED_TENSORS
+        g_name = "weight_g_idx" if ct else "g_idx"
+        names = self._tensor_names
+        tensors = {name: getattr(layer, name).data for name in names}
+        if ct:
+            tensors["weight_shape"] = torch.tensor([n, k])
+        g_idx = tensors.pop(g_name, None)
         if g_idx is not None and bool((g_idx >= 0).all()):
-            tensors["g_idx"] = g_idx
+            tensors[g_name] = g_idx
         elif g_idx is not None and bool((g_idx >= 0).any()):
-            raise CheckpointError(f"{self.prefix}.g_idx: only part of it was loaded (expected all {k} rows or none)")
+            raise CheckpointError(f"{self.prefix}.{g_name}: only part of it was loaded (expected all {k} rows or none)")
         weight = lq.packed_format.layout.unpack(tensors, lq.scheme, k, n, prefix=f"{self.prefix}.")
         if lq.act_order != weight.act_order and weight.act_order:
             logger.debug("%s: g_idx is not trivial although desc_act is false; serving it as act order", self.prefix)
-        spec = LayerSpec.of(weight, self._dtype, bias=False, device=tensors["qweight"].device, shard=self._shard)
+        device = next(iter(tensors.values())).device
+        spec = LayerSpec.of(weight, self._dtype, bias=False, device=device, shard=self._shard)
         selection = select(spec)
         self.prepared = selection.backend.prepare(weight, spec)
         self.backend_name = selection.backend.name
-        for name in self._tensor_names:
+        for name in names:
             delattr(layer, name)
         logger.debug("%s: %s served by wna16 backend %r", self.prefix, lq, self.backend_name)
 
