@@ -13,17 +13,17 @@ HIDDEN, INTERMEDIATE = 256, 128
 """H and I of every case: several groups along both K's, small enough for any backend."""
 
 
-def test_experts(wna16: Runner) -> None:
-    variant = wna16.target.variant
+def test_experts(conformance: Runner) -> None:
+    variant = conformance.target.variant
 
     def body(case: Case) -> None:
-        if wna16.unavailable():
-            wna16.record(case, [CaseResult(case.key, SKIPPED, None, wna16.unavailable())])
+        if conformance.unavailable():
+            conformance.record(case, [CaseResult(case.key, SKIPPED, None, conformance.unavailable())])
             return
-        inputs = make_experts_inputs(variant, wna16.cell, case)
-        spec = experts_spec(inputs, wna16.cell.dtype, wna16.ctx.device)
-        wna16.record(case, [experts_case(wna16.backend, spec, inputs, case.key, wna16.multiplier)])
+        inputs = make_experts_inputs(variant, conformance.cell, case)
+        spec = experts_spec(inputs, conformance.cell.dtype, conformance.ctx.device)
+        conformance.record(case, [experts_case(conformance.backend, spec, inputs, case.key, conformance.multiplier)])
 
     decode, prefill = Case(1, HIDDEN, INTERMEDIATE, seed=41), Case(9, HIDDEN, INTERMEDIATE, seed=42)
-    wna16.fixed(body, [decode, prefill])
-    wna16.finish()
+    conformance.fixed(body, [decode, prefill])
+    conformance.finish()
