@@ -120,7 +120,16 @@ def targets(check: str) -> list[Target]:
             Target(check, _family_cell(b, g, i, j))
             for i, b in enumerate(BITS) for j, g in enumerate(GROUP_SIZES) if g != -1
         ]  # fmt: skip
+    if check == "experts":
+        return [
+            Target(check, Cell(bits, 64, False, d, False), v) for v in EXPERTS_VARIANTS for bits in BITS for d in DTYPES
+        ]
     raise KeyError(f"unknown conformance check {check!r}")
 
 
-CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel")
+EXPERTS_VARIANTS: tuple[str, ...] = (
+    "random-routing", "one-expert", "empty-experts", "weights-before-down", "mixed-schemes",
+)  # fmt: skip
+"""Routing variants of the experts check (see :mod:`wna16_conformance.experts`)."""
+
+CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel", "experts")

@@ -1,4 +1,5 @@
-"""``QuantLinear``: a ``torch.nn.Module`` serving one quantized linear layer through a backend from the registry.
+"""``QuantLinear``: a ``torch.nn.Module`` serving one quantized linear layer through a backend from the registry;
+``QuantExperts``: a mixture-of-experts block of quantized experts, served the same way.
 
 The canonical weight is the source of truth that ``state_dict`` saves (in the checkpoint layout named by
 ``weight_format``, GPTQ v2 unless the layer came from another) and that a move to another device re-prepares from;
@@ -25,9 +26,10 @@ from typing import Any
 import torch
 
 from wna16.errors import FormatError, InputTypeError, NoBackendError, UnsupportedError, Wna16Error, describe
+from wna16.experts import PROJECTIONS, ExpertsSpec, ExpertWeights, PreparedExperts
 from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
-from wna16.registry import Registry, default_registry
+from wna16.registry import Registry, default_registry, select_experts
 from wna16.weight import QuantizedWeight
 
 
@@ -201,4 +203,79 @@ class QuantLinear(torch.nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
             f"act_order={self._act_order}, bias={self._bias is not None}, backend={self.backend.name}"
+        )
+
+
+class QuantExperts(torch.nn.Module):
+    """A mixture-of-experts block of quantized experts: ``forward(x, top_k_index, top_k_weights)`` computes, per
+    token, the routing-weighted sum of its chosen experts' gated MLPs (:mod:`wna16.experts`), the call signature of
+    transformers' experts modules. ``backend_name`` says which backend serves it; ``fused`` whether through the
+    backend's own experts kernel or the generic per-expert path."""
+
+    def __init__(
+        self,
+        weights: ExpertWeights,
+        top_k: int,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        backend: str | Backend | None = None,
+        registry: Registry | None = None,
+        weights_before_down: bool = False,
+        weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
+    ) -> None:
+        super().__init__()
+        self.weight_format = get_format(weight_format) if isinstance(weight_format, str) else weight_format
+        self.num_experts, self.top_k = weights.num_experts, top_k
+        self.hidden_size, self.intermediate_size = weights.hidden_size, weights.intermediate_size
+        self.weights_before_down = weights_before_down
+        self._weights = weights.to("cpu")
+        self._requested, self._registry = backend, registry
+        self.dtype, self.device = dtype, torch.device(device)
+        self.backend, self.fused, self._prepared, self.rejected = self._build(self.device, dtype)
+
+    @property
+    def backend_name(self) -> str:
+        """Name of the backend serving the block."""
+        return self.backend.name
+
+    def spec(self, device: torch.device, dtype: torch.dtype) -> ExpertsSpec:
+        """The block's spec on ``device`` with activations of ``dtype``."""
+        return ExpertsSpec.of(
+            self._weights, self.top_k, dtype, weights_before_down=self.weights_before_down, device=device
+        )
+
+    def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, bool, PreparedExperts, Any]:
+        spec = self.spec(device, dtype)
+        backend, support, rejected = select_experts(spec, self._requested, self._registry)
+        return backend, support.fused, backend.prepare_experts(self._weights.to(device), spec), rejected
+
+    def forward(self, x: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        """``x`` [..., H] in the block's dtype and device; ``top_k_index``/``top_k_weights`` [tokens, top_k]."""
+        if x.dtype != self.dtype or x.device != self.device or x.shape[-1] != self.hidden_size:
+            raise FormatError(
+                f"input: got {describe(x)} on {x.device}, expected [..., {self.hidden_size}] "
+                f"{str(self.dtype).removeprefix('torch.')} on {self.device}"
+            )
+        return self._prepared(x, top_k_index, top_k_weights.to(x.dtype))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantExperts:
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        if probe.device != self.device or probe.dtype != self.dtype:
+            self.backend, self.fused, self._prepared, self.rejected = self._build(probe.device, probe.dtype)
+            self.device, self.dtype = probe.device, probe.dtype
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        return self
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        for e in range(self.num_experts):
+            for proj, weight in zip(PROJECTIONS, self._weights.expert(e), strict=True):
+                for key, tensor in self.weight_format.pack(weight).items():
+                    destination[f"{prefix}{e}.{proj}.{key}"] = tensor
+
+    def extra_repr(self) -> str:
+        path = "fused" if self.fused else "per-expert"
+        return (
+            f"num_experts={self.num_experts}, top_k={self.top_k}, hidden_size={self.hidden_size}, "
+            f"intermediate_size={self.intermediate_size}, backend={self.backend.name} ({path})"
         )

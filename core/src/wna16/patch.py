@@ -2,6 +2,9 @@
 
 Every ``nn.Linear`` the checkpoint quantizes is replaced by a :class:`~wna16.nn.QuantLinear` fed from the checkpoint
 (keeping the checkpoint's packed layout as ``weight_format``, so ``state_dict`` round-trips to the same files); every
+experts module that keeps all experts in 3-D parameters (transformers 5: ``gate_up_proj`` [E, 2I, H], ``down_proj``
+[E, H, I], SiLU), whose experts the checkpoint stores as per-expert linears ``<experts>.<e>.gate_proj/up_proj/
+down_proj`` (as AutoRound writes them), is replaced by one :class:`~wna16.nn.QuantExperts`; every
 16-bit tensor of the checkpoint is loaded into the parameter or buffer of the same name; everything else is left alone.
 
 The model may be built without weights: under :func:`empty_weights` (parameters on ``meta``, buffers real, as
@@ -30,8 +33,9 @@ from wna16.checkpoint.audit import CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
 from wna16.errors import ModelMismatchError, layer_shape
+from wna16.experts import PROJECTIONS, ExpertWeights
 from wna16.formats import PackingFormat
-from wna16.nn import QuantLinear
+from wna16.nn import QuantExperts, QuantLinear
 from wna16.protocol import Backend
 from wna16.registry import Registry
 
@@ -120,6 +124,47 @@ def _linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return {
         name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     }
+
+
+def _experts_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Experts modules holding every expert in 3-D parameters: ``gate_up_proj`` [E, 2I, H] (gate rows first) and
+    ``down_proj`` [E, H, I], no biases, a SiLU gate (transformers 5's Qwen3-MoE, Qwen3-Omni-MoE, Mixtral...)."""
+    out: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        params = module._parameters
+        gate_up, down = params.get("gate_up_proj"), params.get("down_proj")
+        if gate_up is None or down is None or set(params) != {"gate_up_proj", "down_proj"}:
+            continue
+        act = getattr(module, "act_fn", None)
+        silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
+        e, two_i, h = gate_up.shape if gate_up.dim() == 3 else (0, 0, 0)
+        if silu and e and two_i % 2 == 0 and tuple(down.shape) == (e, h, two_i // 2):
+            out[name] = module
+    return out
+
+
+def _expert_linears(name: str, module: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """The per-expert linears a checkpoint stores for the experts module ``name``: runtime name -> (in, out)."""
+    e, two_i, h = module._parameters["gate_up_proj"].shape  # type: ignore[union-attr]
+    i = two_i // 2
+    return {f"{name}.{x}.{p}": (i, h) if p == "down_proj" else (h, i) for x in range(e) for p in PROJECTIONS}
+
+
+def _top_k(model: torch.nn.Module, name: str) -> int | None:
+    """How many experts a token picks in the block around experts module ``name``: the router's ``top_k``, else the
+    config's ``num_experts_per_tok`` (of the model or its text config)."""
+    parent = name.rpartition(".")[0]
+    block = model.get_submodule(parent) if parent else model
+    for module in block.modules():
+        k = getattr(module, "top_k", None)
+        if isinstance(k, int):
+            return k
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        k = getattr(cfg, "num_experts_per_tok", None)
+        if isinstance(k, int):
+            return k
+    return None
 
 
 def _patched(layer: CheckpointLayer, backend: str) -> PatchedLayer:
@@ -217,15 +262,32 @@ def patch_model(
     force, else the registry picks per layer. Raises :class:`ModelMismatchError` listing every mismatch, before any
     change to the model.
     """
+    experts = _experts_modules(model)
+    expected = _linears(model)
+    for name, module in experts.items():
+        expected.update(_expert_linears(name, module))
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(
-            checkpoint, remap or default_remap(checkpoint, "transformers"), expected_modules=_linears(model)
+            checkpoint, remap or default_remap(checkpoint, "transformers"), expected_modules=expected
         )
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
     target = torch.device(device)
 
-    problems = [p for layer in checkpoint.layers.values() if (p := _check_layer(model, layer)) is not None]
+    expert_layers = {n: m for m, module in experts.items() for n in _expert_linears(m, module)}
+    served_experts = {m: module for m, module in experts.items() if any(n in checkpoint.layers for n in
+                      _expert_linears(m, module))}  # fmt: skip
+    problems = [
+        p
+        for layer in checkpoint.layers.values()
+        if layer.name not in expert_layers and (p := _check_layer(model, layer)) is not None
+    ]
+    for m, module in served_experts.items():
+        missing = [n for n in _expert_linears(m, module) if n not in checkpoint.layers]
+        if missing:
+            problems.append(f"{m}: experts module without quantized {', '.join(missing)} in the checkpoint")
+        if _top_k(model, m) is None:
+            problems.append(f"{m}: no router top_k or config num_experts_per_tok says how many experts a token picks")
     owners = {name: _owner(model, name) for name in checkpoint.unquantized}
     problems += [
         f"{name}: the checkpoint has this 16-bit tensor but the model has no such parameter or buffer"
@@ -242,6 +304,7 @@ def patch_model(
                 problems.append(f"{name}: {why}")
     aliases = _aliases(model)
     covered = {f"{name}.{attr}" for name in checkpoint.layers for attr in ("weight", "bias")}
+    covered.update(f"{m}.{attr}" for m in served_experts for attr in ("gate_up_proj", "down_proj"))
     for name, owner in owners.items():
         if owner is not None:
             covered.update(aliases.get(id(getattr(owner[0], owner[1])), [name]))
@@ -253,10 +316,27 @@ def patch_model(
     if problems:
         raise ModelMismatchError(f"{checkpoint.path}: {len(problems)} mismatch(es):\n  - " + "\n  - ".join(problems))
 
-    built: dict[str, QuantLinear] = {}
-    for name, layer in checkpoint.layers.items():  # build everything first: a backend error leaves the model intact
+    built: dict[str, torch.nn.Module] = {}
+    backend_of: dict[str, str] = {}
+    for m, module in served_experts.items():  # build everything first: a backend error leaves the model intact
+        names = list(_expert_linears(m, module))
+        weights = [checkpoint.weight(n) for n in names]
+        block = QuantExperts(
+            ExpertWeights(tuple(weights[0::3]), tuple(weights[1::3]), tuple(weights[2::3])),
+            _top_k(model, m) or 0,
+            dtype=dtype,
+            device=target,
+            backend=backend,
+            registry=registry,
+            weight_format=checkpoint.layers[names[0]].packed_format,
+        )
+        built[m] = block
+        backend_of.update((n, block.backend_name) for n in names)
+    for name, layer in checkpoint.layers.items():
+        if name in expert_layers:
+            continue
         bias = checkpoint.bias(name)
-        built[name] = QuantLinear(
+        quant = QuantLinear(
             checkpoint.weight(name),
             None if bias is None else bias.to(dtype),
             dtype=dtype,
@@ -267,6 +347,7 @@ def patch_model(
             name=name,
             source=functools.partial(checkpoint.weight, name),
         )
+        built[name], backend_of[name] = quant, quant.backend_name
         release_free_memory()  # the repack's temporaries: else the heap keeps them and the peak grows per layer
     # Read and convert every tensor before the first assignment: a read error (a file changed on disk) or a failed
     # conversion leaves the model exactly as it was.
@@ -290,14 +371,14 @@ def patch_model(
             alias_owner = _owner(model, alias)
             if alias_owner is not None:
                 _set_tensor(*alias_owner, values[name])
-    for name, quant in built.items():
+    for name, served in built.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, quant)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, served)
     for module in model.modules():
         for key, buf in list(module._buffers.items()):
             if (id(module), key) in moved and buf is not None and not buf.is_meta and buf.device != target:
                 module._buffers[key] = moved[id(module), key]
     loaded = list(owners)
-    layers = {name: _patched(layer, built[name].backend_name) for name, layer in checkpoint.layers.items()}
+    layers = {name: _patched(layer, backend_of[name]) for name, layer in checkpoint.layers.items()}
     plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     return PatchReport(layers, tuple(loaded), plain)

@@ -14,7 +14,7 @@ import abc
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -23,6 +23,9 @@ from wna16.groups import has_partial_group
 from wna16.partition import Shard
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
+
+if TYPE_CHECKING:  # wna16.experts builds on this module
+    from wna16.experts import ExpertsCapability, ExpertsSpec, ExpertsSupport, ExpertWeights, PreparedExperts
 
 ACTIVATION_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -202,6 +205,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[tuple[Capability, ...]]
     description: ClassVar[str] = ""
+    experts_capabilities: ClassVar[tuple[ExpertsCapability, ...]] = ()
+    """Experts blocks this backend computes at once (see :mod:`wna16.experts`); empty: the generic per-expert path
+    over this backend's own layers serves them."""
     conformance_filter: ClassVar[str | None] = None
     """A TOML filter file of known gaps the conformance suite applies to this backend (a path relative to the
     directory of the module defining the class, or absolute): see conformance/README.md."""
@@ -210,7 +216,7 @@ class Backend(abc.ABC):
         """Refuse a class attribute that misspells one of the declarations above (``conformance_filters``,
         ``capabilites``): a misspelt declaration would otherwise be silently ignored."""
         super().__init_subclass__(**kwargs)
-        declared = ("name", "capabilities", "description", "conformance_filter")
+        declared = ("name", "capabilities", "description", "conformance_filter", "experts_capabilities")
         for attr, value in vars(cls).items():
             if attr in declared or callable(value) or isinstance(value, (property, staticmethod, classmethod)):
                 continue
@@ -261,6 +267,25 @@ class Backend(abc.ABC):
     def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
         """Repack into this backend's layout on ``spec.device``; called only for specs ``check`` accepted. Add
         ``bias`` only where ``spec.adds_bias``."""
+
+    def check_experts(self, spec: ExpertsSpec) -> ExpertsSupport:
+        """Pure data: whether this backend serves the experts block ``spec`` (fused, or through the generic path)."""
+        from wna16.experts import check_experts  # imported here: wna16.experts builds on this module
+
+        return check_experts(self, spec)
+
+    def prepare_experts(self, weights: ExpertWeights, spec: ExpertsSpec) -> PreparedExperts:
+        """Prepare every expert once; see :func:`wna16.experts.prepare_experts`."""
+        from wna16.experts import prepare_experts
+
+        return prepare_experts(self, weights, spec)
+
+    def build_experts(self, weights: ExpertWeights, spec: ExpertsSpec) -> PreparedExperts:
+        """Build this backend's experts kernel; called only for specs one of ``experts_capabilities`` accepted. A
+        backend that declares experts rules overrides it."""
+        raise UnsupportedError(
+            f"backend {self.name!r} declares experts_capabilities but does not implement build_experts", [self.name]
+        )
 
 
 def describe_spec(spec: LayerSpec) -> str:

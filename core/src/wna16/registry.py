@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from wna16.errors import BackendLoadError, NoBackendError, UnsupportedError
+from wna16.experts import ExpertsSpec, ExpertsSupport, describe_experts
 from wna16.protocol import Backend, LayerSpec, Support, describe_spec
 
 ENTRY_POINT_GROUP = "wna16.backends"
@@ -225,3 +226,43 @@ def default_registry() -> Registry:
 def select(spec: LayerSpec, backend: str | Backend | None = None) -> Selection:
     """Select from the default registry; see :meth:`Registry.select`."""
     return default_registry().select(spec, backend)
+
+
+def select_experts(
+    spec: ExpertsSpec, backend: str | Backend | None = None, registry: Registry | None = None
+) -> tuple[Backend, ExpertsSupport, dict[str, tuple[str, ...]]]:
+    """Choose the backend for an experts block, like :meth:`Registry.select` for a layer: ``(backend, support,
+    rejected)``. A backend's rank is its matching experts rule's priority (its fused path), else the lowest
+    priority among the rules serving its per-expert layers (the generic path)."""
+    reg = registry or default_registry()
+    forced = backend if backend is not None else os.environ.get(ENV_FORCE) or None
+    candidates = [reg.get(forced) if isinstance(forced, str) else forced] if forced is not None else None
+    rejected: dict[str, tuple[str, ...]] = {}
+    ranked: list[tuple[int, str, Backend, ExpertsSupport]] = []
+    disabled = _disabled()
+    for entry_backend in candidates or reg.backends():
+        if candidates is None and entry_backend.name in disabled:
+            rejected[entry_backend.name] = (f"disabled by {ENV_DISABLED}",)
+            continue
+        availability = entry_backend.available(spec.device)
+        support = entry_backend.check_experts(spec) if availability else None
+        if support is None or not support:
+            rejected[entry_backend.name] = (
+                (f"unavailable: {availability.reason}",) if support is None else support.reasons
+            )
+            continue
+        if support.rule is not None:
+            priority = support.rule.priority
+        else:
+            priority = min(entry_backend.check(layer).priority for layer in spec.distinct_layers())
+        ranked.append((-priority, entry_backend.name, entry_backend, support))
+    if not ranked:
+        if candidates is not None:
+            name = candidates[0].name
+            raise UnsupportedError(f"backend {name!r} (explicit) cannot serve {describe_experts(spec)}", rejected[name])
+        raise NoBackendError(f"no backend can serve {describe_experts(spec)}", rejected)
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    _, _, best, support = ranked[0]
+    for neg, name, _, _ in ranked[1:]:
+        rejected[name] = (f"lower priority ({-neg} < {-ranked[0][0]} of {best.name})",)
+    return best, support, rejected

@@ -45,11 +45,13 @@ Usable without pytest: :func:`error_ratio` is what the conformance suite compare
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from wna16.errors import UsageError
+from wna16.experts import ExpertWeights
 from wna16.protocol import Backend, Capability, LayerSpec
 from wna16.weight import QuantizedWeight
 
@@ -250,3 +252,81 @@ def call_ratios(
         ratios = _ratios(y, x, weight, precision, bias, oracle)
         out.append(float(ratios.max()) if ratios.numel() else 0.0)
     return out
+
+
+SILU_SLOPE: float = 1.1
+"""An upper bound of ``|silu'(g)|`` (its maximum is 1.0998), which carries an error of the gate into ``silu(gate)``."""
+
+
+def experts_model(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    weights: ExpertWeights,
+    precision: Callable[[int, int], Precision],
+    *,
+    weights_before_down: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ref, bound)``, float64 [..., H] on CPU, for an experts block (:mod:`wna16.experts`) computed in ``x.dtype``.
+
+    ``ref`` is the exact block: per token, the sum over its top-k choices of ``w * down(silu(gate x) * up x)`` with
+    the oracle's weights. The bound composes the linear model above, contribution by contribution, and sums the k
+    contributions: gate and up within their bounds ``Bg``, ``Bu``; ``silu(g)`` within ``1.1 Bg`` plus its rounding;
+    the product ``h`` within ``|s| Bu + |u| ds + ds Bu`` plus its rounding; down's own bound at its exact input plus
+    the input's error carried through ``|W_down|``; the routing weight's product rounded once, and the sum rounded
+    once in the output dtype (and accumulated in float32). ``precision(e, p)`` gives the precisions that serve
+    projection ``p`` of expert ``e`` (:data:`wna16.experts.PROJECTIONS` order).
+    """
+    out_dtype = x.dtype
+    u = unit_roundoff(out_dtype)
+    x2 = _as_matrix(x)
+    ids = topk_ids.detach().cpu().reshape(x2.shape[0], -1).to(torch.int64)
+    rw = topk_weights.detach().cpu().to(out_dtype).to(torch.float64).reshape(ids.shape)
+    ref = torch.zeros(x2.shape[0], weights.hidden_size, dtype=torch.float64)
+    total = torch.zeros_like(ref)
+    magnitude = torch.zeros_like(ref)
+    for e in sorted(set(ids.flatten().tolist())):
+        token, slot = (ids == e).nonzero(as_tuple=True)
+        xe, we = x2[token], rw[token, slot][:, None]
+        gate, up, down = weights.expert(e)
+        g, bg = _model(xe, gate, precision(e, 0), None)
+        v, bv = _model(xe, up, precision(e, 1), None)
+        s = torch.nn.functional.silu(g)
+        ds = SILU_SLOPE * bg + 2 * u * s.abs()
+        h = s * v
+        dh = s.abs() * bv + v.abs() * ds + ds * bv + u * h.abs()
+        d_abs = _Oracle.of(down).wt.abs()
+        if weights_before_down:
+            h_in, dh_in = we * h, we.abs() * dh + u * (we * h).abs()
+            y, by = _model(h_in, down, precision(e, 2), None)
+            contribution, err = y, by + dh_in @ d_abs
+        else:
+            y, by = _model(h, down, precision(e, 2), None)
+            contribution = we * y
+            err = we.abs() * (by + dh @ d_abs) + u * contribution.abs()
+        ref.index_add_(0, token, contribution)
+        total.index_add_(0, token, err)
+        magnitude.index_add_(0, token, contribution.abs())
+    eta = float(torch.finfo(out_dtype).smallest_normal) * float(torch.finfo(out_dtype).eps)
+    total += u * ref.abs() + ids.shape[1] * unit_roundoff(torch.float32) * magnitude + eta
+    return ref.reshape(x.shape), total.reshape(x.shape)
+
+
+def experts_error_ratio(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    weights: ExpertWeights,
+    precision: Callable[[int, int], Precision],
+    *,
+    weights_before_down: bool = False,
+) -> float:
+    """The worst ``|y - ref| / bound`` of an experts block (see :func:`experts_model`); a correct one stays <= 1."""
+    ref, limit = experts_model(x, topk_ids, topk_weights, weights, precision, weights_before_down=weights_before_down)
+    if tuple(y.shape) != tuple(ref.shape):
+        raise ValueError(f"output: got shape {list(y.shape)}, expected {list(ref.shape)}")
+    err = (y.detach().cpu().to(torch.float64) - ref).abs()
+    err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+    ratios = err / limit
+    return float(ratios.max()) if ratios.numel() else 0.0

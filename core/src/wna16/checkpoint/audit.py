@@ -16,6 +16,10 @@ Problem kinds:
 - ``missing-tensor``, ``unexpected-tensor``, ``shape``, ``dtype``, ``g_idx``, ``bias``: the tensors of a quantized
   module do not match its resolved scheme and packed layout.
 - ``duplicate``: two checkpoint tensors remap to the same runtime name.
+- ``experts``: per-expert linears (``<block>.experts.<e>.gate_proj/up_proj/down_proj``, as AutoRound writes them)
+  with an expert or a projection missing (indices must run from 0 without gaps), shapes that differ between experts,
+  or schemes that differ within a fused group (``gate_proj`` + ``up_proj`` of every expert; ``down_proj`` of every
+  expert): one kernel call serves each group (vLLM's ``w13``/``w2``).
 - ``zeros``: a symmetric layer whose stored zero points are not all the centre ``2**(bits-1)``.
 - ``values``: non-finite (NaN or infinite) scales or bias.
 - ``nothing-quantized``: the checkpoint holds no quantized tensor at all (a 16-bit model with a quantization config).
@@ -31,6 +35,7 @@ says quantized).
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +66,12 @@ QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx", *COMPRES
 
 PACKED_ROLES = frozenset({"qweight", "qzeros", "weight_packed", "weight_zero_point"})
 """Roles only a quantized layer ships (``scales``/``weight_scale`` also belong to norms and fp8 layers)."""
+
+EXPERT_LINEAR = re.compile(r"^(?P<block>.*\.experts)\.(?P<index>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)$")
+"""A per-expert linear's runtime name: the experts block, the expert index, the projection."""
+
+EXPERT_GROUPS: dict[str, tuple[str, ...]] = {"gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+"""The fused groups of an experts block: projections one kernel call serves for every expert."""
 
 
 class LayerQuantLike(Protocol):
@@ -352,6 +363,50 @@ class _Auditor:
         return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
 
 
+def _audit_experts(
+    auditor: _Auditor,
+    groups: Mapping[str, Mapping[str, TensorInfo]],
+    layers: Mapping[str, CheckpointLayer],
+    expected_modules: Mapping[str, tuple[int, int]] | Collection[str] | None,
+) -> None:
+    """The ``experts`` problems (see the module docstring) of every experts block among the quantized modules."""
+    blocks: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for module in groups:
+        if m := EXPERT_LINEAR.match(module):
+            blocks[m["block"]][m["proj"]].add(int(m["index"]))
+    for block, present in sorted(blocks.items()):
+        count = 1 + max(i for indices in present.values() for i in indices)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            missing = [
+                f"{block}.{i}.{proj}"
+                for i in range(count)
+                if i not in present[proj]
+                and (expected_modules is None or f"{block}.{i}.{proj}" not in expected_modules)
+            ]
+            if missing:
+                auditor.add("experts", block, f"{count} experts but no quantized {', '.join(missing)}")
+        for group, projs in EXPERT_GROUPS.items():
+            served = [layers[n] for i in range(count) for p in projs if (n := f"{block}.{i}.{p}") in layers]
+            odd = [x for x in served if _expert_kind(x) != _expert_kind(served[0])]
+            if odd:
+                shown = "; ".join(
+                    f"{x.name}: {x.scheme} {x.packed_format} act_order={x.act_order} [{x.in_features} -> "
+                    f"{x.out_features}]"
+                    for x in (served[0], odd[0])
+                )
+                auditor.add(
+                    "experts", block,
+                    f"the {group} projections of its experts differ (scheme, layout, act order or shape), so one "
+                    f"fused kernel call cannot serve them: {shown}",
+                    odd[0].tensors["qweight"],
+                )  # fmt: skip
+
+
+def _expert_kind(layer: CheckpointLayer) -> tuple[str, str, bool, int, int]:
+    """What must agree between the experts of one fused group."""
+    return str(layer.scheme), layer.packed_format.value, layer.act_order, layer.in_features, layer.out_features
+
+
 def audit_tensors(
     files: SafetensorsFolder,
     config: Resolver,
@@ -444,6 +499,7 @@ def audit_tensors(
                 continue
         layers[module] = layer
 
+    _audit_experts(auditor, groups, layers, expected_modules)
     allowed: list[str] = []
     candidates: dict[str, TensorInfo | None] = {
         n.removesuffix(".weight"): i for n, i in plain.items() if n.endswith(".weight") and len(i.shape) == 2

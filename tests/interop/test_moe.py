@@ -1,0 +1,132 @@
+"""Quantized mixture-of-experts checkpoints end to end: a tiny Qwen3-MoE quantized by auto-round 0.16.1 (which writes
+the experts as per-expert linears ``mlp.experts.<e>.gate_proj/up_proj/down_proj``), audited and served by
+``patch_model`` through transformers 5's fused experts module (``gate_up_proj`` [E, 2I, H]), replaced by one
+:class:`wna16.nn.QuantExperts`. The output must equal the same model with the exact dequantized experts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from make_checkpoints import tiny_tokenizer  # registered by conftest.py (tests/checkpoints/make_checkpoints.py)
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+from wna16 import CheckpointAuditError, load_checkpoint
+from wna16.checkpoint.files import SafetensorsFolder
+from wna16.nn import QuantExperts
+from wna16.patch import empty_weights, patch_model
+from wna16.reference import dequantize
+
+EXPERTS, TOP_K, HIDDEN, MOE_INTER = 4, 2, 128, 64
+PREFIX = "model.layers.0.mlp.experts"
+
+
+def tiny_qwen3_moe() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(
+        vocab_size=128, hidden_size=HIDDEN, intermediate_size=256, moe_intermediate_size=MOE_INTER,
+        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=EXPERTS,
+        num_experts_per_tok=TOP_K, decoder_sparse_step=1, max_position_embeddings=128,
+    )  # fmt: skip
+    return Qwen3MoeForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """auto-round's W4 g32 sym export (``auto_round:auto_gptq``) of the tiny Qwen3-MoE, pure RTN, offline."""
+    from auto_round import AutoRound
+
+    out = tmp_path_factory.mktemp("qwen3-moe")
+    with tempfile.TemporaryDirectory() as tmp:
+        rounder = AutoRound(
+            tiny_qwen3_moe(), tokenizer=tiny_tokenizer(), bits=4, group_size=32, sym=True, iters=0,
+            disable_opt_rtn=True, device_map="cpu",
+        )  # fmt: skip
+        rounder.quantize_and_save(tmp, format="auto_round")
+        src = next(p.parent for p in Path(tmp).rglob("config.json"))
+        shutil.copytree(src, out, dirs_exist_ok=True)
+    return out
+
+
+def build(path: Path) -> torch.nn.Module:
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    with empty_weights():
+        return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_autoround_writes_per_expert_linears_and_the_audit_covers_them(qwen3_moe: Path) -> None:
+    names = set(SafetensorsFolder(qwen3_moe).tensors)
+    for e in range(EXPERTS):
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            assert f"{PREFIX}.{e}.{proj}.qweight" in names
+    checkpoint = load_checkpoint(qwen3_moe)
+    assert {n for n in checkpoint.layers if ".experts." in n} == {
+        f"{PREFIX}.{e}.{p}" for e in range(EXPERTS) for p in ("gate_proj", "up_proj", "down_proj")
+    }
+
+
+def test_patch_model_serves_the_experts_and_equals_the_dequantized_model(qwen3_moe: Path) -> None:
+    model = build(qwen3_moe)
+    assert type(model.get_submodule(PREFIX)).__name__ == "Qwen3MoeExperts"
+    report = patch_model(model, qwen3_moe, dtype=torch.float32, backend="reference")
+    experts = model.get_submodule(PREFIX)
+    assert isinstance(experts, QuantExperts) and experts.top_k == TOP_K and experts.num_experts == EXPERTS
+    assert report.layers[f"{PREFIX}.3.down_proj"].backend == "reference"
+
+    dense = build(qwen3_moe)
+    checkpoint = load_checkpoint(qwen3_moe)
+    for name in checkpoint.unquantized:
+        module_name, _, attr = name.rpartition(".")
+        owner = dense.get_submodule(module_name)
+        setattr(owner, attr, torch.nn.Parameter(checkpoint.tensor(name).float(), requires_grad=False))
+    for name in checkpoint.layers:
+        if ".experts." in name:
+            continue
+        owner = dense.get_submodule(name)
+        owner.weight = torch.nn.Parameter(dequantize(checkpoint.weight(name)).float(), requires_grad=False)
+    fused = dense.get_submodule(PREFIX)
+    w = {n: dequantize(checkpoint.weight(n)).float() for n in checkpoint.layers if ".experts." in n}
+    gate_up = torch.stack(
+        [torch.cat([w[f"{PREFIX}.{e}.gate_proj"], w[f"{PREFIX}.{e}.up_proj"]]) for e in range(EXPERTS)]
+    )
+    fused.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
+    fused.down_proj = torch.nn.Parameter(torch.stack([w[f"{PREFIX}.{e}.down_proj"] for e in range(EXPERTS)]),
+                                         requires_grad=False)  # fmt: skip
+    dense.tie_weights()
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - want).abs().max() < 1e-2 * want.abs().max()
+
+
+def test_patch_model_bf16_on_the_registry_choice(qwen3_moe: Path) -> None:
+    model = build(qwen3_moe)
+    patch_model(model, qwen3_moe, dtype=torch.bfloat16)
+    experts = model.get_submodule(PREFIX)
+    assert isinstance(experts, QuantExperts) and experts.backend_name == "cpu"
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 5, 7]])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_a_missing_expert_is_named_by_the_audit(qwen3_moe: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    for f in qwen3_moe.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    shard = next(tmp_path.glob("*.safetensors"))
+    tensors = {k: v for k, v in load_file(shard).items() if not k.startswith(f"{PREFIX}.2.up_proj.")}
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index = tmp_path / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: v for k, v in data["weight_map"].items() if k in tensors}
+        index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointAuditError, match=rf"{PREFIX}\.2\.up_proj"):
+        patch_model(build(tmp_path), tmp_path, dtype=torch.float32)
