@@ -29,6 +29,7 @@ CASES = (
     "gptq_w4g128_sym",  # quant_method "gptq" (auto_gptq export), with biases
     "awq_w4g64_asym",  # quant_method "awq" (gemm)
     "act_order_w4g32_asym",  # auto_round:gptqmodel with a non-trivial g_idx on every layer (wna16's writer)
+    *(f"mixed_fused_{name}" for name in ("k8_regex", "v16", "up_g32")),  # issue 28: parts of a fused module disagree
 )
 MIXED_FUSABLE = {
     "model.layers.0.mlp.down_proj": {"bits": 8},
@@ -41,9 +42,24 @@ case of make_checkpoints.py gives q_proj and up_proj settings their fused partne
 kernel per fused module and wna16 refuses it with a message naming the parts (test_plugin.py)."""
 
 
+MIXED_FUSED: dict[str, dict[str, dict[str, int]]] = {
+    "k8_regex": {".*k_proj": {"bits": 8}},  # a regex key: k_proj at 8 bits inside every 4-bit qkv_proj
+    "v16": {"model.layers.0.self_attn.v_proj": {"bits": 16}},  # one part of qkv_proj left in 16 bits
+    "up_g32": {"model.layers.1.mlp.up_proj": {"bits": 4, "group_size": 32}},  # up_proj at g32 beside gate_proj g128
+}
+"""AutoRound mixed-precision recipes whose per-projection settings split vLLM's fused modules (q/k/v, gate/up)."""
+
+
 def own_cases(make: ModuleType) -> dict[str, object]:
     """The cases made here with make_checkpoints.py's ``Case``."""
+    mixed = {
+        f"mixed_fused_{name}": make.Case(
+            f"mixed_fused_{name}", "llama", "auto_round", 4, 128, True, "auto_round:auto_gptq", layer_config=config
+        )
+        for name, config in MIXED_FUSED.items()
+    }
     return {
+        **mixed,
         "ar_w8g64_asym": make.Case(
             "ar_w8g64_asym", "llama", "auto_round", 8, 64, False, "auto_round", env={"AR_ALLOW_W8_ASYM": "1"}
         ),

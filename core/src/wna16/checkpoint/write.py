@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from wna16.checkpoint.config import WRITTEN_PACKING_NAMES, QuantConfig
+from wna16.checkpoint.resolve import FusedQuant
 from wna16.errors import ConfigError
 from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
@@ -80,6 +81,8 @@ def write_checkpoint(
     for name, tensor in state_dict.items():
         module, _, role = name.rpartition(".")
         quant = config.resolve(module) if role == "weight" and tensor.dim() == 2 else None
+        if isinstance(quant, FusedQuant):
+            raise ConfigError(f"{module}: one fused weight cannot be written in several schemes: {quant}")
         if quant is None or not tensor.dtype.is_floating_point:
             tensors[name] = tensor.detach().contiguous()
             continue
