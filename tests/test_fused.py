@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from wna16 import CheckpointAuditError, FusedModuleError
+from wna16 import CheckpointAuditError, FusedModuleError, Scheme, quantize_rtn
 from wna16.checkpoint.write import quantization_config, write_checkpoint
 from wna16.nn import FusedLinear, QuantLinear
-from wna16 import Scheme, quantize_rtn
 from wna16.patch import FusedPart, empty_weights, fused_linear, patch_model
 
 HIDDEN, KV, INTER = 64, 32, 96
@@ -97,7 +96,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make(folder: Path, extra: dict[str, Any], sym: bool = True) -> tuple[Fused, dict[str, torch.Tensor], dict[str, Any]]:
+def make(
+    folder: Path, extra: dict[str, Any], sym: bool = True
+) -> tuple[Fused, dict[str, torch.Tensor], dict[str, Any]]:
     torch.manual_seed(0)
     model = Fused()
     state = split_state(model)
@@ -135,7 +136,9 @@ def test_mixed_fused_module_equals_the_exact_dequantization(recipe: str, tmp_pat
         assert all(isinstance(r, QuantLinear) for r in qkv.runs)
     # Every quantized part is reported with the backend of its run; the fused module with its runs.
     assert report.layers["layers.0.self_attn.k_proj"].backend == qkv.backend_names[1 if "k_proj_8" in recipe else 0]
-    assert report.fused["layers.1.self_attn.qkv_proj"] == tuple(tuple(r) for r in served.layers[1].self_attn.qkv_proj.parts)
+    assert report.fused["layers.1.self_attn.qkv_proj"] == tuple(
+        tuple(r) for r in served.layers[1].self_attn.qkv_proj.parts
+    )
     assert "layers.0.self_attn.qkv_proj: fused from runs" in str(report)
 
 
@@ -167,8 +170,11 @@ def test_a_missing_part_names_the_module_and_the_parts(tmp_path: Path) -> None:
     write_checkpoint(tmp_path, state, qc)
     with empty_weights():
         served = Fused()
-    with pytest.raises(CheckpointAuditError, match=r"layers\.1\.self_attn\.k_proj: .* has no tensors in the checkpoint "
-                       r"\(a part of the runtime's fused layers\.1\.self_attn\.qkv_proj: \['layers\.1\.self_attn\.q_proj'"):  # fmt: skip
+    missing = (
+        r"layers\.1\.self_attn\.k_proj: .* has no tensors in the checkpoint "
+        r"\(a part of the runtime's fused layers\.1\.self_attn\.qkv_proj: \['layers\.1\.self_attn\.q_proj'"
+    )
+    with pytest.raises(CheckpointAuditError, match=missing):
         patch_model(served, tmp_path, dtype=torch.float32)
     state.update({k: v for k, v in split_state(model).items() if k.startswith("layers.1.self_attn.k_proj.")})
     write_checkpoint(tmp_path, state, qc)
@@ -191,8 +197,11 @@ def test_parts_that_cannot_be_concatenated_name_the_module_and_the_parts(tmp_pat
     write_checkpoint(tmp_path, state, qc)
     with empty_weights():
         served = Fused()
-    with pytest.raises(CheckpointAuditError, match=r"\[shape\] layers\.0\.self_attn\.qkv_proj: fused from "
-                       r"layers\.0\.self_attn\.q_proj \(64, 64\), layers\.0\.self_attn\.k_proj \(128, 32\)"):  # fmt: skip
+    shape = (
+        r"\[shape\] layers\.0\.self_attn\.qkv_proj: fused from "
+        r"layers\.0\.self_attn\.q_proj \(64, 64\), layers\.0\.self_attn\.k_proj \(128, 32\)"
+    )
+    with pytest.raises(CheckpointAuditError, match=shape):
         patch_model(served, tmp_path, dtype=torch.float32)
     # The builder itself (a checkpoint opened without the audit) refuses with the module and every part named.
     parts: list[FusedPart] = [

@@ -194,8 +194,8 @@ def test_a_mixed_gate_up_loaded_part_by_part_computes_the_dequantized_product(tp
     from wna16.reference import dequantize
     from wna16.scheme import Scheme
 
-    quant = {"bits": 4, "group_size": 64, "sym": True, "quant_method": "auto-round", "packing_format":
-             "auto_round:auto_gptq", "extra_config": {"model.layers.0.mlp.up_proj": {"bits": 8, "group_size": 32}}}  # fmt: skip
+    up = {"model.layers.0.mlp.up_proj": {"bits": 8, "group_size": 32}}
+    quant = {**AUTO_ROUND, "group_size": 64, "block_name_to_quantize": "model.layers", "extra_config": up}
     config = plugin.Wna16Config.from_config(quant)
     layer = MergedColumnParallelLinear(
         256, [128, 128], bias=False, quant_config=config, prefix="model.layers.0.mlp.gate_up_proj",
@@ -223,8 +223,7 @@ def test_a_part_never_loaded_is_a_typed_error_naming_module_and_parts(tp_group: 
     from wna16.quantize import quantize_rtn
     from wna16.scheme import Scheme
 
-    quant = {"bits": 4, "group_size": 64, "sym": True, "quant_method": "auto-round", "packing_format":
-             "auto_round:auto_gptq", "extra_config": {"model.layers.0.mlp.up_proj": {"bits": 8}}}  # fmt: skip
+    quant = {**AUTO_ROUND, "group_size": 64, "extra_config": {"model.layers.0.mlp.up_proj": {"bits": 8}}}
     layer = MergedColumnParallelLinear(
         256, [128, 128], bias=False, quant_config=plugin.Wna16Config.from_config(quant),
         prefix="model.layers.0.mlp.gate_up_proj", params_dtype=torch.float32,

@@ -134,8 +134,9 @@ class FusedLinear(torch.nn.Module):
 
     Each run of consecutive agreeing parts (:func:`wna16.checkpoint.resolve.part_runs`) is one layer: a
     :class:`QuantLinear` over the run's weights concatenated along N (one kernel call, the backend the registry picks
-    for that run) or a 16-bit ``torch.nn.Linear`` (:func:`wna16.patch.fused_linear` builds it); the outputs are concatenated along N in the fused order, so the
-    module computes exactly what the fused layer of the agreeing case computes. ``parts`` names each run's parts.
+    for that run) or a 16-bit ``torch.nn.Linear``; the outputs are concatenated along N in the fused order, so the
+    module computes exactly what the fused layer of the agreeing case computes. ``parts`` names each run's parts;
+    :func:`wna16.patch.fused_linear` builds it.
     """
 
     def __init__(self, name: str, runs: list[torch.nn.Module], parts: list[tuple[str, ...]]) -> None:
@@ -157,4 +158,3 @@ class FusedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, runs={[list(p) for p in self.parts]}"
-

@@ -34,7 +34,6 @@ from wna16.protocol import Backend
 from wna16.registry import Registry
 from wna16.weight import QuantizedWeight
 
-
 FusedPart = tuple[str, QuantizedWeight | torch.Tensor, "torch.Tensor | None", PackedFormat | PackingFormat | str]
 """One part of a fused module: (name, its quantized weight or its 16-bit ``[N, K]`` weight, its bias, the layout it
 was stored in)."""
@@ -55,6 +54,7 @@ def fused_linear(
     Raises :class:`~wna16.errors.FusedModuleError`, naming the module and every part, when the parts do not share
     ``in_features`` or a run's parts cannot be concatenated (:func:`wna16.checkpoint.resolve.concat_out`).
     """
+
     def k_of(w: QuantizedWeight | torch.Tensor) -> int:
         return w.in_features if isinstance(w, QuantizedWeight) else int(w.shape[-1])
 
@@ -201,6 +201,32 @@ def _patched(layer: CheckpointLayer, backend: str) -> PatchedLayer:
     )  # fmt: skip
 
 
+def _build_fused(
+    model: torch.nn.Module,
+    checkpoint: Checkpoint,
+    name: str,
+    parts: tuple[str, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str | Backend | None,
+    registry: Registry | None,
+) -> FusedLinear:
+    """The :class:`FusedLinear` replacing the model's fused linear ``name``, checked against its shape and bias."""
+    members = [_fused_part(checkpoint, p, dtype) for p in parts]
+    runs = part_runs([checkpoint.layers[p].layer_quant if p in checkpoint.layers else None for p in parts])
+    module = fused_linear(name, members, runs, dtype=dtype, device=device, backend=backend, registry=registry)
+    linear = model.get_submodule(name)
+    assert isinstance(linear, torch.nn.Linear)  # _fused_modules found it among the model's linears
+    have = (linear.in_features, linear.out_features, linear.bias is not None)
+    bias = any(b is not None for _, _, b, _ in members)
+    if have != (module.in_features, module.out_features, bias):
+        raise FusedModuleError(
+            f"{checkpoint.path}: fused module {name}: model has in={have[0]} out={have[1]} bias={have[2]}, its "
+            f"parts {list(parts)} give in={module.in_features} out={module.out_features} bias={bias}"
+        )
+    return module
+
+
 def _backend_of(built: dict[str, torch.nn.Module], part_of: dict[str, str], name: str) -> str:
     """The backend serving checkpoint layer ``name``: its own QuantLinear's, or that of its run in a fused module."""
     module = built[part_of.get(name, name)]
@@ -328,22 +354,7 @@ def patch_model(
 
     built: dict[str, torch.nn.Module] = {}
     for name, parts in fused.items():  # build everything first: a backend error leaves the model intact
-        runs = part_runs([checkpoint.layers[p].layer_quant if p in checkpoint.layers else None for p in parts])
-        module = fused_linear(
-            name, [_fused_part(checkpoint, p, dtype) for p in parts], runs, dtype=dtype, device=target,
-            backend=backend, registry=registry,
-        )  # fmt: skip
-        linear = model.get_submodule(name)
-        assert isinstance(linear, torch.nn.Linear)
-        have = (linear.in_features, linear.out_features, linear.bias is not None)
-        bias = any(isinstance(r, QuantLinear) and r._bias is not None or getattr(r, "bias", None) is not None
-                   for r in module.runs)  # fmt: skip
-        if have != (module.in_features, module.out_features, bias):
-            raise FusedModuleError(
-                f"{checkpoint.path}: fused module {name}: model has in={have[0]} out={have[1]} bias={have[2]}, its "
-                f"parts {list(parts)} give in={module.in_features} out={module.out_features} bias={bias}"
-            )
-        built[name] = module
+        built[name] = _build_fused(model, checkpoint, name, parts, dtype, target, backend, registry)
     for name, layer in checkpoint.layers.items():
         if name in part_of:
             continue
@@ -378,5 +389,5 @@ def patch_model(
                 module._buffers[key] = buf.to(target)
     layers = {name: _patched(layer, _backend_of(built, part_of, name)) for name, layer in checkpoint.layers.items()}
     plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    runs = {name: tuple(m.parts) for name, m in built.items() if isinstance(m, FusedLinear)}
-    return PatchReport(layers, tuple(loaded), plain, runs)
+    fused_runs = {name: tuple(m.parts) for name, m in built.items() if isinstance(m, FusedLinear)}
+    return PatchReport(layers, tuple(loaded), plain, fused_runs)

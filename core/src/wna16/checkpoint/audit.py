@@ -167,9 +167,9 @@ class _Auditor:
             self.add("config", module, str(exc), info)
             return exc
         if isinstance(quant, FusedQuant):
-            exc = ConfigError(f"stored fused, but its parts resolve to different schemes: {quant}")
-            self.add("config", module, str(exc), info)
-            return exc
+            refused = ConfigError(f"stored fused, but its parts resolve to different schemes: {quant}")
+            self.add("config", module, str(refused), info)
+            return refused
         return quant
 
     def expect(self, module: str, info: TensorInfo, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> bool:

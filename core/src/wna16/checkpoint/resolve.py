@@ -26,10 +26,10 @@ quantize a neighbouring block.
 Fused modules (``qkv_proj`` from q/k/v, ``gate_up_proj`` from gate/up, diffusion ``to_qkv``) resolve each part and
 :func:`fuse` them: parts that agree share one kernel call over their concatenation (along N); parts that disagree
 (mixed bits, group sizes, a part left in 16 bits) give a :class:`FusedQuant`, served as runs of agreeing parts whose
-outputs are concatenated in the fused order (:func:`part_runs` is the one rule for which parts share). MoE experts written
-as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for all
-experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out` builds the
-fused weight from the parts' weights.
+outputs are concatenated in the fused order (:func:`part_runs` is the one rule for which parts share). MoE experts
+written as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for
+all experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out`
+builds the fused weight from the parts' weights.
 """
 
 from __future__ import annotations

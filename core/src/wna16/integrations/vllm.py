@@ -66,7 +66,6 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
-from vllm.model_executor.utils import set_weight_attrs
 from vllm.model_executor.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -74,6 +73,7 @@ from vllm.model_executor.parameter import (
     PackedvLLMParameter,
     RowvLLMParameter,
 )
+from vllm.model_executor.utils import set_weight_attrs
 
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
