@@ -5,6 +5,7 @@ part's backend is reported, and a missing or mis-shaped part is a FusedModuleErr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from wna16 import CheckpointAuditError, FusedModuleError, Scheme, quantize_rtn
 from wna16.checkpoint.write import quantization_config, write_checkpoint
+from wna16.cli import main
 from wna16.nn import FusedLinear, QuantLinear
 from wna16.patch import FusedPart, empty_weights, fused_linear, patch_model
 
@@ -212,3 +214,24 @@ def test_parts_that_cannot_be_concatenated_name_the_module_and_the_parts(tmp_pat
         fused_linear("a.qkv_proj", parts, ((0,), (1,)))
     with pytest.raises(FusedModuleError, match=r"a\.qkv_proj: .*mixes quantized and 16-bit parts"):
         fused_linear("a.qkv_proj", [parts[0], ("a.v_proj", torch.randn(32, 64), None, "auto_round")], ((0, 1),))
+
+
+def test_inspect_shows_a_mixed_fused_module_with_its_parts_schemes_and_backends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, {**RECIPES["v_proj_16bit"], **RECIPES["up_proj_group_16"]})
+    assert main(["inspect", str(tmp_path), "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "mixed fused modules" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("layers.0.self_attn.qkv_proj:"))
+    assert "q_proj w4g32sym -> " in line and "k_proj w4g32sym -> " in line and "v_proj 16-bit -> 16-bit matmul" in line
+    line = next(x for x in out.splitlines() if x.strip().startswith("layers.1.mlp.gate_up_proj:"))
+    assert "gate_proj w4g32sym" in line and "up_proj w4g16sym" in line
+    assert main(["inspect", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {row["name"]: row for row in data["mixed_fused"]}
+    assert rows["layers.0.self_attn.qkv_proj"]["runs"] == [
+        ["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj"],
+        ["layers.0.self_attn.v_proj"],
+    ]
+    assert all(p["backend"] for p in rows["layers.0.mlp.gate_up_proj"]["parts"])
