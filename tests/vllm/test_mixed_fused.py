@@ -45,7 +45,7 @@ def test_the_export_splits_a_fused_module(case: str, made: Made) -> None:
     assert not isinstance(_config(made, case).resolve(uniform), FusedQuant)
     if case == "mixed_fused_k8_regex":
         extra = json.loads((made.path(case) / "config.json").read_text())["quantization_config"]["extra_config"]
-        assert ".*k_proj" in extra  # the regex key as auto-round wrote it
+        assert ".*k_proj.*" in extra  # the regex key, as auto-round 0.16.1 writes it (next to the expanded names)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
