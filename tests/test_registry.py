@@ -107,7 +107,7 @@ def test_no_backend_lists_every_reason(plugins: Registry, monkeypatch: pytest.Mo
     with pytest.raises(NoBackendError) as info:
         plugins.select(spec(3))
     text = str(info.value)
-    assert "no backend can serve 32x64 w3g32sym float32 cpu" in text
+    assert "no backend can serve 64 -> 32 w3g32sym float32 cpu" in text
     assert "fourbit: 3-bit not supported" in text and "reference: disabled" in text and "broken: failed to load" in text
     by_backend = info.value.by_backend
     assert set(by_backend) >= {"fourbit", "reference", "broken"}

@@ -253,12 +253,274 @@ class RestrictedParamRounding(Planted):
         return Linear(wt, bias if spec.adds_bias else None, spec.device)
 
 
+def rows_of(x: torch.Tensor) -> int:
+    """Rows the kernel sees (``x`` flattened to 2-D)."""
+    return x.reshape(-1, x.shape[-1]).shape[0]
+
+
+class SplitKDropsTail(Planted):
+    """Above K=2048 the kernel splits K into 2048-row blocks and forgets a partial last block."""
+
+    name = "split-k-drops-tail"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        wt = dequant(*parts(weight))
+        k = wt.shape[0]
+        if k > 2048 and k % 2048:
+            wt[k // 2048 * 2048 :] = 0
+        return wt
+
+
+class WrongAboveK8192(Planted):
+    """Rows past 8192 read the codes of row k - 8192 (a 13-bit row index wraps)."""
+
+    name = "wrong-above-k-8192"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        return dequant(codes[torch.arange(codes.shape[0]) % 8192], zeros, scales, group)
+
+
+class NTileTail(Planted):
+    """When N is not a multiple of the 128-column tile, the tail tile reads the scales of the tile before it."""
+
+    name = "n-tile-tail"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        n = codes.shape[1]
+        if n > 128 and n % 128:
+            tail = n // 128 * 128
+            scales = scales.clone()
+            scales[:, tail:] = scales[:, tail - 128 : n - 128]
+        return dequant(codes, zeros, scales, group)
+
+
+class ScaleTable64(Planted):
+    """A shared-memory table of 64 groups: group g reads the scales and zeros of group g mod 64."""
+
+    name = "scale-table-64"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        return dequant(codes, zeros, scales, group % 64)
+
+
+class SquareScalesTransposed(Planted):
+    """Guesses the scales' layout from their shape: when G == N it reads them transposed."""
+
+    name = "square-scales-transposed"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        if scales.shape[0] == scales.shape[1] > 1:
+            scales, zeros = scales.t().contiguous(), zeros.t().contiguous()
+        return dequant(codes, zeros, scales, group)
+
+
+class RowRegimeBug(Planted):
+    """Correct except in one row regime, where the kernel takes another path with a zero point off by one."""
+
+    lo, hi = 0, 0
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        codes, zeros, scales, group = parts(weight)
+        b = bias if spec.adds_bias else None
+        good = Linear(dequant(codes, zeros, scales, group), b, spec.device)
+        bad = Linear(dequant(codes, zeros + 1, scales, group), b, spec.device)
+        return lambda x: bad(x) if self.lo <= rows_of(x) <= self.hi else good(x)
+
+
+class WrongFor17To64Rows(RowRegimeBug):
+    name = "wrong-for-17-64-rows"
+    lo, hi = 17, 64
+
+
+class WrongFor256Rows(RowRegimeBug):
+    name = "wrong-for-256-rows"
+    lo, hi = 256, 1 << 30
+
+
+class RaisesOnZeroRows(Planted):
+    """Launches a grid of zero blocks, which the runtime rejects."""
+
+    name = "raises-on-zero-rows"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            if rows_of(x) == 0:
+                raise RuntimeError("invalid grid: 0 blocks")
+            return inner(x)
+
+        return call
+
+
+class AssumesDenseRows(Planted):
+    """Reads ``x`` as if its rows were ``K`` apart (right for contiguous and offset inputs, wrong for ``qkv[..., :K]``
+    and for a stride along K)."""
+
+    name = "assumes-dense-rows"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            k = x.shape[-1]
+            dense = torch.as_strided(x, (rows_of(x), k), (k, 1), x.storage_offset())
+            return inner(dense).reshape(*x.shape[:-1], -1)
+
+        return call
+
+
+class IgnoresStorageOffset(Planted):
+    """Reads ``x`` from the start of its storage, ignoring its offset."""
+
+    name = "ignores-storage-offset"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+        return lambda x: inner(torch.as_strided(x, x.shape, x.stride(), 0))
+
+
+class ActivationsThroughFp16(Planted):
+    """Converts every activation to fp16 for its kernel (overflows for bf16/fp32 inputs beyond 65504)."""
+
+    name = "activations-through-fp16"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+        return lambda x: inner(x.half()).to(x.dtype)
+
+
+class BiasBytesAsActivationDtype(Planted):
+    """Reads the bias buffer as if it had the activation dtype (right only when it has)."""
+
+    name = "bias-bytes-as-activation-dtype"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        wt = dequant(*parts(weight))
+        if bias is None or not spec.adds_bias:
+            return Linear(wt, None, spec.device)
+        raw = bias.view(torch.uint8).view(spec.dtype)
+        read = torch.cat([raw, torch.zeros(max(0, bias.shape[0] - raw.shape[0]), dtype=spec.dtype)])[: bias.shape[0]]
+        return Linear(wt, read, spec.device)
+
+
+class ReusesOutputBuffer(Planted):
+    """Writes every call's result into one preallocated output per shape and returns it (the previous result is
+    overwritten)."""
+
+    name = "reuses-output-buffer"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+        buffers: dict[tuple[int, ...], torch.Tensor] = {}
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            y = inner(x)
+            out = buffers.setdefault(tuple(y.shape), torch.empty_like(y))
+            return out.copy_(y)
+
+        return call
+
+
+class CachesByShape(Planted):
+    """Memoizes its result by input shape (a plan cache that caches too much)."""
+
+    name = "caches-by-shape"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+        cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            key = tuple(x.shape)
+            if key not in cache:
+                cache[key] = inner(x)
+            return cache[key].clone()
+
+        return call
+
+
+class StaleGraphReplay(Planted):
+    """Captures a graph on the first call of each shape with a static input buffer, then replays it without copying
+    the new input into that buffer."""
+
+    name = "stale-graph-replay"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        inner = super().build(weight, spec, bias)
+        static: dict[tuple[int, ...], torch.Tensor] = {}
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            key = tuple(x.shape)
+            if key not in static:
+                static[key] = x.clone()  # captured with this input
+            return inner(static[key])  # replay: the new input never reaches the graph
+
+        return call
+
+
+class RoundsScalesInPlace(Planted):
+    """Rounds the scales it is given to the activation dtype *in place* and computes with them (declaring fp32
+    parameters): right for the weight it leaves behind, wrong for the weight it was given."""
+
+    name = "rounds-scales-in-place"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        weight.scales.copy_(weight.scales.to(spec.dtype).to(weight.scales.dtype))
+        return super().build(weight, spec, bias)
+
+
+class Bf16AccumReturnsZerosAtLargeK(Planted):
+    """Declares bf16 accumulation, and returns zeros from K=4096 (an allowance that large once let it pass)."""
+
+    name = "bf16-accum-returns-zeros-at-large-k"
+    capabilities = (dataclasses.replace(REF_RULE, accum_dtype=torch.bfloat16),)
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        wt = dequant(*parts(weight))
+        return wt * 0 if wt.shape[0] >= 4096 else wt
+
+    def adds_bias(self, spec: LayerSpec) -> bool:
+        return spec.adds_bias and spec.in_features < 4096
+
+
+class Fp32BiasRoundedToBf16(Planted):
+    """Stores the bias in bf16 whatever the activation dtype (fp32 layers lose 16 bits of it)."""
+
+    name = "fp32-bias-rounded-to-bf16"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        rounded = None if bias is None else bias.to(torch.bfloat16).float()
+        return Linear(self.wt(weight, spec), rounded if spec.adds_bias else None, spec.device)
+
+
+class FlushesSubnormalScales(Planted):
+    """Flushes subnormal fp16 scales (below 2**-14) to zero, as a kernel running with FTZ/DAZ does."""
+
+    name = "flushes-subnormal-scales"
+
+    def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
+        codes, zeros, scales, group = parts(weight)
+        if weight.scales.dtype == torch.float16:
+            scales = torch.where(scales.abs() < 2.0**-14, torch.zeros_like(scales), scales)
+        return dequant(codes, zeros, scales, group)
+
+
 BROKEN: dict[str, Callable[[], Planted]] = {
     cls.__name__: cls
     for cls in (
         ZeroOffByOne, LastGroupScaleReused, TileSpansGroups, CodeFlippedAtLargeK, BiasDropped, BiasTwiceOnKSlices,
         Fp16Accumulation, WrongForMultiRow, WrongFor3Bit, ClaimsG32ComputesG64, ClaimsEverythingReturnsZeros,
         MutatesInput, PrepareIgnoresCheck,
+        # issue 24: one per class the suite was blind to
+        SplitKDropsTail, WrongAboveK8192, NTileTail, ScaleTable64, SquareScalesTransposed, WrongFor17To64Rows,
+        WrongFor256Rows, RaisesOnZeroRows, AssumesDenseRows, IgnoresStorageOffset, ActivationsThroughFp16,
+        BiasBytesAsActivationDtype, ReusesOutputBuffer, CachesByShape, StaleGraphReplay, RoundsScalesInPlace,
+        Bf16AccumReturnsZerosAtLargeK, Fp32BiasRoundedToBf16, FlushesSubnormalScales,
     )
 }  # fmt: skip
 """Every broken backend the suite must catch (the crashing one is tested on its own, under xdist)."""

@@ -8,31 +8,63 @@ import pytest
 from planted import BROKEN
 from suite_run import SuiteRun, run_suite
 
-SELECTION = "w3g32sym-fp16 or w4g128asym-fp16 or w4g128sym-fp16 or w4g64asym-fp16"
-"""Cells run against every broken backend: numerics, edges (large K included), hygiene and tensor-parallel tests."""
+SELECTION = "w3g32sym-fp16 or w4g128asym-fp16 or w4g128sym-fp32 or w4g64asym-bf16"
+"""Cells the correct backends run (numerics, edges, hygiene and tensor-parallel tests; act order included)."""
 
 EXPECTED: dict[str, tuple[str, str]] = {
-    # backend class: (check that must fail, substring of a failing test name)
+    # backend class: (check that must fail, test key after the backend name; `-k` selects exactly these tests, and
+    # with them the act-order twin of a numerics cell)
     "ZeroOffByOne": ("numerics", "w4g128asym-fp16"),
     "LastGroupScaleReused": ("numerics", "w4g128asym-fp16"),
     "TileSpansGroups": ("numerics", "w3g32sym-fp16"),
     "CodeFlippedAtLargeK": ("edges", "large-k-w4g128asym-fp16"),
-    "BiasDropped": ("edges", "w4g128asym-fp16"),
-    "BiasTwiceOnKSlices": ("tensor_parallel", "w4g64asym-fp16"),
-    "Fp16Accumulation": ("edges", "large-k-cancellation-w4g128sym-fp16"),
+    "BiasDropped": ("edges", "zero-codes-w4g128asym-fp16"),
+    "BiasTwiceOnKSlices": ("tensor_parallel", "w4g128sym-fp32-actorder"),
+    "Fp16Accumulation": ("edges", "large-k-cancellation-w4g128sym-fp32"),
     "WrongForMultiRow": ("numerics", "w4g128asym-fp16"),
     "WrongFor3Bit": ("numerics", "w3g32sym-fp16"),
     "ClaimsG32ComputesG64": ("numerics", "w3g32sym-fp16"),
     "ClaimsEverythingReturnsZeros": ("numerics", "w3g32sym-fp16"),
-    "MutatesInput": ("hygiene", "w4g128asym-fp16"),
+    "MutatesInput": ("numerics", "w4g128asym-fp16"),
     "PrepareIgnoresCheck": ("numerics", "w3g32sym-fp16"),
+    # issue 24
+    "SplitKDropsTail": ("numerics", "w4g128asym-fp16"),  # split-k class (K=3072) of the act-order twin
+    "WrongAboveK8192": ("numerics", "w4g128asym-bf16"),  # k-8192 class
+    "NTileTail": ("numerics", "w4g128asym-fp16"),  # n-tile class (N=300)
+    "ScaleTable64": ("numerics", "w4g128asym-fp16"),  # many-groups class (G=72)
+    "SquareScalesTransposed": ("numerics", "w4g128asym-fp16"),  # g-equals-n class of the act-order twin
+    "WrongFor17To64Rows": ("numerics", "w4g128asym-bf16"),
+    "WrongFor256Rows": ("numerics", "w4g128asym-fp16"),
+    "RaisesOnZeroRows": ("numerics", "w4g128asym-fp16"),
+    "AssumesDenseRows": ("numerics", "w4g128asym-fp16"),
+    "IgnoresStorageOffset": ("numerics", "w4g128asym-fp16"),
+    "ActivationsThroughFp16": ("numerics", "w4g128asym-bf16"),
+    "BiasBytesAsActivationDtype": ("numerics", "w4g128asym-fp16"),
+    "ReusesOutputBuffer": ("numerics", "w4g128asym-fp16"),
+    "CachesByShape": ("numerics", "w4g128asym-fp16"),
+    "StaleGraphReplay": ("numerics", "w4g128asym-fp16"),
+    "RoundsScalesInPlace": ("numerics", "w4g128asym-fp16"),
+    "Bf16AccumReturnsZerosAtLargeK": ("edges", "large-k-w4g128asym-fp16"),
+    "Fp32BiasRoundedToBf16": ("edges", "negative-scales-w4g128sym-fp32"),
+    "FlushesSubnormalScales": ("numerics", "w4g128asym-fp16"),
 }
+
+NUMERIC = (
+    "ZeroOffByOne", "LastGroupScaleReused", "TileSpansGroups", "CodeFlippedAtLargeK", "WrongFor3Bit",
+    "SplitKDropsTail", "WrongAboveK8192", "NTileTail", "ScaleTable64", "SquareScalesTransposed",
+    "WrongFor17To64Rows", "WrongFor256Rows", "ActivationsThroughFp16", "BiasBytesAsActivationDtype",
+    "Bf16AccumReturnsZerosAtLargeK", "Fp32BiasRoundedToBf16", "FlushesSubnormalScales",
+)  # fmt: skip
+"""Bugs that show as an error/bound ratio (the others as a message: raised, mutated, overwritten, refused...)."""
 
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
+    """Every broken backend on exactly the tests it must fail (a full ci run of the same tests fails them too: the
+    cases of a test do not depend on which other tests run)."""
     tmp = tmp_path_factory.mktemp("broken")
-    return run_suite(tmp, [f"planted:{name}" for name in BROKEN], "-k", SELECTION)
+    selection = " or ".join(f"{BROKEN[cls]().name}-{where}" for cls, (_, where) in sorted(EXPECTED.items()))
+    return run_suite(tmp, [f"planted:{name}" for name in BROKEN], "-k", selection)
 
 
 def test_every_planted_bug_is_listed() -> None:
@@ -47,16 +79,19 @@ def test_broken_backend_is_caught(broken_run: SuiteRun, cls: str) -> None:
     failing = {t: v for t, v in broken_run.tests(name).items() if v["outcome"] == "failed"}
     assert any(t.startswith(f"{check}[") and where in t for t in failing), sorted(failing)
     assert all(v["repro"] and "--wna16-case=" in v["repro"] and "seed" in v["repro"] for v in failing.values())
+    assert all("regime: rows M" in v["repro"] for v in failing.values())
     for test, summary in failing.items():
         assert "FAILED" in broken_run.output and summary["test"] == test
+    print(f"{cls}: {[(t, v['worst_ratio'], v['message'][:90]) for t, v in failing.items()]}")
 
 
 def test_broken_failures_carry_ratios(broken_run: SuiteRun) -> None:
     worst = {BROKEN[c]().name: broken_run.backend(BROKEN[c]().name)["worst_ratio"] for c in EXPECTED}
-    numeric = ("ZeroOffByOne", "LastGroupScaleReused", "TileSpansGroups", "CodeFlippedAtLargeK", "WrongFor3Bit")
-    for cls in numeric:
+    for cls in NUMERIC:
         ratio = worst[BROKEN[cls]().name]
-        assert ratio == "inf" or ratio > 2, (cls, ratio)
+        # the first failing case stops a test: a bug may show first at a small ratio (activations through fp16:
+        # fp16 double rounding, 1.03) before the case that overflows
+        assert ratio == "inf" or ratio > (2 if cls in NUMERIC[:5] else 1), (cls, ratio)
 
 
 def test_correct_backends_pass(tmp_path: Path) -> None:

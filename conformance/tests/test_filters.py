@@ -47,3 +47,12 @@ def test_malformed_entries_name_file_and_key(tmp_path: Path, text: str, message:
     with pytest.raises(FilterError, match=message) as info:
         load(write(tmp_path, text))
     assert "f.toml" in str(info.value)
+
+
+def test_misspelt_filter_declaration_is_refused() -> None:
+    """``conformance_filter`` is declared on ``Backend``; a misspelling is a TypeError, not silently ignored."""
+    from wna16_reference import ReferenceBackend
+
+    assert ReferenceBackend.conformance_filter is None
+    with pytest.raises(TypeError, match="did you mean 'conformance_filter'"):
+        type("Typo", (ReferenceBackend,), {"conformance_filters": "f.toml"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,15 @@ def test_filter_multiplier_above_cap_is_a_usage_error(tmp_path: Path) -> None:
     path.write_text('[[tolerance]]\nmatch = "*"\nmultiplier = 10\nreason = "too loose"\n')
     run = run_suite(tmp_path, ["reference"], "-k", "w4g128asym-fp16", f"--wna16-filter={path}", workers=0)
     assert run.rc == 4 and "multiplier" in run.output and "[1, 4]" in run.output
+
+
+def test_each_cell_draws_its_own_cases_and_drawstats_reads_them(pair: tuple[SuiteRun, SuiteRun]) -> None:
+    """ci draws are seeded per test name: no two numerics cells ran the same shapes (they used to share one set)."""
+    from wna16_conformance.drawstats import summary
+
+    tests = pair[1].tests("reference")
+    drawn = [v["drawn"] for t, v in tests.items() if t.startswith("numerics[")]
+    assert len(drawn) >= 4 and all(d["cases"] >= 5 for d in drawn)
+    assert len({json.dumps(d, sort_keys=True) for d in drawn}) == len(drawn)
+    lines = summary(pair[1].report)
+    assert any(line.startswith("  numerics:") for line in lines) and any("rows 0" in line for line in lines)

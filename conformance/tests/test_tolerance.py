@@ -54,7 +54,7 @@ def setup() -> tuple[QuantizedWeight, torch.Tensor]:
 
 
 def test_constants_and_unit_roundoff() -> None:
-    assert (C2, C3) == (1.0, 3.0)
+    assert (C2, C3) == (3.0, 3.0)
     assert unit_roundoff(torch.float16) == 2.0**-11
     assert unit_roundoff(torch.bfloat16) == 2.0**-8
     assert unit_roundoff(torch.float32) == 2.0**-24
@@ -131,3 +131,60 @@ def test_precision_of_a_capability_and_of_a_refused_spec() -> None:
         Precision.for_backend(backend, refused)
     with pytest.raises(UnsupportedError):
         backend.prepare(weight(k=128, n=64, bits=3, group=64, sym=True), refused)
+
+
+def rounded_params_kernel(w: QuantizedWeight, x: torch.Tensor, param: torch.dtype) -> torch.Tensor:
+    """Scales and zero terms rounded to ``param`` once per group, fp32 accumulation: an honest kernel declaring
+    ``param_dtype=param``."""
+    q, z, s = w.codes().float(), w.zeros.float(), w.scales.to(param).float()
+    group, c = w.group_index(), float(w.scheme.center)
+    zero_term = ((c - z) * s).to(param).float()[group]
+    wt = (q - c) * s[group] + zero_term
+    return (x.float() @ wt).to(x.dtype)
+
+
+def test_group_scale_rounding_is_one_shared_error() -> None:
+    """The false failure of the thorough profile (w2 channel sym fp32, M=64, K=48, N=55, fp16 scales, bf16 params):
+    rounding a channel's scale is one relative error for the whole column, up to u * |y|; independent per-element
+    errors (the old model) reached 1.01 there. Checked over many seeds."""
+    from wna16_conformance.cells import Cell
+    from wna16_conformance.data import Case, make_inputs
+
+    cell, worst = Cell(2, -1, True, "fp32", False), 0.0
+    for seed in range(60):
+        inputs = make_inputs(cell, Case(64, 48, 55, False, False, "fp16", seed))
+        y = rounded_params_kernel(inputs.weight, inputs.x, torch.bfloat16)
+        worst = max(
+            worst, error_ratio(y, inputs.x, inputs.weight, Precision(torch.float32, torch.float32, torch.bfloat16))
+        )
+    assert 0.2 < worst <= 1, worst
+
+
+def test_zero_output_fails_even_with_bf16_accumulation_declared(setup) -> None:
+    """The random-walk accumulation term: an all-zero output at K=4096 fails a kernel that declares bf16
+    accumulation (the old sqrt(K) * |x| @ |W| term let it pass)."""
+    w, x = setup
+    bf16_everything = Precision(torch.bfloat16, torch.bfloat16, torch.bfloat16)
+    assert error_ratio(torch.zeros(x.shape[0], w.out_features, dtype=x.dtype), x, w, bf16_everything) > 1.5
+    assert error_ratio(bf16_kernel(w, x), x, w, bf16_everything) < 0.5
+
+
+def test_fp32_bound_is_tight_enough_for_a_bias_rounded_to_bf16() -> None:
+    """fp32 layers: a bias stored in bf16 fails; the reference backend (fp32 throughout) passes."""
+    w = weight(k=1024, n=64, seed=5)
+    x = torch.randn(8, 1024, generator=torch.Generator().manual_seed(6))
+    b = torch.randn(64, generator=torch.Generator().manual_seed(7)) * 4
+    fp32 = Precision(torch.float32, torch.float32, torch.float32)
+    exact = reference_output(x, w)
+    correct = ReferenceBackend().prepare(w, LayerSpec.of(w, torch.float32, bias=True), b)(x)
+    assert error_ratio(correct, x, w, fp32, b) <= 1
+    assert error_ratio((exact + b.bfloat16().double()).float(), x, w, fp32, b) > 2
+
+
+def test_subnormal_fp16_scales_have_an_absolute_allowance() -> None:
+    """Scales below fp16's smallest normal: a kernel rounding its zero terms to fp16 stays within the bound."""
+    w0 = weight(k=256, n=32, group=64, seed=8)
+    w = QuantizedWeight.from_codes(w0.scheme, w0.codes(), w0.zeros, (w0.scales.float() * 2.0**-10).half(), None)
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(9)).half() * 1024
+    y = rounded_params_kernel(w, x, torch.float16)
+    assert error_ratio(y, x, w, Precision(torch.float16, torch.float32, torch.float16)) <= 1

@@ -1,4 +1,4 @@
-"""The safetensors reader: headers parsed and validated by hand, lazy zero-copy tensors, index and path safety."""
+"""The safetensors reader: headers parsed and validated by hand, lazily read tensors, index and path safety."""
 
 from __future__ import annotations
 
@@ -52,19 +52,18 @@ def test_single_file_round_trip(tmp_path: Path) -> None:
     assert folder.disk_bytes == (tmp_path / "model.safetensors").stat().st_size
 
 
-def test_tensors_are_zero_copy_and_writes_never_reach_the_file(tmp_path: Path) -> None:
+def test_tensors_own_their_memory_and_writes_never_reach_the_file(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     save_file(TENSORS, str(path))
     before = path.read_bytes()
     folder = SafetensorsFolder(tmp_path)
-    a, b = folder.tensor("a.qweight"), folder.tensor("a.scales")
-    # both views share one mapping of the file (no per-tensor copy)
-    assert a.data_ptr() - b.data_ptr() == folder.info("a.qweight").start - folder.info("a.scales").start
+    a, again = folder.tensor("a.qweight"), folder.tensor("a.qweight")
+    assert a.data_ptr() != again.data_ptr()  # each read is a tensor of its own, not a view of the file
     a.add_(1)
-    del a, b
+    del a
     gc.collect()
     assert path.read_bytes() == before
-    assert torch.equal(folder.tensor("a.qweight"), TENSORS["a.qweight"])
+    assert torch.equal(folder.tensor("a.qweight"), TENSORS["a.qweight"]) and torch.equal(again, TENSORS["a.qweight"])
 
 
 def test_misaligned_offsets_are_copied_correctly(tmp_path: Path) -> None:
@@ -223,7 +222,7 @@ def test_file_shrinking_after_open_is_an_error_not_a_crash(tmp_path: Path) -> No
     save_file(TENSORS, str(path))
     folder = SafetensorsFolder(tmp_path)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CorruptFileError, match=r"tensor '.*' ends at byte \d+, but the file now has 100"):
+    with pytest.raises(CorruptFileError, match=r"changed since its header was read \(542 -> 100 bytes"):
         folder.tensor("a.qweight")
 
 

@@ -12,7 +12,7 @@ from ckpt_factory import Layer, layer_tensors, quant_config, tiny_llama, write_c
 
 from wna16 import LayerSpec, Scheme
 from wna16.cli import main
-from wna16.registry import select
+from wna16.registry import default_registry, select
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -25,11 +25,24 @@ def test_table_audit_and_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     folder, weights, _ = tiny_llama(tmp_path, scheme=Scheme(4, 32, True))
     code, out, err = _run(capsys, str(folder))
     assert code == 0, err
-    assert "auto-round, layout gptq, default w4g32sym" in out
+    assert "quant_method auto-round, packing gptq, default scheme w4g32sym" in out
     assert "blocks ['model.layers']" in out
     expected = select(LayerSpec(64, 128, Scheme(4, 32, True), torch.bfloat16, device="cpu")).backend.name
     row = next(line for line in out.splitlines() if line.startswith("model.layers.1.mlp.up_proj "))
-    assert row.split() == ["model.layers.1.mlp.up_proj", "4", "32", "yes", "gptq", "no", "64x128", "no", expected]
+    assert row.split() == [
+        "model.layers.1.mlp.up_proj",
+        "4",
+        "32",
+        "sym",
+        "gptq",
+        "no",
+        "64",
+        "->",
+        "128",
+        "no",
+        expected,
+    ]
+    assert "bits  group size  zero point  packing  act order  in -> out" in out  # spelled out
     assert sum(1 for line in out.splitlines() if line.startswith("model.layers.")) == len(weights)
     assert "audit       OK" in out
     size = re.search(r"size +([\d.]+) kB on disk vs ([\d.]+) kB in bf16 \((\d+)% smaller\)", out)
@@ -43,12 +56,32 @@ def test_other_backends_are_explained(tmp_path: Path, capsys: pytest.CaptureFixt
     code, out, _ = _run(capsys, str(folder), "--dtype", "float32")
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("model.layers.0.mlp.down_proj "))
-    assert row.split()[1:6] == ["3", "32", "no", "gptq_v2", "yes"]
+    assert row.split()[1:6] == ["3", "32", "asym", "gptq_v2", "yes"]
     spec = LayerSpec(128, 64, Scheme(3, 32, False), torch.float32, act_order=True, device="cpu")
     selection = select(spec)
     assert row.split()[-1] == selection.backend.name
     for backend, reasons in selection.rejected.items():
-        assert f"    {backend}: {'; '.join(reasons)}" in out
+        # One short reason per rejected backend (the first), never every rule's reasons in one line.
+        line = next(line for line in out.splitlines() if line.startswith(f"    {backend}: "))
+        assert line.startswith(f"    {backend}: {reasons[0].removeprefix('unavailable: ')}")
+        assert ";" not in line.removeprefix(f"    {backend}: {reasons[0].removeprefix('unavailable: ')}")
+        assert line.endswith(f"(+{len(reasons) - 1} more)") == (len(reasons) > 1)
+
+
+def test_a_layer_without_backend_warns_and_exits_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _, _ = tiny_llama(tmp_path, scheme=Scheme(3, 32, False))
+    # 3-bit on CPU: the reference serves it (and rocm's interpreter rule when a test enabled it): disable every one.
+    names = [entry.name for entry in default_registry().entries()]
+    monkeypatch.setenv("WNA16_DISABLED_BACKENDS", ",".join(names))
+    code, out, err = _run(capsys, str(folder))
+    assert code == 1
+    assert "audit       OK" in out  # the audit passed: the exit status is the missing backend's
+    assert re.search(r"warning: \d+ layer\(s\) have no backend on cpu \(bfloat16\): model\.layers\.", err), err
+    row = next(line for line in out.splitlines() if line.startswith("model.layers.0.mlp.down_proj "))
+    assert row.split()[-1] == "none"
+    assert "    reference: disabled by WNA16_DISABLED_BACKENDS" in out
 
 
 def test_failed_audit_exits_non_zero_listing_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

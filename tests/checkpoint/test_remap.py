@@ -213,7 +213,8 @@ PRESET_CASES: list[tuple[dict[str, Any], str | None, dict[str, str]]] = [
         {"_class_name": "FluxTransformer2DModel"},
         None,
         {
-            "transformer_blocks.0.attn.to_out.0": "transformer_blocks.0.attn.to_out",
+            # vLLM-Omni 0.30 quantizes FLUX's attn.to_out.0 under that name (tests/omni proves it end to end)
+            "transformer_blocks.0.attn.to_out.0": "transformer_blocks.0.attn.to_out.0",
             "transformer_blocks.0.attn.to_q": "transformer_blocks.0.attn.to_q",
             "single_transformer_blocks.0.proj_out": "single_transformer_blocks.0.proj_out",
         },
@@ -222,7 +223,8 @@ PRESET_CASES: list[tuple[dict[str, Any], str | None, dict[str, str]]] = [
         {"_class_name": "QwenImagePipeline"},
         None,
         {
-            "transformer_blocks.0.attn.to_out.0.qweight": "transformer_blocks.0.attn.to_out.qweight",
+            # Qwen-Image's to_out is built with the quantization prefix attn.to_out.0
+            "transformer_blocks.0.attn.to_out.0.qweight": "transformer_blocks.0.attn.to_out.0.qweight",
             "transformer.transformer_blocks.1.img_mlp.net.2": "transformer_blocks.1.img_mlp.net.2",
         },
     ),
@@ -314,7 +316,7 @@ def test_flux_end_to_end_with_fused_attention() -> None:
     )
     assert bits_of(cfg, "transformer_blocks.0.attn.to_qkv") == 4
     assert bits_of(cfg, "transformer_blocks.0.attn.add_kv_proj") == 4
-    assert bits_of(cfg, "transformer_blocks.0.attn.to_out") == 4
+    assert bits_of(cfg, "transformer_blocks.0.attn.to_out.0") == 4
     assert bits_of(cfg, "transformer_blocks.1.attn.to_qkv") is None
     assert bits_of(cfg, "transformer_blocks.10.attn.to_qkv") is None
     assert bits_of(cfg, "single_transformer_blocks.7.proj_mlp") == 4

@@ -84,6 +84,30 @@ CASES: dict[str, Case] = {
 }
 
 
+LLMC_CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("lc_w4g128_sym", "llama", "llm_compressor", 4, 128, True, "compressed-tensors", bias=True),
+        Case("lc_w4g32_asym", "llama", "llm_compressor", 4, 32, False, "compressed-tensors"),
+        Case("lc_w8channel_sym", "llama", "llm_compressor", 8, -1, True, "compressed-tensors"),
+        Case("lc_mixed_w4g128_sym", "llama", "llm_compressor", 4, 128, True, "compressed-tensors", layer_config=MIXED),
+    )
+}
+"""auto-round's ``format="llm_compressor"`` export (compressed-tensors ``pack-quantized``, written through the
+installed compressed-tensors' own compressor). Each has a twin ``<name>_ar``: the same seeded model and scheme
+exported as ``auto_round``, which auto-round's own inference modules load (the weights the export must equal)."""
+
+LLMC_TWINS: dict[str, Case] = {
+    f"{name}_ar": Case(f"{name}_ar", c.model, "auto_round", c.bits, c.group_size, c.sym, "", c.bias,
+                       layer_config=c.layer_config)
+    for name, c in LLMC_CASES.items()
+}  # fmt: skip
+
+CT_WRITER = "wna16_ct_mixed"
+"""A compressed-tensors checkpoint written by wna16's writer: 8-bit per-channel asymmetric ``down_proj`` (a regex
+target), 4-bit group-32 asymmetric everything else (``Linear``), ``lm_head`` ignored."""
+
+
 def tiny_tokenizer() -> Any:
     """A word-level tokenizer built in memory (auto-round wants one; no hub)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -206,7 +230,7 @@ def make_case(case: Case, out: Path) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of the tools that made the checkpoints."""
-    names = ("auto-round", "auto-round-lib", "torch", "transformers", "diffusers", "safetensors")
+    names = ("auto-round", "auto-round-lib", "torch", "transformers", "diffusers", "safetensors", "compressed-tensors")
     found = {}
     for name in names:
         try:
@@ -305,6 +329,20 @@ def make_family(family: Family, out: Path, packing_format: str = "auto_round:aut
     write_checkpoint(out, state, qc, model_config=config)
 
 
+def make_ct_writer(out: Path) -> None:
+    """:data:`CT_WRITER` from the tiny LLaMA (seed 4)."""
+    from wna16.checkpoint.write import compressed_tensors_config, write_checkpoint
+    from wna16.scheme import Scheme
+
+    model = tiny_llama(seed=4)
+    groups = [(Scheme(8, -1, False), ["re:.*down_proj$"]), (Scheme(4, 32, False), ["Linear"])]
+    if out.exists():
+        shutil.rmtree(out)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    write_checkpoint(out, model.state_dict(), compressed_tensors_config(groups, ignore=["lm_head"]),
+                     model_config=model.config.to_dict(), linears=linears)  # fmt: skip
+
+
 ACT_ORDER = "act_order_w4g32_asym"
 
 
@@ -340,6 +378,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda out, c=case: make_case(c, out)) for name, case in CASES.items()},
     **{name: (lambda out, f=family: make_family(f, out)) for name, family in FAMILIES.items()},
     ACT_ORDER: make_act_order,
+    **{name: (lambda out, c=case: make_case(c, out)) for name, case in {**LLMC_CASES, **LLMC_TWINS}.items()},
+    CT_WRITER: make_ct_writer,
 }
 
 
@@ -352,7 +392,8 @@ def make(root: Path, names: list[str] | None = None) -> dict[str, Any]:
         MAKERS[name](out)
         files = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
         entry: dict[str, Any] = {"files": files, "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
-        case = CASES.get(name) or (EMBEDDED if name == EMBEDDED.name else None)
+        case = CASES.get(name) or LLMC_CASES.get(name) or LLMC_TWINS.get(name)
+        case = case or (EMBEDDED if name == EMBEDDED.name else None)
         if case is not None:
             entry["request"] = asdict(case)
         manifest["cases"][name] = entry

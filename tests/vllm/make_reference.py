@@ -29,8 +29,15 @@ CASES = (
     "gptq_w4g128_sym",  # quant_method "gptq" (auto_gptq export), with biases
     "awq_w4g64_asym",  # quant_method "awq" (gemm)
     "act_order_w4g32_asym",  # auto_round:gptqmodel with a non-trivial g_idx on every layer (wna16's writer)
+    "lc_w4g128_sym",  # compressed-tensors pack-quantized: auto-round's llm_compressor export, with biases
+    "lc_w4g32_asym",  # the same, asymmetric (packed zero points)
+    "wna16_ct_mixed",  # compressed-tensors from wna16's writer: 8-bit channel asym down_proj, 4-bit g32 asym others
     *(f"mixed_fused_{name}" for name in ("k8_regex", "v16", "up_g32")),  # issue 28: parts of a fused module disagree
 )
+EXACT_JUDGE = frozenset({"lc_w4g128_sym", "lc_w4g32_asym", "wna16_ct_mixed"})
+"""compressed-tensors cases: transformers runs them with the exactly dequantized float32 weights (auto-round has no
+inference module for this format; tests/interop proves the dequantization equal to auto-round's own weights and to
+compressed-tensors' decompressor)."""
 MIXED_FUSABLE = {
     "model.layers.0.mlp.down_proj": {"bits": 8},
     "model.layers.1.self_attn.o_proj": {"bits": 16},
@@ -87,13 +94,39 @@ def maker() -> ModuleType:
     return module
 
 
+def exact_model(path: Path) -> torch.nn.Module:
+    """The float32 transformers model holding each quantized layer's exactly dequantized weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import wna16
+    from wna16.checkpoint.remap import Remap
+    from wna16.reference import dequantize
+
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    ckpt = wna16.load_checkpoint(path, Remap.IDENTITY)
+    state = {name: ckpt.tensor(name).float() for name in ckpt.unquantized}
+    for name in ckpt.layers:
+        state[f"{name}.weight"] = dequantize(ckpt.weight(name))
+        bias = ckpt.bias(name)
+        if bias is not None:
+            state[f"{name}.bias"] = bias.float()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    return model
+
+
 def reference_logprobs(path: Path) -> list[list[list[float]]]:
     """Per prompt, per position p (0..L-1): log-probabilities [vocab] of the token following position p."""
     from transformers import AutoModelForCausalLM, AutoRoundConfig
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=AutoRoundConfig(backend="auto"), dtype=torch.float32, device_map="cpu"
-    ).eval()
+    if path.name in EXACT_JUDGE:
+        model = exact_model(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=AutoRoundConfig(backend="auto"), dtype=torch.float32, device_map="cpu"
+        ).eval()
     out = []
     with torch.no_grad():
         for prompt in PROMPTS:

@@ -23,6 +23,17 @@ GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc
 AWQ = {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"}
 
 
+def ct_config(
+    bits: int = 4, group_size: int | None = 64, sym: bool = False, actorder: str | None = None
+) -> dict[str, Any]:
+    """A compressed-tensors pack-quantized config with one 'Linear' group (what llm-compressor writes)."""
+    weights = {"num_bits": bits, "type": "int", "symmetric": sym, "group_size": group_size, "actorder": actorder,
+               "strategy": "group" if group_size else "channel", "dynamic": False}  # fmt: skip
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+            "quantization_status": "compressed", "config_groups": {"group_0": {"targets": ["Linear"],
+            "weights": weights, "input_activations": None, "output_activations": None}}}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tp_group() -> Iterator[None]:
     """A one-process tensor-parallel group, so vLLM's linear layers can be built without an engine."""
@@ -66,7 +77,9 @@ def test_platforms_that_list_methods_accept_wna16(monkeypatch: pytest.MonkeyPatc
     assert "wna16" in current_platform.supported_quantization
 
 
-@pytest.mark.parametrize("config", [AUTO_ROUND, GPTQ, AWQ], ids=["auto-round", "gptq", "awq"])
+@pytest.mark.parametrize(
+    "config", [AUTO_ROUND, GPTQ, AWQ, ct_config()], ids=["auto-round", "gptq", "awq", "compressed-tensors"]
+)
 def test_takes_over_only_when_asked(config: dict[str, Any]) -> None:
     override = plugin.Wna16Config.override_quantization_method
     assert override(config, "wna16") == "wna16"
@@ -83,17 +96,18 @@ def test_refuses_what_is_not_wna16() -> None:
 
 
 def test_names_the_supported_vllm_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin.check_vllm_version("0.32.0")
-    plugin.check_vllm_version("0.32.1+cpu")
-    for other in ("0.31.2", "0.33.0", "1.0.0"):
-        with pytest.raises(UnsupportedError, match=rf"supports vLLM 0\.32\.x; found vLLM {other}"):
+    for tested in ("0.30.0", "0.30.2+cpu", "0.32.0", "0.32.1+cpu"):
+        plugin.check_vllm_version(tested)
+    for other in ("0.29.9", "0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(UnsupportedError, match=rf"supports vLLM 0\.30\.x, 0\.32\.x; found vLLM {other}"):
             plugin.check_vllm_version(other)
     monkeypatch.setattr(plugin, "vllm_version", lambda: "0.33.0")
-    with pytest.raises(UnsupportedError, match="WNA16_VLLM_ANY_VERSION"):
+    with pytest.raises(UnsupportedError, match="install a supported vLLM series"):
         plugin.Wna16Config.from_config(AUTO_ROUND)
     plugin.register()  # never raises in vLLM's plugin loop, whatever the version
-    monkeypatch.setenv(plugin.ENV_ANY_VERSION, "1")
-    assert plugin.Wna16Config.from_config(AUTO_ROUND).quant.bits == 4
+    monkeypatch.setenv("WNA16_VLLM_ANY_VERSION", "1")  # the former override is gone: still refused
+    with pytest.raises(UnsupportedError):
+        plugin.Wna16Config.from_config(AUTO_ROUND)
 
 
 def test_mixed_bits_that_split_a_fused_module_resolve_to_runs() -> None:
@@ -157,6 +171,52 @@ def test_a_loaded_layer_computes_the_dequantized_product(tp_group: None) -> None
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     bias = torch.randn(256)
     torch.testing.assert_close(layer.quant_method.apply(layer, x, bias), want + bias, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "sym", "actorder"),
+    [(4, 64, False, None), (8, None, True, None), (4, 32, True, "group")],
+    ids=["w4g64asym", "w8channelsym", "w4g32sym-actorder"],
+)
+def test_a_loaded_compressed_tensors_layer_computes_the_dequantized_product(
+    tp_group: None, bits: int, group_size: int | None, sym: bool, actorder: str | None
+) -> None:
+    """compressed-tensors tensors loaded part by part into a fused gate_up layer through vLLM's own loaders."""
+    from vllm.model_executor.layers.linear import MergedColumnParallelLinear
+
+    from wna16.formats import COMPRESSED_TENSORS
+    from wna16.quantize import quantize_rtn
+    from wna16.reference import dequantize
+    from wna16.scheme import Scheme
+
+    scheme = Scheme(bits, group_size or -1, sym)
+    config = plugin.Wna16Config.from_config(ct_config(bits, group_size, sym, actorder))
+    prefix = "model.layers.0.mlp.gate_up_proj"
+    layer = MergedColumnParallelLinear(
+        256, [128, 128], bias=False, quant_config=config, prefix=prefix, params_dtype=torch.float32
+    )
+    groups = scheme.num_groups(256)
+    shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
+    want_shapes = {"weight_packed": (256, 256 * bits // 32), "weight_scale": (256, groups), "weight_shape": (2,)}
+    if not sym:
+        want_shapes["weight_zero_point"] = (256 * bits // 32, groups)
+    if actorder:
+        want_shapes["weight_g_idx"] = (256,)
+    assert shapes == want_shapes
+    gen = torch.Generator().manual_seed(3)
+    g_idx = (torch.randperm(256, generator=gen) % groups).to(torch.int32) if actorder else None
+    parts = [
+        quantize_rtn(torch.randn(128, 256, generator=torch.Generator().manual_seed(i)), scheme, g_idx=g_idx)
+        for i in (0, 1)
+    ]
+    for shard_id, weight in enumerate(parts):
+        for name, tensor in COMPRESSED_TENSORS.pack(weight).items():
+            getattr(layer, name).weight_loader(getattr(layer, name), tensor, shard_id)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert not hasattr(layer, "weight_packed")
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
+    want = x @ torch.cat([dequantize(w) for w in parts]).T
+    torch.testing.assert_close(layer.quant_method.apply(layer, x), want, rtol=1e-4, atol=1e-4)
 
 
 INC_REFUSALS = {

@@ -28,6 +28,9 @@ WNA16_CASES = (
     "gptq_w4g128_sym",
     "awq_w4g64_asym",
     "act_order_w4g32_asym",
+    "lc_w4g128_sym",
+    "lc_w4g32_asym",
+    "wna16_ct_mixed",
 )
 
 UNQUANTIZED = {"ar_mixed_fusable": {"model.layers.1.self_attn.o_proj"}}
@@ -110,3 +113,24 @@ def test_wna16_agrees_with_vllm_inc_on_a_symmetric_checkpoint(serve: Serve) -> N
     judge = [[*rows, rows[-1]] for rows in inc.logprobs]  # INC as judge: same positions (next token compared below)
     result = agreement(ours.logprobs, judge, None, BF16_BOUND)
     _check(result, BF16_BOUND, "wna16 (bf16) vs INC (bf16)")
+
+
+VLLM_CT_CASES = ("lc_w4g128_sym", "lc_w4g32_asym")
+"""compressed-tensors checkpoints vLLM-CPU's own compressed-tensors method serves (its CPUWNA16 kernel: 4-bit only, and
+bf16/fp16 only: in float32 it fails with '"cpu_gemm_wna16" not implemented for 'Float'', seen with vllm-cpu 0.32.0)."""
+
+
+@pytest.mark.parametrize("case", VLLM_CT_CASES)
+def test_wna16_agrees_with_vllm_compressed_tensors(case: str, made: Made, serve: Serve) -> None:
+    """Without ``quantization="wna16"`` vLLM serves the checkpoint with its own compressed-tensors method; both it and
+    wna16 (same dtype) agree with the exact judge, and with each other."""
+    own = serve(case, None, "bfloat16")
+    kinds = {own.methods[f"model.layers.{b}.{linear}"][0] for b in (0, 1) for linear in LINEARS}
+    assert kinds == {"CompressedTensorsLinearMethod"}, kinds
+    _check(agreement(own.logprobs, made.reference[case], own.next_tokens, BF16_BOUND), BF16_BOUND,
+           f"{case}: vLLM compressed-tensors (bf16) vs exact")  # fmt: skip
+    ours = serve(case, "wna16", "bfloat16")
+    _check(agreement(ours.logprobs, made.reference[case], ours.next_tokens, BF16_BOUND), BF16_BOUND,
+           f"{case}: wna16 (bf16) vs exact")  # fmt: skip
+    judge = [[*rows, rows[-1]] for rows in own.logprobs]
+    _check(agreement(ours.logprobs, judge, None, BF16_BOUND), BF16_BOUND, f"{case}: wna16 vs vLLM compressed-tensors")

@@ -24,7 +24,7 @@ print("SERVED " + json.dumps({"logprobs": served.logprobs, "next_tokens": served
 """
 
 
-@pytest.mark.parametrize("case", ["ar_w4g128_sym", "act_order_w4g32_asym"])
+@pytest.mark.parametrize("case", ["ar_w4g128_sym", "act_order_w4g32_asym", "wna16_ct_mixed"])
 def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, made: Made) -> None:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     run = subprocess.run(

@@ -97,6 +97,14 @@ def edge_cell(variant: str, bits: int, dtype_name: str) -> Cell:
     return Cell(bits, 128, sym, dtype_name, False)
 
 
+def _family_cell(bits: int, group: int, i: int, j: int) -> Cell:
+    """The one cell of the (bits, group) family that the hygiene and tensor-parallel checks run: sym/asym, dtype and
+    act order rotate over the families so that each bits and each group size sees both schemes, every dtype and act
+    order on and off."""
+    dtype = list(DTYPES)[(i + j) % len(DTYPES)]
+    return Cell(bits, group, (i + j) % 2 == 1, dtype, group != -1 and (j + i // 2) % 2 == 0)
+
+
 def targets(check: str) -> list[Target]:
     """The parametrization of one check, in a fixed order."""
     if check == "numerics":
@@ -106,9 +114,12 @@ def targets(check: str) -> list[Target]:
             Target(check, edge_cell(v, bits, d), v) for v in EDGE_VARIANTS for bits in BITS for d in DTYPES
         ]  # fmt: skip
     if check == "hygiene":
-        return [Target(check, Cell(bits, 128, False, d, False)) for bits in BITS for d in DTYPES]
+        return [Target(check, _family_cell(b, g, i, j)) for i, b in enumerate(BITS) for j, g in enumerate(GROUP_SIZES)]
     if check == "tensor_parallel":
-        return [Target(check, Cell(bits, 64, False, d, act)) for bits in BITS for d in DTYPES for act in (False, True)]
+        return [
+            Target(check, _family_cell(b, g, i, j))
+            for i, b in enumerate(BITS) for j, g in enumerate(GROUP_SIZES) if g != -1
+        ]  # fmt: skip
     raise KeyError(f"unknown conformance check {check!r}")
 
 

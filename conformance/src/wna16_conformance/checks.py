@@ -8,15 +8,16 @@ fail the test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from wna16.errors import UnsupportedError
 from wna16.protocol import Backend, LayerSpec, PreparedLinear, describe_spec
-from wna16.tolerance import Precision, error_ratio
+from wna16.tolerance import Precision, call_ratios, error_ratio
 from wna16.weight import QuantizedWeight
-from wna16_conformance.data import Inputs
+from wna16_conformance.data import Inputs, laid_out
+from wna16_conformance.diagnose import backend_frames, kind_of_wrong
 
 PASSED, FAILED, REFUSED, SKIPPED = "passed", "failed", "refused", "skipped"
 
@@ -31,13 +32,25 @@ class CaseResult:
     message: str = ""
 
 
-def _snapshot(weight: QuantizedWeight) -> list[torch.Tensor]:
-    return [t.clone() for t in (weight.qweight, weight.zeros, weight.scales, weight.g_idx) if t is not None]
+def private_copy(weight: QuantizedWeight) -> QuantizedWeight:
+    """A copy of ``weight`` that shares no storage with it: the backend gets one, the error model another, so a
+    ``prepare`` that writes into the weight it was given can neither hide it nor move the reference with it."""
+    g = None if weight.g_idx is None else weight.g_idx.clone()
+    return replace(
+        weight, qweight=weight.qweight.clone(), zeros=weight.zeros.clone(), scales=weight.scales.clone(), g_idx=g
+    )
 
 
-def _unchanged(before: list[torch.Tensor], weight: QuantizedWeight) -> bool:
-    after = [t for t in (weight.qweight, weight.zeros, weight.scales, weight.g_idx) if t is not None]
-    return all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+def _same_weight(a: QuantizedWeight, b: QuantizedWeight) -> bool:
+    pairs = [(a.qweight, b.qweight), (a.zeros, b.zeros), (a.scales, b.scales)]
+    if a.g_idx is not None and b.g_idx is not None:
+        pairs.append((a.g_idx, b.g_idx))
+    return (a.g_idx is None) == (b.g_idx is None) and all(torch.equal(x.cpu(), y.cpu()) for x, y in pairs)
+
+
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal including NaN in the same places (``torch.equal`` says NaN != NaN)."""
+    return a.shape == b.shape and bool((a.eq(b) | (a.isnan() & b.isnan())).all())
 
 
 def refusal(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str) -> CaseResult:
@@ -71,51 +84,101 @@ def _validate_output(y: object, x: torch.Tensor, spec: LayerSpec) -> str:
 
 @dataclass
 class Prepared:
-    """A prepared layer with the device copies of its inputs (kept to check them for mutation)."""
+    """A prepared layer with the device copies of its inputs (kept to check them for mutation) and a private CPU copy
+    of the canonical weight taken before the backend saw anything (the reference is computed from it)."""
 
     fn: PreparedLinear
     weight: QuantizedWeight
     bias: torch.Tensor | None
     precision: Precision
+    pristine: QuantizedWeight
+    pristine_bias: torch.Tensor | None
 
 
 def prepare(backend: Backend, spec: LayerSpec, inputs: Inputs) -> Prepared:
-    """Move the CPU inputs to the spec's device and prepare; exceptions propagate (the caller reports them)."""
-    weight = inputs.weight.to(spec.device)
-    bias = None if inputs.bias is None else inputs.bias.to(spec.device)
-    return Prepared(backend.prepare(weight, spec, bias), weight, bias, Precision.for_backend(backend, spec))
+    """Snapshot the CPU inputs, move copies to the spec's device and prepare; exceptions propagate (the caller
+    reports them)."""
+    pristine = private_copy(inputs.weight)
+    pristine_bias = None if inputs.bias is None else inputs.bias.clone()
+    weight = private_copy(inputs.weight).to(spec.device)
+    bias = None if inputs.bias is None else inputs.bias.to(spec.device, copy=True)
+    fn = backend.prepare(weight, spec, bias)
+    return Prepared(fn, weight, bias, Precision.for_backend(backend, spec), pristine, pristine_bias)
+
+
+def _mutation(layer: Prepared) -> str:
+    """What the backend changed of the weight or bias it was prepared from (``""``: nothing)."""
+    if not _same_weight(layer.weight, layer.pristine):
+        return "mutated the weight it was prepared from (prepare or a call wrote into the canonical tensors)"
+    if (
+        layer.bias is not None
+        and layer.pristine_bias is not None
+        and not torch.equal(layer.bias.cpu(), layer.pristine_bias)
+    ):
+        return "mutated the bias it was prepared from"
+    return ""
 
 
 def compute(
     backend: Backend, spec: LayerSpec, inputs: Inputs, key: str, multiplier: float = 1.0
 ) -> tuple[CaseResult, torch.Tensor | None]:
-    """Prepare and call once; the result passes when ``|y - ref| <= multiplier * bound`` everywhere and nothing it
-    was given changed. Returns the output (on CPU) for checks that combine several calls."""
+    """Prepare once and call several times: ``x``, a second input of the same shape, and one of another row count
+    (a kernel that caches by shape, replays a captured graph without copying its new input or hands back one output
+    buffer for every call is caught). Every output must stay within ``multiplier * bound`` of its own reference,
+    an earlier output must not change when a later call runs, and nothing the backend was given may change.
+    Returns the first output (on CPU) for checks that combine several calls."""
+    xs = [inputs.x, *inputs.later]
+    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (output, its copy, input as given)
     try:
         layer = prepare(backend, spec, inputs)
-        weight_before, bias_before = _snapshot(layer.weight), None if layer.bias is None else layer.bias.clone()
-        x = inputs.x.to(spec.device)
-        x_before = x.clone()
-        y = layer.fn(x)
+        for x_cpu in xs:
+            x = laid_out(x_cpu, inputs.layout, spec.device)
+            x_before = x.clone()
+            y = layer.fn(x)
+            problem = _validate_output(y, x, spec)
+            if problem:
+                return CaseResult(key, FAILED, None, problem), None
+            if not _bitwise_equal(x, x_before):
+                return CaseResult(key, FAILED, None, "mutated its input x"), None
+            outputs.append((y, y.detach().clone(), x_cpu))
     except Exception as exc:
-        return CaseResult(key, FAILED, None, f"raised {type(exc).__name__}: {exc}"), None
-    problem = _validate_output(y, x, spec)
-    if problem:
-        return CaseResult(key, FAILED, None, problem), None
-    if not torch.equal(x, x_before):
-        return CaseResult(key, FAILED, None, "mutated its input x"), None
-    if not _unchanged(weight_before, layer.weight) or (
-        bias_before is not None and layer.bias is not None and not torch.equal(bias_before, layer.bias)
-    ):
-        return CaseResult(key, FAILED, None, "mutated the weight or bias it was prepared from"), None
-    bias = inputs.bias if spec.adds_bias else None
-    ratio = error_ratio(y, inputs.x, inputs.weight, layer.precision, bias)
-    result = y.detach().cpu()
-    if not ratio <= multiplier:  # NaN-safe
-        shown = "inf" if math.isinf(ratio) else f"{ratio:.3g}"
-        limit = f" (x{multiplier:g} by the filter)" if multiplier != 1.0 else ""
-        return CaseResult(key, FAILED, ratio, f"error/bound ratio {shown} > {multiplier:g}{limit}"), result
-    return CaseResult(key, PASSED, ratio), result
+        where = backend_frames(exc, backend)
+        message = f"raised {type(exc).__name__}: {exc}" + (f" [at {where}]" if where else "")
+        return CaseResult(key, FAILED, None, message), None
+    mutated = _mutation(layer)
+    if mutated:
+        return CaseResult(key, FAILED, None, mutated), None
+    for i, (y, copy, _) in enumerate(outputs[:-1]):
+        if not _bitwise_equal(y, copy):
+            message = f"the output of call {i + 1} changed when a later call ran (an output buffer reused across calls)"
+            return CaseResult(key, FAILED, None, message), None
+    bias = layer.pristine_bias if spec.adds_bias else None
+    ratios = call_ratios([(y, x_cpu) for y, _, x_cpu in outputs], layer.pristine, layer.precision, bias)
+    worst = 0.0
+    for i, ratio in enumerate(ratios):
+        if not ratio <= multiplier:  # NaN-safe
+            shown = "inf" if math.isinf(ratio) else f"{ratio:.3g}"
+            limit = f" (x{multiplier:g} by the filter)" if multiplier != 1.0 else ""
+            which = "" if i == 0 else f" on call {i + 1} of the prepared layer ({_later_call(outputs, i)})"
+            y, _, x_cpu = outputs[i]
+            kind = kind_of_wrong(y.detach().cpu(), x_cpu, layer.pristine, layer.precision, bias, layer.pristine_bias)
+            message = f"error/bound ratio {shown} > {multiplier:g}{limit}{which}" + (
+                f"; looks like: {kind}" if kind else ""
+            )
+            return CaseResult(key, FAILED, ratio, message), None
+        worst = max(worst, ratio)
+    return CaseResult(key, PASSED, worst), outputs[0][0].detach().cpu()
+
+
+def _later_call(outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], i: int) -> str:
+    """Which later call failed, and whether it returned an earlier call's result (a cache keyed by shape, a stale
+    graph replay)."""
+    y, _, x = outputs[i]
+    for j, (_, earlier, x_earlier) in enumerate(outputs[:i]):
+        if earlier.shape == y.shape and not torch.equal(x_earlier, x) and _bitwise_equal(earlier, y.detach()):
+            return f"a new input of the same shape returned call {j + 1}'s output: cached by shape or a stale replay"
+    rows = x.reshape(-1, x.shape[-1]).shape[0]
+    return "same shape, new values" if x.shape == outputs[0][2].shape else f"{rows} rows"
 
 
 def case(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str, multiplier: float = 1.0) -> CaseResult:
@@ -136,8 +199,9 @@ def hygiene(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str, multipl
         return [first]
     out = [first]
     layer = prepare(backend, spec, inputs)
-    x = inputs.x.to(spec.device)
-    a, b = layer.fn(x), layer.fn(x)
+    x = laid_out(inputs.x, inputs.layout, spec.device)
+    a = layer.fn(x).detach().clone()
+    b = layer.fn(x)
     same = torch.equal(a, b) and torch.equal(a.cpu(), y1) if y1 is not None else False
     out.append(
         CaseResult(
@@ -145,16 +209,13 @@ def hygiene(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str, multipl
         )
     )
     rule = support.rule
+    bias = layer.pristine_bias if spec.adds_bias else None
     if rule is not None and rule.noncontiguous_input:
-        xs = torch.stack([x, x], dim=-1).flatten(-2)[..., ::2]  # equal to x, stride 2 along K
+        xs = laid_out(inputs.x, "stride", spec.device)  # equal to x, stride 2 along K
         try:
             y = layer.fn(xs)
             problem = _validate_output(y, xs, spec)
-            ratio = (
-                None
-                if problem
-                else error_ratio(y, inputs.x, inputs.weight, layer.precision, inputs.bias if spec.adds_bias else None)
-            )
+            ratio = None if problem else error_ratio(y, inputs.x, layer.pristine, layer.precision, bias)
         except Exception as exc:
             problem, ratio = f"non-contiguous x raised {type(exc).__name__}: {exc}", None
         if not problem and not (ratio is not None and ratio <= multiplier):

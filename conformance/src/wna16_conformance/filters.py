@@ -121,8 +121,9 @@ def _entry(source: str, action: str, index: int, raw: object, backend: str | Non
 
 
 def backend_filter_path(backend: Backend) -> Path | None:
-    """The filter file a backend declares with a ``conformance_filter`` attribute, resolved next to its module."""
-    declared = getattr(backend, "conformance_filter", None)
+    """The filter file a backend declares (:attr:`wna16.protocol.Backend.conformance_filter`), resolved next to its
+    module."""
+    declared = backend.conformance_filter
     if declared is None:
         return None
     path = Path(declared)

@@ -1,12 +1,11 @@
 """The pytest plugin (entry point ``pytest11``): options, backend resolution, parametrization, filters, report.
 
 Loaded into every pytest run of an environment where wna16-conformance is installed, so it does nothing until a
-conformance test asks for the ``wna16`` fixture: backends are resolved lazily, on first use.
+conformance test asks for the ``conformance`` fixture: backends are resolved lazily, on first use.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Generator
 from importlib import metadata
@@ -20,7 +19,8 @@ from wna16_conformance import report
 from wna16_conformance.cells import CHECKS, Target, targets
 from wna16_conformance.data import Case
 from wna16_conformance.filters import FilterEntry, FilterError, backend_filter_path, decide, load
-from wna16_conformance.runner import PROFILES, PROPERTY, BackendUnderTest, Context, Runner
+from wna16_conformance.record import PROPERTY, TestRecord
+from wna16_conformance.runner import PROFILES, BackendUnderTest, Context, Runner
 
 CONTEXT = pytest.StashKey[Context]()
 COLLECTOR = pytest.StashKey[report.Collector]()
@@ -155,7 +155,7 @@ def _param(item: pytest.Item) -> tuple[BackendUnderTest, Target] | None:
 
 
 @pytest.fixture
-def wna16(request: pytest.FixtureRequest, wna16_target: tuple[BackendUnderTest, Target]) -> Runner:
+def conformance(request: pytest.FixtureRequest, wna16_target: tuple[BackendUnderTest, Target]) -> Runner:
     """The runner of one conformance test (backend, cell, filters, recording, repro)."""
     b, target = wna16_target
     ctx = context(request.config)
@@ -164,21 +164,19 @@ def wna16(request: pytest.FixtureRequest, wna16_target: tuple[BackendUnderTest, 
     return runner
 
 
-def _record(item: pytest.Item, rep: pytest.TestReport) -> dict[str, Any] | None:
+def _record(item: pytest.Item, rep: pytest.TestReport) -> TestRecord | None:
     param = _param(item)
     if param is None:
         return None
     runner = item.stash.get(RUNNER, None)
     if runner is not None:
-        record: dict[str, Any] = json.loads(runner.as_property())
+        record = runner.as_record()
     else:
         b, target = param
         decision = decide(context(item.config).entries_for(b), b.name, target.test_name)
-        record = {"backend": b.name, "test": target.test_name, "cell": target.cell.id, "check": target.check,
-                  "cases": [], "multiplier": decision.multiplier, "filters": [e.id for e in decision.applied],
-                  "repro": None}  # fmt: skip
+        record = TestRecord.of(b.name, target, decision.multiplier, [e.id for e in decision.applied])
     if rep.skipped and isinstance(rep.longrepr, tuple):
-        record["skip_reason"] = str(rep.longrepr[2]).removeprefix("Skipped: ")
+        record.skip_reason = str(rep.longrepr[2]).removeprefix("Skipped: ")
     return record
 
 
@@ -189,7 +187,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.when == "call" or (rep.when == "setup" and not rep.passed):
         record = _record(item, rep)
         if record is not None:
-            rep.user_properties = [*rep.user_properties, (PROPERTY, json.dumps(record))]
+            rep.user_properties = [*rep.user_properties, (PROPERTY, record.to_json())]
     return rep
 
 
@@ -198,7 +196,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     config = _CONFIG[0] if _CONFIG else None
     if config is None or hasattr(config, "workerinput"):
         return
-    props = [json.loads(str(v)) for k, v in report.user_properties if k == PROPERTY]
+    props = [TestRecord.from_json(str(v)) for k, v in report.user_properties if k == PROPERTY]
     collector = config.stash[COLLECTOR]
     if props:
         collector.add(props[-1], report.outcome, str(report.longrepr or ""))
@@ -213,14 +211,15 @@ def _is_conformance(nodeid: str) -> bool:
     return nodeid.split("::")[0].endswith(tuple(f"test_{check}.py" for check in CHECKS))
 
 
-def _crashed_record(config: pytest.Config, nodeid: str) -> dict[str, Any] | None:
+def _crashed_record(config: pytest.Config, nodeid: str) -> TestRecord | None:
     ctx = context(config)
     for b in ctx.backends:
         for check in CHECKS:
             for t in targets(check):
                 if nodeid.endswith(f"::test_{check}[{b.name}-{t.key}]"):
-                    return {"backend": b.name, "test": t.test_name, "cell": t.cell.id, "check": check, "cases": [],
-                            "multiplier": 1.0, "filters": [], "repro": None, "crashed": True}  # fmt: skip
+                    record = TestRecord.of(b.name, t)
+                    record.crashed = True
+                    return record
     return None
 
 
@@ -247,10 +246,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Say where the report went and which filter entries matched nothing."""
+    """Say where the report went, which filter entries matched nothing and which shape classes a
+    ``--wna16-max-dim`` kept from running."""
     if CONTEXT not in config.stash:
         return
-    for line in unmatched(config.stash[CONTEXT]):
+    for line in [*unmatched(config.stash[CONTEXT]), *config.stash[COLLECTOR].unreached()]:
         terminalreporter.write_line(f"wna16 WARNING: {line}", yellow=True)
     path = config.getoption("wna16_report")
     if path is not None:

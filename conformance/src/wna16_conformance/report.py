@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
+from dataclasses import replace
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ from typing import Any
 import torch
 
 from wna16_conformance.cells import Cell, all_cells
+from wna16_conformance.checks import SKIPPED, CaseResult
+from wna16_conformance.data import Case
+from wna16_conformance.record import TestRecord
 from wna16_conformance.runner import Context
 
 SCHEMA_ID = "wna16-conformance-report"
@@ -44,7 +49,9 @@ def _ratio(value: float | None) -> float | str | None:
     return float(f"{value:.4g}")
 
 
-def _worst(values: list[float | str | None]) -> float | str | None:
+def worst(values: Iterable[float | str | None]) -> float | str | None:
+    """The worst of some ratios as the report writes them (``"inf"`` beats any number; ``None``: nothing computed).
+    The matrix merges reports with it too."""
     present = [v for v in values if v is not None]
     if "inf" in present:
         return "inf"
@@ -83,48 +90,87 @@ class Collector:
     """Test records by backend and test name, fed from ``pytest_runtest_logreport`` on the controller."""
 
     def __init__(self) -> None:
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.records: dict[tuple[str, str], TestRecord] = {}
 
-    def add(self, record: dict[str, Any], outcome: str, longrepr: str = "") -> None:
+    def add(self, record: TestRecord, outcome: str, longrepr: str = "") -> None:
         """Keep the record of a finished test (a later phase overrides an earlier one)."""
-        rec = dict(record)
-        rec["outcome"] = outcome
-        if outcome == "failed" and not any(c["outcome"] == "failed" for c in rec.get("cases", [])):
+        rec = replace(record, outcome=outcome)
+        if outcome == "failed" and not any(c.outcome == "failed" for c in rec.cases):
             first = longrepr.strip().splitlines()[-1] if longrepr.strip() else "failed outside any case"
-            rec["error"] = "process crashed (worker restarted)" if rec.get("crashed") else first[:500]
-        self.records[(rec["backend"], rec["test"])] = rec
+            rec.error = "process crashed (worker restarted)" if rec.crashed else first[:500]
+        self.records[(rec.backend, rec.test)] = rec
 
     def cells(self, backend: str) -> list[dict[str, Any]]:
         """Per-cell summaries of ``backend`` in matrix order (only cells with at least one test)."""
-        by_cell: dict[str, list[dict[str, Any]]] = {}
+        by_cell: dict[str, list[TestRecord]] = {}
         for (b, _), rec in sorted(self.records.items()):
             if b == backend:
-                by_cell.setdefault(rec["cell"], []).append(rec)
+                by_cell.setdefault(rec.cell, []).append(rec)
         return [_cell_summary(c, by_cell[c.id]) for c in all_cells() if c.id in by_cell]
 
+    def unreached(self) -> list[str]:
+        """One warning per shape class a ``--wna16-max-dim`` kept from running, with how many cases it skipped."""
+        counts: dict[str, int] = {}
+        for rec in self.records.values():
+            for c in rec.cases:
+                if c.outcome == SKIPPED and c.message.startswith("--wna16-max-dim="):
+                    head = c.message.split(" (K=", 1)[0]
+                    counts[head] = counts.get(head, 0) + 1
+        return [f"{head} in {n} cases" for head, n in sorted(counts.items())]
 
-def _test_summary(rec: dict[str, Any]) -> dict[str, Any]:
-    cases = rec.get("cases", [])
-    counts = {k: sum(c["outcome"] == k for c in cases) for k in OUTCOMES}
-    if rec["outcome"] == "skipped" and not cases:
-        counts["skipped"] = 1
-    if rec["outcome"] == "failed" and not counts["failed"]:
-        counts["failed"] = 1  # crashed or errored outside any case
-    failing = next((c for c in cases if c["outcome"] == "failed"), None)
+
+def drawn(cases: list[CaseResult], group_size: int) -> dict[str, Any] | None:
+    """The ranges of rows, K, N and group count the cases of a test ran with (from their keys; skipped cases left
+    out), or ``None``."""
+    shapes = []
+    for c in cases:
+        if c.outcome == SKIPPED:
+            continue
+        try:
+            shapes.append(Case.parse(c.key.split("|", 1)[0]))
+        except ValueError:
+            continue
+    if not shapes:
+        return None
+    unique = {s.key: s for s in shapes}.values()
+
+    def span(values: list[int]) -> list[int]:
+        return [min(values), max(values)]
+
     return {
-        "test": rec["test"],
-        "outcome": rec["outcome"],
-        **counts,
-        "worst_ratio": _worst([_ratio(c["ratio"]) for c in cases]),
-        "multiplier": rec.get("multiplier", 1.0),
-        "filters": rec.get("filters", []),
-        "message": rec.get("error") or (failing["message"] if failing else rec.get("skip_reason", "")),
-        "repro": rec.get("repro"),
+        "cases": len(unique),
+        "rows": span([s.rows for s in unique]),
+        "k": span([s.k for s in unique]),
+        "n": span([s.n for s in unique]),
+        "groups": span([1 if group_size == -1 else -(-s.k // group_size) for s in unique]),
     }
 
 
-def _cell_summary(cell: Cell, recs: list[dict[str, Any]]) -> dict[str, Any]:
-    tests = [_test_summary(r) for r in recs]
+def _test_summary(rec: TestRecord, cell: Cell) -> dict[str, Any]:
+    counts = {k: sum(c.outcome == k for c in rec.cases) for k in OUTCOMES}
+    if rec.outcome == "skipped" and not rec.cases:
+        counts["skipped"] = 1
+    if rec.outcome == "failed" and not counts["failed"]:
+        counts["failed"] = 1  # crashed or errored outside any case
+    failing = next((c for c in rec.cases if c.outcome == "failed"), None)
+    summary = {
+        "test": rec.test,
+        "outcome": rec.outcome,
+        **counts,
+        "worst_ratio": worst([_ratio(c.ratio) for c in rec.cases]),
+        "multiplier": rec.multiplier,
+        "filters": rec.filters,
+        "message": rec.error or (failing.message if failing else rec.skip_reason),
+        "repro": rec.repro,
+    }
+    shapes = drawn(rec.cases, cell.group_size)
+    if shapes is not None:
+        summary["drawn"] = shapes
+    return summary
+
+
+def _cell_summary(cell: Cell, recs: list[TestRecord]) -> dict[str, Any]:
+    tests = [_test_summary(r, cell) for r in recs]
     return {
         "cell": cell.id,
         "bits": cell.bits,
@@ -133,7 +179,7 @@ def _cell_summary(cell: Cell, recs: list[dict[str, Any]]) -> dict[str, Any]:
         "dtype": cell.dtype_name,
         "act_order": cell.act_order,
         **{k: sum(t[k] for t in tests) for k in OUTCOMES},
-        "worst_ratio": _worst([t["worst_ratio"] for t in tests]),
+        "worst_ratio": worst([t["worst_ratio"] for t in tests]),
         "filters": sorted({f for t in tests for f in t["filters"]}),
         "tests": tests,
     }
@@ -150,7 +196,7 @@ def build(ctx: Context, collector: Collector, warnings: list[str], run: dict[str
             "available": bool(b.availability), "unavailable_reason": b.availability.reason,
             "totals": {**totals, "cells": len(cells), "cells_failed": sum(c["failed"] > 0 for c in cells),
                        "tests": sum(len(c["tests"]) for c in cells)},
-            "worst_ratio": _worst([c["worst_ratio"] for c in cells]),
+            "worst_ratio": worst([c["worst_ratio"] for c in cells]),
             "cells": cells,
         })  # fmt: skip
     entries = {e.id: e for b in ctx.backends for e in ctx.entries_for(b)}
@@ -163,7 +209,7 @@ def build(ctx: Context, collector: Collector, warnings: list[str], run: dict[str
         "device": device_info(ctx.device),
         "environment": environment(),
         "filters": [e.as_json() for _, e in sorted(entries.items())],
-        "warnings": sorted(warnings),
+        "warnings": sorted([*warnings, *collector.unreached()]),
         "backends": backends,
         "run": run,
     }

@@ -7,27 +7,29 @@ cell, the spec and the seed and gives the command that reruns exactly that case.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, describe_spec
 from wna16_conformance.cells import Cell, Target
 from wna16_conformance.checks import FAILED, SKIPPED, CaseResult
 from wna16_conformance.data import Case
 from wna16_conformance.filters import Decision, FilterEntry
-from wna16_conformance.strategies import cases, k_unit, min_k, n_unit
+from wna16_conformance.record import TestRecord
+from wna16_conformance.strategies import SHAPE_CLASSES, cases, k_unit, min_k, n_unit, regime
 
 PROFILES: dict[str, settings] = {
-    # Derandomized, fixed examples per cell, no deadline, no database, no shrinking: same cases on every run and
-    # for any number of xdist workers; the repro line replaces the shrunk example.
+    # Seeded by the test's name (see Runner.draw: each cell draws its own cases), fixed examples per cell, no
+    # deadline, no database, no shrinking: same cases on every run and for any number of xdist workers; the repro
+    # line replaces the shrunk example.
     "ci": settings(
-        max_examples=4, derandomize=True, deadline=None, database=None, phases=(Phase.explicit, Phase.generate),
+        max_examples=4, deadline=None, database=None, phases=(Phase.explicit, Phase.generate),
         suppress_health_check=list(HealthCheck), print_blob=False,
     ),
     "dev": settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck)),
@@ -37,10 +39,6 @@ PROFILES: dict[str, settings] = {
 
 class ConformanceFailure(AssertionError):
     """A case failed; the message is the one-line repro."""
-
-
-PROPERTY = "wna16"
-"""Key of the user property that carries a test's record from a worker to the controller."""
 
 
 @dataclass
@@ -115,6 +113,23 @@ class Runner:
         a = self.b.availability
         return "" if a else f"backend {self.b.name!r} unavailable on {self.ctx.device}: {a.reason}"
 
+    def skip_unrunnable(self, case: Case, spec: LayerSpec, fixed_class: str = "") -> bool:
+        """Record ``case`` as skipped, and say so, when it cannot run here: the backend would compute it but is
+        unavailable on this device, or the case is a fixed shape class larger than ``--wna16-max-dim`` (the message
+        names the class not reached). The one place that decides it for every check."""
+        reason = ""
+        cap = self.ctx.max_dim
+        if fixed_class in SHAPE_CLASSES and cap is not None and max(case.k, case.n, case.rows) > cap:
+            reason = (
+                f"--wna16-max-dim={cap}: shape class {fixed_class} ({SHAPE_CLASSES[fixed_class]}) not reached "
+                f"(K={case.k}, N={case.n}, rows={case.rows})"
+            )
+        elif self.backend.check(spec) and self.unavailable():
+            reason = self.unavailable()
+        if reason:
+            self.record(case, [CaseResult(case.key, SKIPPED, None, reason)])
+        return bool(reason)
+
     def record(self, case: Case, results: Sequence[CaseResult]) -> None:
         """Keep ``results`` (deduplicated by key: hypothesis replays a failing example) and fail on the first
         failure with the repro line."""
@@ -125,13 +140,24 @@ class Runner:
             self.repro = self.repro_line(case, failed)
             raise ConformanceFailure(self.repro)
 
-    def draw(self, body: Callable[[Case], None], rule: Capability | None) -> None:
-        """Run ``body`` on the hypothesis cases of this cell (or on the ``--wna16-case`` one)."""
+    def draw(self, body: Callable[[Case], None], rule: Capability | None, fixed_cases: Sequence[Case] = ()) -> None:
+        """Run ``body`` on ``fixed_cases``, then on the hypothesis cases of this cell (or only on the
+        ``--wna16-case`` one). In the ``ci`` profile the draw is seeded by the test's name: every cell draws its
+        own cases, the same on every run and in every xdist worker."""
         if self.ctx.replay is not None:
             body(self.ctx.replay)
             return
-        strategy = cases(self.cell, rule, self.ctx.max_dim)
-        given(strategy)(settings(PROFILES[self.ctx.profile])(body))()
+        for case in fixed_cases:
+            body(case)
+        test = given(cases(self.cell, rule, self.ctx.max_dim))(settings(PROFILES[self.ctx.profile])(body))
+        if self.ctx.profile == "ci":
+            test = seed(self.draw_seed)(test)
+        test()
+
+    @property
+    def draw_seed(self) -> int:
+        """The ``ci`` profile's seed of this test: a CRC of the backend-independent test name."""
+        return zlib.crc32(self.target.test_name.encode())
 
     def fixed(self, body: Callable[[Case], None], fixed_cases: Sequence[Case]) -> None:
         """Run ``body`` on fixed cases (edge values, slices), or on the ``--wna16-case`` one."""
@@ -154,21 +180,12 @@ class Runner:
         cmd.append(f"--wna16-case={case.key}")
         return (
             f"wna16 conformance FAILED {self.b.name} {self.target.test_name} [{failed.key}]: {failed.message} | "
-            f"spec: {describe_spec(spec)} | case: {case.key} (seed {case.seed}) | rerun: {shlex.join(cmd)}"
+            f"regime: {regime(case, self.cell.group_size)} | spec: {describe_spec(spec)} | case: {case.key} "
+            f"(seed {case.seed}) | rerun: {shlex.join(cmd)}"
         )
 
-    def as_property(self) -> str:
-        """The JSON record the report is built from."""
-        record = {
-            "backend": self.b.name,
-            "test": self.target.test_name,
-            "cell": self.cell.id,
-            "check": self.target.check,
-            "cases": [
-                {"key": r.key, "outcome": r.outcome, "ratio": r.ratio, "message": r.message} for r in self.results
-            ],
-            "multiplier": self.multiplier,
-            "filters": [e.id for e in self.decision.applied],
-            "repro": self.repro,
-        }
-        return json.dumps(record, allow_nan=True)
+    def as_record(self) -> TestRecord:
+        """The record the report is built from."""
+        record = TestRecord.of(self.b.name, self.target, self.multiplier, [e.id for e in self.decision.applied])
+        record.cases, record.repro = list(self.results), self.repro
+        return record

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from wna16_conformance import checks
-from wna16_conformance.checks import SKIPPED, CaseResult
 from wna16_conformance.data import Case, edge_inputs
 from wna16_conformance.runner import Runner
 from wna16_conformance.strategies import n_unit
@@ -16,21 +15,20 @@ EDGE_K = {"k-equals-group": 128, "partial-last-group": 128 + 32, "large-k": LARG
 """K of each variant (the others use 256: two groups of 128)."""
 
 
-def test_edges(wna16: Runner) -> None:
-    variant = wna16.target.variant
+def test_edges(conformance: Runner) -> None:
+    variant = conformance.target.variant
     k = EDGE_K.get(variant, 256)
-    if k > (wna16.ctx.max_dim or k):
-        pytest.skip(f"{variant}: K={k} exceeds --wna16-max-dim={wna16.ctx.max_dim}")
-    nu = n_unit(wna16.rule())
+    if k > (conformance.ctx.max_dim or k):
+        pytest.skip(f"{variant}: K={k} exceeds --wna16-max-dim={conformance.ctx.max_dim}")
+    nu = n_unit(conformance.rule())
     n = nu * -(-64 // nu)
 
     def body(case: Case) -> None:
-        spec = wna16.spec(case.k, case.n, case.bias)
-        if wna16.backend.check(spec) and wna16.unavailable():
-            wna16.record(case, [CaseResult(case.key, SKIPPED, None, wna16.unavailable())])
+        spec = conformance.spec(case.k, case.n, case.bias)
+        if conformance.skip_unrunnable(case, spec):
             return
-        inputs = edge_inputs(variant, wna16.cell, case)
-        wna16.record(case, [checks.case(wna16.backend, spec, inputs, case.key, wna16.multiplier)])
+        inputs = edge_inputs(variant, conformance.cell, case)
+        conformance.record(case, [checks.case(conformance.backend, spec, inputs, case.key, conformance.multiplier)])
 
-    wna16.fixed(body, [Case(4, k, n, False, True, "fp16", 21), Case(1, k, n, False, False, "bf16", 22)])
-    wna16.finish()
+    conformance.fixed(body, [Case(4, k, n, False, True, "fp16", 21), Case(1, k, n, False, False, "bf16", 22)])
+    conformance.finish()

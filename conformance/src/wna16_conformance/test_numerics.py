@@ -1,25 +1,27 @@
-"""Numerics and refusal honesty of every cell: claimed specs compute within the error model's bound, unclaimed
-specs (a cell the backend does not claim, or a shape that violates its declared divisibility) are refused by
-``check`` with a reason and by ``prepare`` with :class:`wna16.errors.UnsupportedError`."""
+"""Numerics: hypothesis cases drawn inside the cell (each cell its own), plus fixed cases of the regimes kernels
+switch on (no rows, the GEMM regime, and two large-shape classes of :data:`strategies.SHAPE_CLASSES`). Every case
+is computed and measured against the bound when ``check`` claims it, else its refusal is verified."""
 
 from __future__ import annotations
 
 from wna16_conformance import checks
-from wna16_conformance.checks import SKIPPED, CaseResult
 from wna16_conformance.data import Case, make_inputs
 from wna16_conformance.runner import Runner
+from wna16_conformance.strategies import ROW_CASES, fixed_case, shape_classes
 
 
-def test_numerics(wna16: Runner) -> None:
-    rule = wna16.rule()
+def test_numerics(conformance: Runner) -> None:
+    rule = conformance.rule()
+    names = [*ROW_CASES, *shape_classes(conformance.cell)]
+    seed = conformance.draw_seed
+    fixed = {fixed_case(name, conformance.cell, rule, seed + i): name for i, name in enumerate(names)}
 
     def body(case: Case) -> None:
-        spec = wna16.spec(case.k, case.n, case.bias)
-        inputs = make_inputs(wna16.cell, case)
-        if wna16.backend.check(spec) and wna16.unavailable():
-            wna16.record(case, [CaseResult(case.key, SKIPPED, None, wna16.unavailable())])
+        spec = conformance.spec(case.k, case.n, case.bias)
+        if conformance.skip_unrunnable(case, spec, fixed.get(case, "")):
             return
-        wna16.record(case, [checks.case(wna16.backend, spec, inputs, case.key, wna16.multiplier)])
+        inputs = make_inputs(conformance.cell, case)
+        conformance.record(case, [checks.case(conformance.backend, spec, inputs, case.key, conformance.multiplier)])
 
-    wna16.draw(body, rule)
-    wna16.finish()
+    conformance.draw(body, rule, list(fixed))
+    conformance.finish()

@@ -4,66 +4,80 @@ A backend that does not declare ``k_slices`` must refuse K-slices."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from wna16.partition import Shard, shard_bias, shard_weight
+from wna16.protocol import LayerSpec, describe_spec
 from wna16.tolerance import bound, reference_output
 from wna16_conformance import checks
-from wna16_conformance.checks import FAILED, PASSED, SKIPPED, CaseResult
+from wna16_conformance.checks import FAILED, PASSED, CaseResult
 from wna16_conformance.data import Case, Inputs, make_inputs
 from wna16_conformance.runner import Runner
-from wna16_conformance.strategies import n_unit
+from wna16_conformance.strategies import layouts, n_unit
 
 FULL_K, SMALL_K, SLICES = 512, 256, 2
 """K of the full layer (SMALL_K under a --wna16-max-dim below FULL_K): two K-slices on group and 3-bit word bounds."""
 
 
-def test_tensor_parallel(wna16: Runner) -> None:
-    nu = n_unit(wna16.rule())
+def own_spec(result: CaseResult, spec: LayerSpec) -> CaseResult:
+    """A failing slice names its own spec (the slice's shape and shard), not only the full layer's."""
+    if result.outcome != FAILED:
+        return result
+    return dataclasses.replace(result, message=f"{result.message} | slice spec: {describe_spec(spec)}")
+
+
+def test_tensor_parallel(conformance: Runner) -> None:
+    nu = n_unit(conformance.rule())
     n = nu * SLICES * -(-128 // (nu * SLICES))
-    k = FULL_K if (wna16.ctx.max_dim or FULL_K) >= FULL_K else SMALL_K
+    k = FULL_K if (conformance.ctx.max_dim or FULL_K) >= FULL_K else SMALL_K
 
     def body(case: Case) -> None:
-        full = make_inputs(wna16.cell, case)
+        full = make_inputs(conformance.cell, case)
         results: list[CaseResult] = []
-        if wna16.unavailable():
-            wna16.record(case, [CaseResult(case.key, SKIPPED, None, wna16.unavailable())])
+        if conformance.skip_unrunnable(case, conformance.spec(case.k, case.n, case.bias)):
             return
         n_part = case.n // SLICES
         for i in range(SLICES):
             shard = Shard(case.k, case.n, 0, i * n_part)
-            spec = wna16.spec(case.k, n_part, case.bias, shard=shard)
+            spec = conformance.spec(case.k, n_part, case.bias, shard=shard)
             part = Inputs(
-                shard_weight(full.weight, shard, case.k, n_part), full.x, shard_bias(full.bias, shard, n_part)
-            )
+                shard_weight(full.weight, shard, case.k, n_part), full.x, shard_bias(full.bias, shard, n_part),
+                full.later, full.layout,
+            )  # fmt: skip
             key = f"{case.key}|n-slice{i}"
-            results.append(checks.case(wna16.backend, spec, part, key, wna16.multiplier))
+            results.append(own_spec(checks.case(conformance.backend, spec, part, key, conformance.multiplier), spec))
         k_part = case.k // SLICES
         partials: list[torch.Tensor] = []
         bounds = torch.zeros(())
         for i in range(SLICES):
             shard = Shard(case.k, case.n, i * k_part, 0, adds_bias=i == 0)
-            spec = wna16.spec(k_part, case.n, case.bias, shard=shard)
-            x = full.x[..., i * k_part : (i + 1) * k_part].contiguous()
-            part = Inputs(shard_weight(full.weight, shard, k_part, case.n), x, full.bias)
+            spec = conformance.spec(k_part, case.n, case.bias, shard=shard)
+            rows = slice(i * k_part, (i + 1) * k_part)
+            x = full.x[..., rows].contiguous()
+            later = tuple(t[..., rows].contiguous() for t in full.later)
+            part = Inputs(shard_weight(full.weight, shard, k_part, case.n), x, full.bias, later, full.layout)
             key = f"{case.key}|k-slice{i}"
-            if not wna16.backend.check(spec):
-                results.append(checks.refusal(wna16.backend, spec, part, key))
+            if not conformance.backend.check(spec):
+                results.append(own_spec(checks.refusal(conformance.backend, spec, part, key), spec))
                 continue
-            result, y = checks.compute(wna16.backend, spec, part, key, wna16.multiplier)
-            results.append(result)
+            result, y = checks.compute(conformance.backend, spec, part, key, conformance.multiplier)
+            results.append(own_spec(result, spec))
             if y is not None:
                 partials.append(y.to(torch.float64))
-                rule = wna16.backend.check(spec).rule
+                rule = conformance.backend.check(spec).rule
                 assert rule is not None
                 bounds = bounds + bound(x, part.weight, rule, full.bias if spec.adds_bias else None)
         if len(partials) == SLICES:
             ref = reference_output(full.x, full.weight, full.bias)
             ratio = float(((sum(partials) - ref).abs() / bounds).max())
-            ok = ratio <= wna16.multiplier
-            message = "" if ok else f"sum of K-slices: error/bound ratio {ratio:.3g} > {wna16.multiplier:g}"
+            ok = ratio <= conformance.multiplier
+            message = "" if ok else f"sum of K-slices: error/bound ratio {ratio:.3g} > {conformance.multiplier:g}"
             results.append(CaseResult(f"{case.key}|k-sum", PASSED if ok else FAILED, ratio, message))
-        wna16.record(case, results)
+        conformance.record(case, results)
 
-    wna16.fixed(body, [Case(5, k, n, False, True, "fp16", 31), Case(2, k, n, True, True, "bf16", 32)])
-    wna16.finish()
+    kinds = layouts(conformance.rule())
+    fixed = [Case(5, k, n, False, True, "fp16", 31, kinds[-1]), Case(2, k, n, True, True, "bf16", 32, kinds[0])]
+    conformance.fixed(body, fixed)
+    conformance.finish()

@@ -65,6 +65,21 @@ class MoELayoutError(ConfigError):
     """A mixture-of-experts layout wna16 does not serve (fused-experts tensors); per-expert linears are served."""
 
 
+class UnmatchedNamesError(ConfigError):
+    """``block_name_to_quantize`` entries or ``extra_config`` keys name no module of the runtime model: those layers
+    would stay silently unquantized and loading would fail later on a missing tensor. Carries each unmatched name
+    with the closest runtime names (``unmatched``: name -> closest)."""
+
+    def __init__(self, source: str, unmatched: Mapping[str, Sequence[str]]) -> None:
+        self.source = source
+        self.unmatched: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in unmatched.items()}
+        described = "; ".join(
+            f"{name!r} (closest runtime names: {', '.join(repr(c) for c in close) or 'none'})"
+            for name, close in self.unmatched.items()
+        )
+        super().__init__(f"{source}: names that match no runtime module: {described}")
+
+
 class CheckpointError(Wna16Error):
     """A checkpoint on disk is unsafe, corrupt or inconsistent; the message names the file and the tensor."""
 
@@ -134,3 +149,19 @@ def expect_tensor(tensor: object, name: str, shape: tuple[int, ...], dtypes: tup
     if got_shape is None or tuple(got_shape) != shape or getattr(tensor, "dtype", None) not in dtypes:
         allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
         raise FormatError(f"{name}: got {describe(tensor)}, expected {allowed}{list(shape)}")
+
+
+def layer_shape(in_features: int, out_features: int) -> str:
+    """A linear layer's shape as every message, table and report prints it: ``in -> out`` (``4096 -> 11008``), the
+    direction data flows; tensors keep their own ``[rows, cols]`` shapes."""
+    return f"{in_features} -> {out_features}"
+
+
+class PatternTimeoutError(ConfigError):
+    """A regular expression taken from a checkpoint (``extra_config`` key, GPTQ ``dynamic`` rule,
+    ``modules_in_block_to_quantize``) ran past its time limit on a module name: catastrophic backtracking in untrusted
+    input. The message names the key and the module name."""
+
+
+class InputTypeError(Wna16Error, TypeError):
+    """A layer was called with something that is not a tensor (``torch.nn.Linear`` raises ``TypeError`` too)."""

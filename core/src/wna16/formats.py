@@ -7,6 +7,11 @@
 - :data:`AWQ`: AutoAWQ gemm and ``auto_round:auto_awq``. 4-bit only; ``qweight`` int32 [K, N/8] and ``qzeros``
   int32 [G, N/8] packed along N, nibble p of a word holding column ``[0, 2, 4, 6, 1, 3, 5, 7][p]`` of its block of 8;
   zeros stored as is; no ``g_idx``.
+- :data:`COMPRESSED_TENSORS`: compressed-tensors ``pack-quantized`` (llm-compressor, auto-round's ``llm_compressor``
+  export). ``weight_packed`` int32 [N, K*b/32] packed along K (the same LSB-first bit stream as GPTQ, transposed),
+  codes stored unsigned (the signed value plus ``2**(b-1)``); ``weight_scale`` [N, G]; ``weight_zero_point`` int32
+  [ceil(N*b/32), G] packed along N, unsigned, asymmetric layers only; ``weight_shape`` int [2] = (N, K); optional
+  ``weight_g_idx`` int32 [K] (``actorder: group``).
 
 The v1 policy. A v1 writer stores ``zero - 1`` masked to ``bits`` bits, so a true zero of 0 cannot be written
 (:class:`FormatError`), and a stored ``2**bits - 1`` is read as a true zero of ``2**bits``, as AutoGPTQ-era readers
@@ -24,7 +29,7 @@ import torch
 
 from wna16.errors import FormatError, expect_tensor
 from wna16.groups import stored_groups, trivial_g_idx
-from wna16.packing import pack_cols, pack_rows, packed_rows, unpack_cols, unpack_rows
+from wna16.packing import pack_cols, pack_rows, packed_rows, run_length, unpack_cols, unpack_rows
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES, QuantizedWeight
 
@@ -39,6 +44,7 @@ class PackingFormat(str, Enum):
     GPTQ = "gptq"
     GPTQ_V2 = "gptq_v2"
     AWQ = "awq"
+    COMPRESSED_TENSORS = "compressed-tensors"
 
     def __str__(self) -> str:
         return str(self.value)
@@ -102,8 +108,12 @@ class GPTQFormat:
         expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
         expect_tensor(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
         expect_tensor(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
-        zeros = unpack_cols(qzeros, scheme.bits, f"{prefix}qzeros") + self.zero_offset
+        zeros = self.unpack_zeros(qzeros, scheme, f"{prefix}qzeros")
         return QuantizedWeight(scheme, in_features, out_features, qweight, zeros, scales, g_idx, prefix + "weight")
+
+    def unpack_zeros(self, qzeros: torch.Tensor, scheme: Scheme, what: str = "qzeros") -> torch.Tensor:
+        """The true zero points [G, N] of a stored ``qzeros`` (packed along N; v1 adds its offset back)."""
+        return unpack_cols(qzeros, scheme.bits, what) + self.zero_offset
 
     def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
         """Write the canonical weight in this layout; ``g_idx`` is always written (trivial without act order)."""
@@ -173,9 +183,13 @@ class AWQFormat:
         expect_tensor(qzeros, f"{prefix}qzeros", shapes["qzeros"], (torch.int32,))
         expect_tensor(scales, f"{prefix}scales", shapes["scales"], SCALE_DTYPES)
         codes = self._unpack_n(qweight, f"{prefix}qweight")
-        zeros = self._unpack_n(qzeros, f"{prefix}qzeros")
+        zeros = self.unpack_zeros(qzeros, scheme, f"{prefix}qzeros")
         packed = pack_rows(codes, 4, f"{prefix}qweight")
         return QuantizedWeight(scheme, in_features, out_features, packed, zeros, scales, None, prefix + "weight")
+
+    def unpack_zeros(self, qzeros: torch.Tensor, scheme: Scheme, what: str = "qzeros") -> torch.Tensor:
+        """The zero points [G, N] of a stored ``qzeros`` (4-bit, interleaved along N, stored as is)."""
+        return self._unpack_n(qzeros, what)
 
     def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
         """Write the canonical weight as AWQ; act order and zeros of 16 cannot be expressed."""
@@ -191,16 +205,114 @@ class AWQFormat:
         }
 
 
-PackedFormat = GPTQFormat | AWQFormat
+def _pack_n(values: torch.Tensor, bits: int, what: str) -> torch.Tensor:
+    """Pack [N, C] codes along N into int32 [ceil(N*b/32), C], the stream zero-padded to whole runs and cut to the
+    words that hold codes (compressed-tensors' zero points for any N)."""
+    rows = values.shape[0]
+    run = run_length(bits)[0]
+    padded = torch.zeros(-(-rows // run) * run, values.shape[1], dtype=torch.int64, device=values.device)
+    padded[:rows] = values
+    return pack_rows(padded, bits, what)[: -(-rows * bits // 32)].contiguous()
+
+
+def _unpack_n(packed: torch.Tensor, rows: int, bits: int, what: str) -> torch.Tensor:
+    """Inverse of :func:`_pack_n`: int32 [ceil(N*b/32), C] -> int32 codes [N, C]."""
+    words = run_length(bits)[1]
+    padded = torch.zeros(-(-packed.shape[0] // words) * words, packed.shape[1], dtype=torch.int32)
+    padded[: packed.shape[0]] = packed
+    return unpack_rows(padded, bits, what)[:rows]
+
+
+@dataclass(frozen=True)
+class CompressedTensorsFormat:
+    """compressed-tensors ``pack-quantized``: codes packed along K per output row (the canonical ``qweight``
+    transposed, word for word), scales and zeros [N, G].
+
+    Symmetric layers store no zero point: their codes are ``2**(b-1)`` above the signed value, which is the
+    canonical symmetric zero. Asymmetric zero points are stored unsigned (compressed-tensors' signed zero plus
+    ``2**(b-1)``), so a true zero of ``2**b`` (GPTQ v1 only) cannot be written. ``weight_shape`` is checked against
+    the layer, never trusted for sizes.
+    """
+
+    name: PackingFormat = PackingFormat.COMPRESSED_TENSORS
+    roles: tuple[str, ...] = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
+
+    def expected_shapes(self, scheme: Scheme, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors this layout stores for a layer (``weight_zero_point`` asymmetric only,
+        ``weight_g_idx`` with act order only)."""
+        groups = len(stored_groups(scheme, in_features))
+        return {
+            "weight_packed": (out_features, packed_rows(in_features, scheme.bits, "weight_packed")),
+            "weight_scale": (out_features, groups),
+            "weight_zero_point": (-(-out_features * scheme.bits // 32), groups),
+            "weight_shape": (2,),
+            "weight_g_idx": (in_features,),
+        }
+
+    def unpack(
+        self, tensors: Tensors, scheme: Scheme, in_features: int, out_features: int, prefix: str = ""
+    ) -> QuantizedWeight:
+        """Read the packed tensors into the canonical weight (packed words and scales transposed)."""
+        k, n = in_features, out_features
+        shapes = self.expected_shapes(scheme, k, n)
+        packed, scale, shape = (_get(tensors, prefix, key) for key in ("weight_packed", "weight_scale", "weight_shape"))
+        expect_tensor(shape, f"{prefix}weight_shape", shapes["weight_shape"], (torch.int64, torch.int32))
+        if tuple(int(v) for v in shape.tolist()) != (n, k):
+            raise FormatError(f"{prefix}weight_shape: holds {shape.tolist()}, expected [{n}, {k}] (N, K)")
+        g_idx = tensors.get("weight_g_idx")
+        groups = shapes["weight_scale"][1]
+        if g_idx is not None:
+            expect_tensor(g_idx, f"{prefix}weight_g_idx", shapes["weight_g_idx"], (torch.int32, torch.int64))
+            g_idx = g_idx.to(torch.int32)
+            needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
+            groups = max(needed, int(scale.shape[1])) if scale.dim() == 2 else needed
+        expect_tensor(packed, f"{prefix}weight_packed", shapes["weight_packed"], (torch.int32,))
+        expect_tensor(scale, f"{prefix}weight_scale", (n, groups), SCALE_DTYPES)
+        zero_point = tensors.get("weight_zero_point")
+        if zero_point is None:
+            if not scheme.sym:
+                raise FormatError(f"{prefix}weight_zero_point: missing; scheme {scheme} is asymmetric")
+            zeros = torch.full((groups, n), scheme.center, dtype=torch.int32)
+        else:
+            expect_tensor(
+                zero_point, f"{prefix}weight_zero_point", (shapes["weight_zero_point"][0], groups), (torch.int32,)
+            )
+            zeros = _unpack_n(zero_point, n, scheme.bits, f"{prefix}weight_zero_point").t().contiguous()
+        qweight = packed.t().contiguous()  # the same bit stream along K: [K*b/32, N]
+        return QuantizedWeight(scheme, k, n, qweight, zeros, scale.t().contiguous(), g_idx, prefix + "weight")
+
+    def pack(self, weight: QuantizedWeight) -> dict[str, torch.Tensor]:
+        """Write the canonical weight; ``weight_g_idx`` only with act order, ``weight_zero_point`` only asymmetric."""
+        bits = weight.scheme.bits
+        if weight.zeros.numel() and int(weight.zeros.max()) > (1 << bits) - 1:
+            raise FormatError(
+                f"{weight.name}.zeros: a true zero of {1 << bits} cannot be written as {self.name} "
+                f"(zero points are {bits}-bit)"
+            )
+        tensors = {
+            "weight_packed": weight.qweight.t().contiguous(),
+            "weight_scale": weight.scales.t().contiguous(),
+            "weight_shape": torch.tensor([weight.out_features, weight.in_features], dtype=torch.int64),
+        }
+        if not weight.scheme.sym:
+            tensors["weight_zero_point"] = _pack_n(weight.zeros.t(), bits, f"{weight.name}.weight_zero_point")
+        if weight.g_idx is not None:
+            tensors["weight_g_idx"] = weight.g_idx.to(torch.int32)
+        return tensors
+
+
+PackedFormat = GPTQFormat | AWQFormat | CompressedTensorsFormat
 
 GPTQ_V1 = GPTQFormat(PackingFormat.GPTQ, zero_offset=1)
 GPTQ_V2 = GPTQFormat(PackingFormat.GPTQ_V2, zero_offset=0)
 AWQ = AWQFormat()
+COMPRESSED_TENSORS = CompressedTensorsFormat()
 
-FORMATS: dict[str, PackedFormat] = {f.name: f for f in (GPTQ_V1, GPTQ_V2, AWQ)}
+FORMATS: dict[str, PackedFormat] = {f.name: f for f in (GPTQ_V1, GPTQ_V2, AWQ, COMPRESSED_TENSORS)}
 """Layout objects by :class:`PackingFormat` (which, being a ``str`` Enum, also looks them up by plain name)."""
 
 
 def get_format(name: str | PackingFormat) -> PackedFormat:
-    """The layout called ``name`` (``gptq``, ``gptq_v2`` or ``awq``, or the :class:`PackingFormat` itself)."""
+    """The layout called ``name`` (``gptq``, ``gptq_v2``, ``awq`` or ``compressed-tensors``, or the
+    :class:`PackingFormat` itself)."""
     return PackingFormat.of(name).layout

@@ -6,6 +6,12 @@ device re-prepares from; the device holds only the backend's layout.
 Backends whose layout *is* the canonical one (the reference backend on CPU) share its storage, so no second copy
 exists. ``.to()``, ``.cuda()``, ``.half()`` ... re-prepare for the new device and dtype, or raise
 :class:`UnsupportedError` and leave the module as it was; it never computes with a layout meant for another device.
+
+Edges behave as ``torch.nn.Linear``'s do: ``.to("meta")`` works (forward then computes shapes only, and a move back
+re-prepares from the host weight); a non-tensor input is a ``TypeError`` (:class:`InputTypeError`), a 0-d input a
+:class:`FormatError`; ``load_state_dict(strict=False)`` lists missing keys instead of raising, and ``strict=True``
+raises on unexpected ones. A backend chosen by priority whose ``build`` raises is skipped (the registry logs its
+traceback) and the next one serves; a backend named explicitly raises.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError, InputTypeError, NoBackendError, UnsupportedError, Wna16Error, describe
 from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
 from wna16.registry import Registry, default_registry
@@ -35,8 +41,11 @@ class QuantLinear(torch.nn.Module):
         backend: str | Backend | None = None,
         registry: Registry | None = None,
         weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
+        name: str = "",
     ) -> None:
         super().__init__()
+        self.name = name or ("" if weight.name == "weight" else weight.name)
+        """The layer's name in messages (``patch_model`` passes the module's; default: the weight's own name)."""
         self.weight_format = get_format(weight_format) if isinstance(weight_format, str) else weight_format
         self.in_features: int = weight.in_features
         self.out_features: int = weight.out_features
@@ -60,23 +69,65 @@ class QuantLinear(torch.nn.Module):
 
     def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, PreparedLinear, dict[str, Any]]:
         spec = LayerSpec.of(self._weight, dtype, bias=self._bias is not None, device=device)
-        selection = self._registry.select(spec, self._requested)
-        weight = self._weight.to(device)
-        bias = None if self._bias is None else self._bias.to(device)
-        return selection.backend, selection.backend.prepare(weight, spec, bias), selection.rejected
+        try:
+            failed: dict[str, str] = {}
+            while True:
+                selection = self._registry.select(spec, self._requested, exclude=failed)
+                weight = self._weight.to(device)
+                bias = None if self._bias is None else self._bias.to(device)
+                try:
+                    prepared = selection.backend.prepare(weight, spec, bias)
+                except Exception as exc:
+                    if selection.explicit:
+                        raise
+                    failed[selection.backend.name] = self._registry.fault(selection.backend.name, "build", exc)
+                    continue
+                return selection.backend, prepared, {**selection.rejected, **{k: (v,) for k, v in failed.items()}}
+        except Wna16Error as exc:
+            raise self._named(exc) from exc
+
+    def _named(self, exc: Wna16Error) -> Wna16Error:
+        """The same error, its message prefixed with the layer's name (a model has hundreds of layers)."""
+        if not self.name or str(exc).startswith(f"{self.name}:"):
+            return exc
+        if isinstance(exc, NoBackendError):
+            return type(exc)(f"{self.name}: {exc.subject}", exc.by_backend)
+        if isinstance(exc, UnsupportedError):
+            return type(exc)(f"{self.name}: {exc.subject}", exc.reasons)
+        try:
+            return type(exc)(f"{self.name}: {exc}")
+        except TypeError:  # an error type with another constructor: keep it, add the name as a note
+            exc.add_note(f"layer: {self.name}")
+            return exc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute with the prepared backend; ``x`` must be in the layer's dtype and on its device."""
-        if x.dtype != self.dtype or x.device != self.device or x.shape[-1] != self.in_features:
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"input: got {type(x).__name__}, expected a torch.Tensor [..., {self.in_features}]")
+        if x.dim() == 0 or x.dtype != self.dtype or x.device != self.device or x.shape[-1] != self.in_features:
             raise FormatError(
-                f"input: got {describe(x)} on {x.device}, expected [..., {self.in_features}] "
+                f"{self.name or 'input'}: input is {describe(x)} on {x.device}, expected [..., {self.in_features}] "
                 f"{str(self.dtype).removeprefix('torch.')} on {self.device}"
             )
+        if self.device.type == "meta":
+            return x.new_empty((*x.shape[:-1], self.out_features))
         return self._prepared(x)
 
+    def _probe(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """What ``fn`` (``.to``, ``.cuda``, ``.half`` ...) does to a tensor of this layer's device and dtype. On meta,
+        a function that leaves meta raises (nothing to copy): its target is then read from a host tensor."""
+        if self.device.type != "meta":
+            return fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        try:
+            return fn(torch.empty(0, dtype=self.dtype, device="meta"))
+        except NotImplementedError:
+            return fn(torch.empty(0, dtype=self.dtype))
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantLinear:
-        probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
-        if probe.device != self.device or probe.dtype != self.dtype:
+        probe = self._probe(fn)
+        if probe.device.type == "meta":  # shapes only, as torch.nn.Linear on meta; the host weight stays
+            self.device, self.dtype = probe.device, probe.dtype
+        elif probe.device != self.device or probe.dtype != self.dtype:
             self.backend, self._prepared, self.rejected = self._build(probe.device, probe.dtype)
             self.device, self.dtype = probe.device, probe.dtype
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
@@ -98,22 +149,23 @@ class QuantLinear(torch.nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        own = {
-            k.removeprefix(prefix): v
-            for k, v in state_dict.items()
-            if k.startswith(prefix) and "." not in k[len(prefix) :]
-        }
+        own = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        roles = set(self.weight_format.expected_shapes(self.scheme, self.in_features, self.out_features))
+        required = sorted(roles - {"g_idx"}) + (["bias"] if self._bias is not None else [])
+        missing = [prefix + key for key in required if key not in own]
+        missing_keys.extend(missing)
+        if strict:
+            allowed = roles | ({"bias"} if self._bias is not None else set())
+            unexpected_keys.extend(prefix + key for key in own if key.split(".", 1)[0] not in allowed)
+        if missing:  # nothing to build a weight from: keep the current one, as the missing keys say
+            return
+        own = {k: v for k, v in own.items() if k in roles or (k == "bias" and self._bias is not None)}
         try:
             weight = self.weight_format.unpack(own, self.scheme, self.in_features, self.out_features, prefix)
         except FormatError as exc:
             error_msgs.append(str(exc))
             return
         bias = own.get("bias")
-        if (bias is None) != (self._bias is None):
-            error_msgs.append(
-                f"{prefix}bias: layer has bias={self._bias is not None}, state_dict has {bias is not None}"
-            )
-            return
         old = self._weight, self._bias
         self._weight, self._bias = weight.to("cpu"), None if bias is None else bias.detach().to("cpu")
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wna16.errors import FormatError, UsageError
+from wna16.errors import FormatError, UsageError, layer_shape
 from wna16.groups import stored_groups
 from wna16.packing import run_length
 from wna16.scheme import Scheme
@@ -72,8 +72,8 @@ def shard_weight(full: QuantizedWeight, shard: Shard, in_features: int, out_feat
     """Cut the slice ``shard`` of size ``in_features`` x ``out_features`` from the full canonical weight."""
     if (full.in_features, full.out_features) != (shard.full_in_features, shard.full_out_features):
         raise FormatError(
-            f"{full.name}: weight is {full.out_features}x{full.in_features}, shard describes "
-            f"{shard.full_out_features}x{shard.full_in_features}"
+            f"{full.name}: weight is {layer_shape(full.in_features, full.out_features)}, shard describes "
+            f"{layer_shape(shard.full_in_features, shard.full_out_features)}"
         )
     s = full.scheme
     problems = shard.problems(in_features, out_features, s.group_size, s.bits, full.act_order)

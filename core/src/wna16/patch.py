@@ -27,7 +27,7 @@ from wna16.checkpoint.audit import CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import concat_out, fused_parts, part_runs
-from wna16.errors import FusedModuleError, ModelMismatchError
+from wna16.errors import FusedModuleError, ModelMismatchError, layer_shape
 from wna16.formats import PackedFormat, PackingFormat
 from wna16.nn import FusedLinear, QuantLinear
 from wna16.protocol import Backend
@@ -248,8 +248,8 @@ def _check_layer(model: torch.nn.Module, layer: CheckpointLayer) -> str | None:
     want = (layer.in_features, layer.out_features, layer.has_bias)
     if have != want:
         return (
-            f"{layer.name}: model has in={have[0]} out={have[1]} bias={have[2]}, "
-            f"checkpoint has in={want[0]} out={want[1]} bias={want[2]}"
+            f"{layer.name}: model has {layer_shape(have[0], have[1])}{' with bias' if have[2] else ''}, "
+            f"checkpoint has {layer_shape(want[0], want[1])}{' with bias' if want[2] else ''}"
         )
     return None
 
@@ -282,6 +282,20 @@ def _as_stored(module: torch.nn.Module, attr: str, value: torch.Tensor) -> torch
     if attr in module._parameters:
         return torch.nn.Parameter(value, requires_grad=bool(old is not None and old.requires_grad))
     return value
+
+
+def _store_problem(have: torch.dtype, stored: torch.dtype) -> str | None:
+    """Why a checkpoint tensor of dtype ``stored`` cannot be loaded into a model tensor of dtype ``have``, or None.
+
+    Floating tensors load into floating ones (cast to the activation dtype); any other tensor must be of the model's
+    dtype or of one that converts to it losslessly (int32 position ids into an int64 buffer).
+    """
+    if stored.is_floating_point == have.is_floating_point and (
+        stored.is_floating_point or torch.promote_types(stored, have) == have
+    ):
+        return None
+    names = (str(stored).removeprefix("torch."), str(have).removeprefix("torch."))
+    return f"checkpoint stores {names[0]}, the model's tensor is {names[1]}: it cannot be loaded losslessly"
 
 
 def _set_tensor(module: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
@@ -335,10 +349,12 @@ def patch_model(
     ]
     for name, owner in owners.items():
         if owner is not None:
-            have = tuple(getattr(owner[0], owner[1]).shape)
-            want = checkpoint.unquantized[name].shape
-            if have != tuple(want):
-                problems.append(f"{name}: model has shape {list(have)}, checkpoint has {list(want)}")
+            current = getattr(owner[0], owner[1])
+            info = checkpoint.unquantized[name]
+            if tuple(current.shape) != tuple(info.shape):
+                problems.append(f"{name}: model has shape {list(current.shape)}, checkpoint has {list(info.shape)}")
+            if (why := _store_problem(current.dtype, info.dtype)) is not None:
+                problems.append(f"{name}: {why}")
     aliases = _aliases(model)
     covered = {f"{name}.{attr}" for name in [*checkpoint.layers, *fused] for attr in ("weight", "bias")}
     for name, owner in owners.items():
@@ -367,26 +383,38 @@ def patch_model(
             backend=backend,
             registry=registry,
             weight_format=layer.packed_format,
+            name=name,
         )
-    loaded: list[str] = []
+    # Read and convert every tensor before the first assignment: a read error (a file changed on disk) or a failed
+    # conversion leaves the model exactly as it was.
+    values: dict[str, torch.Tensor] = {}
     for name, owner in owners.items():
         assert owner is not None
+        current = getattr(owner[0], owner[1])
         stored = checkpoint.tensor(name)
-        value = stored.to(device=target, dtype=dtype if stored.dtype.is_floating_point else stored.dtype)
-        value = _as_stored(*owner, value)  # one object for every alias, so tied weights stay tied
+        value = stored.to(device=target, dtype=dtype if stored.dtype.is_floating_point else current.dtype)
+        values[name] = _as_stored(*owner, value)  # one object for every alias, so tied weights stay tied
+    moved = {
+        (id(module), key): buf.to(target)
+        for module in model.modules()  # real buffers of a model built under empty_weights() follow it to the device
+        for key, buf in module._buffers.items()
+        if buf is not None and not buf.is_meta and buf.device != target
+    }
+
+    for name, owner in owners.items():
+        assert owner is not None
         for alias in aliases.get(id(getattr(owner[0], owner[1])), [name]):
             alias_owner = _owner(model, alias)
             if alias_owner is not None:
-                _set_tensor(*alias_owner, value)
-        loaded.append(name)
+                _set_tensor(*alias_owner, values[name])
     for name, quant in built.items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, quant)
-
-    for module in model.modules():  # real buffers of a model built under empty_weights() follow it to the device
+    for module in model.modules():
         for key, buf in list(module._buffers.items()):
-            if buf is not None and not buf.is_meta and buf.device != target:
-                module._buffers[key] = buf.to(target)
+            if (id(module), key) in moved and buf is not None and not buf.is_meta and buf.device != target:
+                module._buffers[key] = moved[id(module), key]
+    loaded = list(owners)
     layers = {name: _patched(layer, _backend_of(built, part_of, name)) for name, layer in checkpoint.layers.items()}
     plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     fused_runs = {name: tuple(m.parts) for name, m in built.items() if isinstance(m, FusedLinear)}

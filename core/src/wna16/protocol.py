@@ -11,13 +11,14 @@ must refuse.
 from __future__ import annotations
 
 import abc
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from wna16.errors import FormatError, UnsupportedError, describe
+from wna16.errors import FormatError, UnsupportedError, describe, layer_shape
 from wna16.groups import has_partial_group
 from wna16.partition import Shard
 from wna16.scheme import Scheme
@@ -201,6 +202,21 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[tuple[Capability, ...]]
     description: ClassVar[str] = ""
+    conformance_filter: ClassVar[str | None] = None
+    """A TOML filter file of known gaps the conformance suite applies to this backend (a path relative to the
+    directory of the module defining the class, or absolute): see conformance/README.md."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse a class attribute that misspells one of the declarations above (``conformance_filters``,
+        ``capabilites``): a misspelt declaration would otherwise be silently ignored."""
+        super().__init_subclass__(**kwargs)
+        declared = ("name", "capabilities", "description", "conformance_filter")
+        for attr, value in vars(cls).items():
+            if attr in declared or callable(value) or isinstance(value, (property, staticmethod, classmethod)):
+                continue
+            close = difflib.get_close_matches(attr, declared, n=1, cutoff=0.8)
+            if close:
+                raise TypeError(f"{cls.__qualname__}.{attr}: not a Backend declaration; did you mean {close[0]!r}?")
 
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Whether the backend can run on ``device`` here. The default covers pure-torch backends: the device type
@@ -249,7 +265,7 @@ class Backend(abc.ABC):
 
 def describe_spec(spec: LayerSpec) -> str:
     """One-line description of a spec for messages and reports."""
-    parts = [f"{spec.out_features}x{spec.in_features}", str(spec.scheme), _dtype_name(spec.dtype), spec.device]
+    parts = [layer_shape(spec.in_features, spec.out_features), str(spec.scheme), _dtype_name(spec.dtype), spec.device]
     if spec.act_order:
         parts.append("act-order")
     if spec.bias:

@@ -1,8 +1,11 @@
 """Discovery and selection of backends: one backend per layer and device, and for every other one, why not.
 
 Backends are found through the entry-point group ``wna16.backends`` (loaded lazily, on first use) or named by import
-path ``package.module:object``. A plugin that fails to import is recorded with its traceback and skipped; it never
-breaks the others. Selection order: an explicit choice (argument, else ``WNA16_BACKEND``), else the highest priority
+path ``package.module:object``. A plugin that fails to import (even by calling ``sys.exit()``) is recorded with its
+traceback and skipped; one whose ``available``, ``check`` or ``build`` raises is logged with its traceback (logger
+``wna16.registry``, once per backend and method), recorded in :attr:`Registry.faults` and skipped for that layer:
+the others still serve. Discovery runs once, under a lock: threads building layers at first use all see the full
+registry. Selection order: an explicit choice (argument, else ``WNA16_BACKEND``), else the highest priority
 among the available backends whose declaration accepts the spec (ties broken by name). ``WNA16_DISABLED_BACKENDS``
 (comma-separated names) removes backends from selection.
 """
@@ -10,8 +13,11 @@ among the available backends whose declaration accepts the spec (ties broken by 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import threading
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -21,6 +27,8 @@ from wna16.protocol import Backend, LayerSpec, Support, describe_spec
 ENTRY_POINT_GROUP = "wna16.backends"
 ENV_FORCE = "WNA16_BACKEND"
 ENV_DISABLED = "WNA16_DISABLED_BACKENDS"
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +49,8 @@ class Selection:
     backend: Backend
     support: Support
     rejected: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    explicit: bool = False
+    """Chosen by name (argument or ``WNA16_BACKEND``): its failures are the caller's to see, not to fall back from."""
 
 
 def load_object(path: str) -> Backend:
@@ -52,7 +62,7 @@ def load_object(path: str) -> Backend:
         obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise BackendLoadError(f"backend path {path!r}: {type(exc).__name__}: {exc}") from exc
     return _as_backend(obj, path)
 
@@ -70,26 +80,36 @@ def _disabled() -> set[str]:
 
 
 class Registry:
-    """The installed backends (entry points), plus any registered by hand. Thread-compatible, not thread-safe."""
+    """The installed backends (entry points), plus any registered by hand. Safe to use from several threads."""
 
     def __init__(self, group: str = ENTRY_POINT_GROUP, *, discover: bool = True) -> None:
         self._group = group
         self._discover = discover
         self._entries: dict[str, BackendEntry] | None = None
         self._extra: dict[str, BackendEntry] = {}
+        self._lock = threading.Lock()
+        # Backend name -> traceback of the last exception its available/check/build raised (see fault()).
+        self.faults: dict[str, str] = {}
+        self._logged: set[tuple[str, str]] = set()
 
     def register(self, backend: Backend, distribution: str = "(registered)", version: str = "") -> None:
         """Add a backend by hand (tests, notebooks); it takes part in selection like an installed one."""
-        self._extra[backend.name] = BackendEntry(backend.name, distribution, version, backend)
+        with self._lock:
+            self._extra = {**self._extra, backend.name: BackendEntry(backend.name, distribution, version, backend)}
 
     def entries(self) -> list[BackendEntry]:
         """Every discovered backend, loaded or failed, sorted by name."""
-        if self._entries is None:
-            self._entries = {}
-            if self._discover:
-                for ep in metadata.entry_points(group=self._group):
-                    self._entries[ep.name] = self._load(ep)
-        merged = {**self._entries, **self._extra}
+        entries = self._entries
+        if entries is None:
+            with self._lock:  # one discovery; other threads wait for it instead of seeing a half-filled registry
+                if self._entries is None:
+                    found: dict[str, BackendEntry] = {}
+                    if self._discover:
+                        for ep in metadata.entry_points(group=self._group):
+                            found[ep.name] = self._load(ep)
+                    self._entries = found
+                entries = self._entries
+        merged = {**entries, **self._extra}
         return [merged[k] for k in sorted(merged)]
 
     @staticmethod
@@ -98,9 +118,21 @@ class Registry:
         version = ep.dist.version if ep.dist is not None else "?"
         try:
             backend = _as_backend(ep.load(), f"entry point {ep.name!r} ({ep.value})")
-        except Exception:
+        except (Exception, SystemExit):  # a plugin calling sys.exit() at import must not end the process
             return BackendEntry(ep.name, dist, version, error=traceback.format_exc())
         return BackendEntry(ep.name, dist, version, backend)
+
+    def fault(self, name: str, method: str, exc: BaseException) -> str:
+        """Record that backend ``name``'s ``method`` raised ``exc``: logged with its traceback (once per backend and
+        method) and kept in :attr:`faults`; returns the one-line reason for selection reports."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        with self._lock:
+            first = (name, method) not in self._logged
+            self._logged.add((name, method))
+            self.faults[name] = f"{method}() raised:\n{text}"
+        if first:
+            _LOG.warning("wna16 backend %r: %s() raised; skipped, other backends serve\n%s", name, method, text)
+        return f"{method}() raised {type(exc).__name__}: {exc} (skipped; traceback logged)"
 
     def backends(self) -> list[Backend]:
         """The backends that loaded."""
@@ -118,18 +150,21 @@ class Registry:
         known = [e.name for e in self.entries()]
         raise BackendLoadError(f"backend {name!r}: not installed (installed: {known})")
 
-    def select(self, spec: LayerSpec, backend: str | Backend | None = None) -> Selection:
+    def select(
+        self, spec: LayerSpec, backend: str | Backend | None = None, *, exclude: Mapping[str, str] | None = None
+    ) -> Selection:
         """Choose the backend for ``spec``; raises :class:`UnsupportedError` (explicit choice refused) or
-        :class:`NoBackendError` listing every backend's reasons."""
+        :class:`NoBackendError` listing every backend's reasons. ``exclude``: backend name -> why it is skipped (a
+        caller whose ``build`` failed asks again without it)."""
         forced = backend if backend is not None else os.environ.get(ENV_FORCE) or None
         if forced is not None:
             chosen = self.get(forced) if isinstance(forced, str) else forced
-            reasons = self._reasons(chosen, spec)
-            if reasons:
+            support, reasons = self._judge(chosen, spec)
+            if support is None:
                 raise UnsupportedError(
                     f"backend {chosen.name!r} (explicit) cannot serve {describe_spec(spec)}", reasons
                 )
-            return Selection(chosen, chosen.check(spec))
+            return Selection(chosen, support, explicit=True)
 
         rejected: dict[str, tuple[str, ...]] = {}
         candidates: list[tuple[Support, Backend]] = []
@@ -139,10 +174,14 @@ class Registry:
                 rejected[entry.name] = (f"failed to load: {(entry.error or '').strip().splitlines()[-1]}",)
             elif entry.name in disabled:
                 rejected[entry.name] = (f"disabled by {ENV_DISABLED}",)
-            elif reasons := self._reasons(entry.backend, spec):
-                rejected[entry.name] = tuple(reasons)
+            elif exclude and entry.name in exclude:
+                rejected[entry.name] = (exclude[entry.name],)
             else:
-                candidates.append((entry.backend.check(spec), entry.backend))
+                support, reasons = self._judge(entry.backend, spec)
+                if support is None:
+                    rejected[entry.name] = tuple(reasons)
+                else:
+                    candidates.append((support, entry.backend))
         if not candidates:
             raise NoBackendError(f"no backend can serve {describe_spec(spec)}", rejected)
         candidates.sort(key=lambda c: (-c[0].priority, c[1].name))
@@ -151,22 +190,35 @@ class Registry:
             rejected[other.name] = (f"lower priority ({other_support.priority} < {support.priority} of {best.name})",)
         return Selection(best, support, rejected)
 
-    @staticmethod
-    def _reasons(backend: Backend, spec: LayerSpec) -> list[str]:
-        availability = backend.available(spec.device)
+    def _judge(self, backend: Backend, spec: LayerSpec) -> tuple[Support | None, list[str]]:
+        """``(support, [])`` when ``backend`` serves ``spec`` here, else ``(None, reasons)``; a backend whose
+        ``available`` or ``check`` raises is refused with the exception as its reason."""
+        try:
+            availability = backend.available(spec.device)
+        except Exception as exc:
+            return None, [self.fault(backend.name, "available", exc)]
         if not availability:
-            return [f"unavailable: {availability.reason}"]
-        return list(backend.check(spec).reasons)
+            return None, [f"unavailable: {availability.reason}"]
+        try:
+            support = backend.check(spec)
+        except Exception as exc:
+            return None, [self.fault(backend.name, "check", exc)]
+        return (support, []) if support else (None, list(support.reasons))
 
 
 _DEFAULT: Registry | None = None
+
+
+_DEFAULT_LOCK = threading.Lock()
 
 
 def default_registry() -> Registry:
     """The process-wide registry of installed backends."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = Registry()
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = Registry()
     return _DEFAULT
 
 

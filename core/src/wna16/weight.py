@@ -27,6 +27,19 @@ from wna16.scheme import Scheme
 SCALE_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def zero_problem(zeros: torch.Tensor, scheme: Scheme) -> str | None:
+    """What is wrong with unpacked zero points for ``scheme`` (outside ``[0, 2**bits]``, or not all the centre for a
+    symmetric scheme), or None. The coverage audit asks this of stored zeros before any weight is built."""
+    if not zeros.numel():
+        return None
+    lo, hi = int(zeros.min()), int(zeros.max())
+    if lo < 0 or hi > 1 << scheme.bits:
+        return f"values in [{lo}, {hi}], expected [0, {1 << scheme.bits}]"
+    if scheme.sym and (lo != scheme.center or hi != scheme.center):
+        return f"scheme {scheme} is symmetric but zeros lie in [{lo}, {hi}], expected all {scheme.center}"
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class QuantizedWeight:
     """A quantized weight of a linear layer with ``in_features`` K and ``out_features`` N (see module docstring)."""
@@ -50,14 +63,9 @@ class QuantizedWeight:
         groups = self.num_groups
         expect_tensor(self.scales, f"{self.name}.scales", (groups, n), SCALE_DTYPES)
         expect_tensor(self.zeros, f"{self.name}.zeros", (groups, n), (torch.int32,))
-        if self.zeros.numel():
-            lo, hi = int(self.zeros.min()), int(self.zeros.max())
-            if lo < 0 or hi > 1 << s.bits:
-                raise FormatError(f"{self.name}.zeros: values in [{lo}, {hi}], expected [0, {1 << s.bits}]")
-            if s.sym and (lo != s.center or hi != s.center):
-                raise FormatError(
-                    f"{self.name}.zeros: scheme {s} is symmetric but zeros lie in [{lo}, {hi}], expected all {s.center}"
-                )
+        problem = zero_problem(self.zeros, s)
+        if problem is not None:
+            raise FormatError(f"{self.name}.zeros: {problem}")
 
     def _check_g_idx(self) -> None:
         g_idx = self.g_idx

@@ -6,8 +6,9 @@ API (stable; other modules of this package and later issues build on it)::
     read_quant_config(folder) -> QuantConfig        # config.json, component config.json, quantization_config.json,
                                                     # quantize_config.json, quant_config.json; ConfigError: file + key
     QuantConfig.from_dict(d, source="<dict>")        # the quantization_config mapping, or a whole config.json
-    QuantConfig.method         -> "auto-round" | "gptq" | "awq"
-    QuantConfig.packed_format  -> "gptq" (v1 zeros) | "gptq_v2" | "awq"   (names in wna16.formats.FORMATS)
+    QuantConfig.method         -> "auto-round" | "gptq" | "awq" | "compressed-tensors"
+    QuantConfig.packed_format  -> "gptq" (v1 zeros) | "gptq_v2" | "awq" | "compressed-tensors"  (wna16.formats.FORMATS)
+    QuantConfig.targets, .ignore   # compressed-tensors config_groups targets (TargetRule) and ignore entries (Target)
     QuantConfig.block_prefixes -> tuple[str, ...]   # () = no block list (every linear but lm_head in scope)
     QuantConfig.default_scheme -> Scheme | None
     QuantConfig.resolve(name)  -> LayerQuant | None # None = unquantized; fused names (qkv_proj, gate_up_proj, to_qkv,
@@ -21,6 +22,8 @@ API (stable; other modules of this package and later issues build on it)::
     fuse([(part_name, LayerQuant | None), ...]) -> LayerQuant | None   # ConfigError naming each part on mismatch
     concat_out([(part_name, QuantizedWeight), ...], name) -> QuantizedWeight  # fused weight, parts along N
     check_moe_name(name)       # MoELayoutError for fused-experts names (experts, experts.gate_up_proj)
+    check_names(config, runtime_module_names)   # UnmatchedNamesError: config names matching no runtime module, with
+                                                # the closest runtime names; unmatched_names(...) -> {name: closest}
 
     from wna16.checkpoint.remap import Remap
     Remap(prefixes={}, substrings={}, stage_prefix="", label="custom"); Remap.from_mapper(prefixes, substrings)
@@ -37,7 +40,7 @@ Loading (files.py, audit.py, load.py; also ``wna16.load_checkpoint``)::
     ckpt = wna16.load_checkpoint(path, remap=None, *, expected_modules=None, ignore=(), allow_unquantized=False)
     ckpt.layers: dict[str, CheckpointLayer]   # runtime name -> scheme, packed_format, in/out_features, act_order,
                                               # has_bias, source (checkpoint name), tensors (role -> TensorInfo)
-    ckpt.weight(name) -> QuantizedWeight      # lazy, from the memory-mapped shards; ckpt.bias(name) -> Tensor | None
+    ckpt.weight(name) -> QuantizedWeight      # lazy, read from the shards; ckpt.bias(name) -> Tensor | None
     ckpt.unquantized: dict[str, TensorInfo]; ckpt.tensor(runtime_name) -> Tensor      # the 16-bit tensors
     ckpt.audit -> AuditReport; ckpt.config -> QuantConfig (remapped); ckpt.remap; ckpt.sizes -> Sizes
     open_checkpoint(...) -> (Checkpoint, AuditReport)   # same, without raising on audit problems (wna16 inspect)
@@ -54,10 +57,12 @@ from wna16.checkpoint.resolve import (
     PACKED_MODULES,
     LayerQuant,
     check_moe_name,
+    check_names,
     concat_out,
     fuse,
     fused_parts,
     resolve_module,
+    unmatched_names,
 )
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "QuantConfig",
     "Remap",
     "check_moe_name",
+    "check_names",
     "concat_out",
     "find_preset",
     "fuse",
@@ -76,4 +82,5 @@ __all__ = [
     "read_model_config",
     "read_quant_config",
     "resolve_module",
+    "unmatched_names",
 ]

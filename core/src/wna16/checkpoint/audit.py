@@ -16,6 +16,12 @@ Problem kinds:
 - ``missing-tensor``, ``unexpected-tensor``, ``shape``, ``dtype``, ``g_idx``, ``bias``: the tensors of a quantized
   module do not match its resolved scheme and packed layout.
 - ``duplicate``: two checkpoint tensors remap to the same runtime name.
+- ``zeros``: a symmetric layer whose stored zero points are not all the centre ``2**(bits-1)``.
+- ``values``: non-finite (NaN or infinite) scales or bias.
+- ``nothing-quantized``: the checkpoint holds no quantized tensor at all (a 16-bit model with a quantization config).
+
+A zero-sized dimension (K or N of 0) is a ``shape`` problem. Besides headers, the audit reads ``g_idx``, ``qzeros``,
+``scales`` and ``bias`` (a few percent of a layer), never ``qweight``.
 
 Opt-outs are explicit arguments of :func:`audit_tensors`: ``ignore`` (tensor-name regexes dropped from the checkpoint
 before the audit) and ``allow_unquantized`` (module-name regexes, or ``True``, accepted as 16-bit although the config
@@ -34,16 +40,27 @@ import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
 from wna16.checkpoint.resolve import FusedQuant, LayerQuant, fused_parts
-from wna16.errors import CheckpointAuditError, CheckpointError, ConfigError, FormatError, Problem
-from wna16.formats import AWQFormat, PackingFormat
+from wna16.errors import (
+    CheckpointAuditError,
+    CheckpointError,
+    ConfigError,
+    FormatError,
+    PatternTimeoutError,
+    Problem,
+    SchemeError,
+)
+from wna16.formats import COMPRESSED_TENSORS, AWQFormat, CompressedTensorsFormat, PackingFormat
 from wna16.groups import trivial_g_idx
 from wna16.packing import run_length
 from wna16.protocol import ACTIVATION_DTYPES
 from wna16.scheme import Scheme
-from wna16.weight import SCALE_DTYPES
+from wna16.weight import SCALE_DTYPES, zero_problem
 
-QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx")
-"""Tensor-name suffixes that belong to a packed quantized linear layer."""
+QUANT_ROLES: tuple[str, ...] = ("qweight", "qzeros", "scales", "g_idx", *COMPRESSED_TENSORS.roles)
+"""Tensor-name suffixes that belong to a packed quantized linear layer (GPTQ/AWQ, then compressed-tensors)."""
+
+PACKED_ROLES = frozenset({"qweight", "qzeros", "weight_packed", "weight_zero_point"})
+"""Roles only a quantized layer ships (``scales``/``weight_scale`` also belong to norms and fp8 layers)."""
 
 
 class LayerQuantLike(Protocol):
@@ -163,6 +180,8 @@ class _Auditor:
         tensors holds one scheme, so no reader can serve it (a runtime fusing separately stored parts can)."""
         try:
             quant = config.resolve(module)
+        except PatternTimeoutError:
+            raise  # the config itself is unusable: one error naming the key, not one problem per module
         except ConfigError as exc:
             self.add("config", module, str(exc), info)
             return exc
@@ -207,6 +226,8 @@ class _Auditor:
         """Check one quantized module's tensors against its scheme; the layer, or None when it has problems."""
         before = len(self.problems)
         scheme, layout = quant.scheme, quant.packed_format
+        if layout is PackingFormat.COMPRESSED_TENSORS:
+            return self.compressed_tensors(module, source, quant, group, bias)
         fmt = layout.layout
         required = ("qweight", "qzeros", "scales")
         anchor = next(iter(group.values()))
@@ -220,6 +241,12 @@ class _Auditor:
         if sizes is None or len(self.problems) > before:
             return None
         k, n = sizes
+        if not k or not n:
+            qweight = group["qweight"].describe()
+            self.add(
+                "shape", module, f"zero-sized layer: (in, out) = ({k}, {n}) from qweight {qweight}", group["qweight"]
+            )
+            return None
         try:
             shapes = fmt.expected_shapes(scheme, k, n)
         except FormatError as exc:
@@ -250,9 +277,90 @@ class _Auditor:
             self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
             return None
+        self.values(module, quant, group, bias)
+        if len(self.problems) > before:
+            return None
         tensors = dict(group)
         if bias is not None:
             tensors["bias"] = bias
+        return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
+
+    def values(
+        self, module: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
+    ) -> None:
+        """Check what shapes cannot: symmetric zeros at the centre, finite scales and bias (tensors already checked
+        for shape and dtype)."""
+        scheme, fmt = quant.scheme, quant.packed_format.layout
+        if isinstance(fmt, CompressedTensorsFormat):  # symmetric layers store no zero point in this layout
+            scales = group["weight_scale"]
+        else:
+            scales, qzeros = group["scales"], group["qzeros"]
+            zeros = fmt.unpack_zeros(self.read(qzeros.name), scheme, qzeros.name)
+            problem = zero_problem(zeros, scheme)
+            if problem is not None:
+                self.add("zeros", module, f"{problem} ({quant.packed_format})", qzeros)
+        for info in (scales, bias):
+            if info is not None:
+                bad = int((~torch.isfinite(self.read(info.name))).sum())
+                if bad:
+                    self.add(
+                        "values", module, f"{bad} non-finite value(s) (NaN or infinite) in {info.describe()}", info
+                    )
+
+    def act_order(self, module: str, g_idx: TensorInfo, k: int, scheme: Scheme, stored: int) -> bool | None:
+        """Whether a stored row-to-group map is non-trivial; None after recording out-of-range values."""
+        values = self.read(g_idx.name)
+        lo, hi = (int(values.min()), int(values.max())) if values.numel() else (0, 0)
+        if lo < 0 or hi >= max(stored, 1):
+            self.add("g_idx", module, f"values in [{lo}, {hi}], expected [0, {stored - 1}] ({stored} groups)", g_idx)
+            return None
+        return not torch.equal(values.to(torch.int64), trivial_g_idx(k, scheme).to(torch.int64))
+
+    def compressed_tensors(
+        self, module: str, source: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
+    ) -> CheckpointLayer | None:
+        """One compressed-tensors ``pack-quantized`` module: (N, K) from ``weight_shape``, then every tensor."""
+        before = len(self.problems)
+        scheme, layout = quant.scheme, quant.packed_format
+        required = ["weight_packed", "weight_scale", "weight_shape"] + ([] if scheme.sym else ["weight_zero_point"])
+        anchor = next(iter(group.values()))
+        for role in required:
+            if role not in group:
+                message = f"quantized as {scheme} ({layout}) but the tensor is missing (have {sorted(group)})"
+                self.problems.append(Problem("missing-tensor", module, message, f"{source}.{role}", anchor.file))
+        for role in sorted(set(group) - set(COMPRESSED_TENSORS.roles)):
+            self.add("unexpected-tensor", module, f"the {layout} layout has no {role}", group[role])
+        if len(self.problems) > before:
+            return None
+        shape_info = group["weight_shape"]
+        if not self.expect(module, shape_info, (2,), (torch.int64, torch.int32)):
+            return None
+        n, k = (int(v) for v in self.read(shape_info.name).tolist())
+        try:
+            shapes = COMPRESSED_TENSORS.expected_shapes(scheme, k, n)
+        except (FormatError, SchemeError) as exc:
+            self.add("shape", module, f"weight_shape (N, K) = ({n}, {k}) does not fit {scheme}: {exc}", shape_info)
+            return None
+        groups, act_order = shapes["weight_scale"][1], False  # wna16.groups.stored_groups, via the layout
+        g_idx = group.get("weight_g_idx")
+        scale = group["weight_scale"]
+        if g_idx is not None and self.expect(module, g_idx, shapes["weight_g_idx"], (torch.int32, torch.int64)):
+            stored = scale.shape[1] if len(scale.shape) == 2 else groups
+            found = self.act_order(module, g_idx, k, scheme, stored)
+            act_order = bool(found)
+            groups = max(groups, stored) if act_order else groups
+        self.expect(module, group["weight_packed"], shapes["weight_packed"], (torch.int32,))
+        self.expect(module, scale, (n, groups), SCALE_DTYPES)
+        if "weight_zero_point" in group:
+            self.expect(module, group["weight_zero_point"], (shapes["weight_zero_point"][0], groups), (torch.int32,))
+        if bias is not None:
+            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
+        if len(self.problems) > before:
+            return None
+        self.values(module, quant, group, bias)
+        if len(self.problems) > before:
+            return None
+        tensors = dict(group) if bias is None else {**group, "bias": bias}
         return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
 
 
@@ -270,7 +378,8 @@ def audit_tensors(
     ``rename`` maps a checkpoint tensor name to its runtime name (the remap). ``expected_modules``, when given, is the
     runtime's linear modules (names, or names -> ``(in_features, out_features)``): quantized tensors of other modules
     and quantized-resolving modules without tensors are then reported, and shapes checked against it. ``ignore`` and
-    ``allow_unquantized`` are the opt-outs described in the module docstring. Reads only ``g_idx`` data.
+    ``allow_unquantized`` are the opt-outs described in the module docstring. Reads ``g_idx``, ``qzeros``, ``scales``
+    and ``bias`` data, never ``qweight``.
     """
     ignore_re = _compile(ignore, "ignore")
     allow_all = allow_unquantized is True
@@ -310,7 +419,7 @@ def audit_tensors(
         quant = auditor.resolve(config, module, first)
         if isinstance(quant, ConfigError):
             continue
-        if "qweight" not in group and "qzeros" not in group and quant is None:
+        if not PACKED_ROLES.intersection(group) and quant is None:
             plain.update({f"{module}.{role}": info for role, info in group.items()})  # e.g. a norm's "scales"
             continue
         stored = ", ".join(sorted(group))
@@ -387,6 +496,12 @@ def audit_tensors(
             f"the config resolves it to {quant.scheme} ({quant.packed_format}) but it {what}; a loader would fail on "
             "its missing qweight (opt out with allow_unquantized)",
             weight16,
+        )  # fmt: skip
+    if not any("qweight" in group or "qzeros" in group for group in groups.values()):
+        auditor.add(
+            "nothing-quantized", str(files.folder),
+            f"no quantized tensors (qweight/qzeros) among {len(files.tensors)} tensor(s): the files are not the "
+            "quantized checkpoint the config describes",
         )  # fmt: skip
     return AuditReport(
         files.folder, layers, plain, tuple(auditor.problems), tuple(ignored), tuple(allowed),

@@ -18,6 +18,12 @@ in :attr:`QuantConfig.metadata` and ignored):
 - AWQ: ``quant_method`` ``"awq"``; ``bits`` / AutoAWQ's ``w_bit``, ``group_size`` / ``q_group_size``, ``zero_point``
   (true = asymmetric), ``version`` ``"gemm"``, ``modules_to_not_convert``.
 
+- compressed-tensors (llm-compressor, auto-round's ``llm_compressor`` export): ``quant_method``
+  ``"compressed-tensors"``, ``format`` ``"pack-quantized"`` (or ``"mixed-precision"`` with every group
+  ``pack-quantized``), ``config_groups`` (``targets``; ``weights``: ``num_bits``, ``type`` int, ``strategy``
+  ``group``/``channel``, ``group_size``, ``symmetric``, ``actorder``), ``ignore``; parsed by
+  :func:`parse_compressed_tensors`, resolved per layer by :func:`wna16.checkpoint.resolve.resolve_targets`.
+
 Packed layouts (names in :data:`wna16.formats.FORMATS`): ``auto_round:auto_gptq``, ``auto_gptq`` and GPTQ
 ``checkpoint_format: gptq`` store zero - 1 (``"gptq"``); native ``auto_round``, ``auto_round:gptqmodel`` and
 ``gptq_v2`` store the zero as is (``"gptq_v2"``); ``auto_round:auto_awq``, ``auto_awq`` and AWQ gemm are ``"awq"``.
@@ -29,20 +35,22 @@ Anything outside WnA16 is a :class:`~wna16.errors.ConfigError` naming the key: a
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wna16.checkpoint.files import read_json
+from wna16.checkpoint.patterns import BoundedPattern
 from wna16.checkpoint.resolve import (
     UNQUANTIZED_BITS,
     DynamicRule,
     FusedQuant,
     LayerQuant,
     Override,
+    Target,
+    TargetRule,
     is_regex_key,
     resolve_layer,
     resolve_module,
@@ -54,7 +62,7 @@ from wna16.scheme import SUPPORTED_BITS, Scheme
 if TYPE_CHECKING:
     from wna16.checkpoint.remap import Remap
 
-METHODS: tuple[str, ...] = ("auto-round", "gptq", "awq")
+METHODS: tuple[str, ...] = ("auto-round", "gptq", "awq", "compressed-tensors")
 
 CONFIG_FILES: tuple[str, ...] = ("config.json", "quantization_config.json", "quantize_config.json", "quant_config.json")
 """Files :func:`read_quant_config` looks in, in order (the ones after ``config.json`` hold only the quantization
@@ -63,7 +71,7 @@ config: what vLLM's ``get_config_filenames`` lists)."""
 AUTO_ROUND_METHODS = frozenset({"auto-round", "intel/auto-round", "auto_round"})
 """``quant_method`` spellings of auto-round checkpoints (lower case)."""
 
-QUANT_METHODS = AUTO_ROUND_METHODS | {"gptq", "awq"}
+QUANT_METHODS = AUTO_ROUND_METHODS | {"gptq", "awq", "compressed-tensors"}
 """Every ``quant_method`` value (lower case) this module reads."""
 
 PACKING_NAMES: Mapping[str, PackingFormat] = {
@@ -101,7 +109,8 @@ class QuantConfig:
 
     ``bits``/``group_size``/``sym``/``act_order`` are the defaults. ``block_prefixes`` empty means "no block list:
     every linear layer but ``lm_head`` is in scope". ``extra_config`` keeps the written order (regex keys are tried
-    in it). ``source`` names the file (or ``<dict>``) for messages.
+    in it). ``targets``/``ignore``: a compressed-tensors config's rules (its defaults are those of a ``Linear``
+    target, or bits 16 when every quantized layer is named). ``source`` names the file (or ``<dict>``) for messages.
     """
 
     method: str
@@ -114,11 +123,13 @@ class QuantConfig:
     extra_config: Mapping[str, Override] = field(default_factory=dict)
     modules_to_not_convert: tuple[str, ...] = ()
     dynamic: tuple[DynamicRule, ...] = ()
-    modules_in_block: tuple[re.Pattern[str], ...] = ()
+    modules_in_block: tuple[BoundedPattern, ...] = ()
     lm_head: bool = False
+    targets: tuple[TargetRule, ...] = ()
+    ignore: tuple[Target, ...] = ()
     source: str = "<dict>"
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    regex_keys: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
+    regex_keys: tuple[tuple[str, BoundedPattern], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "packed_format", PackingFormat.of(self.packed_format))
@@ -174,12 +185,24 @@ class QuantConfig:
         )
         return replace(
             self,
+            targets=tuple(replace(r, target=_remap_target(r.target, remap, self.source)) for r in self.targets),
+            ignore=tuple(_remap_target(t, remap, self.source) for t in self.ignore),
             block_prefixes=tuple(dict.fromkeys(remap.name(p) for p in self.block_prefixes)),
             extra_config=extra,
             modules_to_not_convert=tuple(remap.name(m) for m in self.modules_to_not_convert),
             dynamic=dynamic,
             source=f"{self.source} (remapped)",
         )
+
+
+def _remap_target(target: Target, remap: Remap, source: str) -> Target:
+    """A compressed-tensors target in runtime names: a regex as a regex key, a class name kept, a name mapped."""
+    if target.pattern is not None:
+        key = remap.regex_key(target.pattern.pattern)
+        return Target(f"re:{key}", _compile(key, f"{source}: target"))
+    if target.matches_class():
+        return target
+    return Target(remap.name(target.text))
 
 
 def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
@@ -189,7 +212,7 @@ def read_quant_config(folder: str | os.PathLike[str]) -> QuantConfig:
     with several (Wan2.2's ``transformer`` and ``transformer_2``) the error names them: read each component folder.
     """
     path = Path(folder)
-    if path.is_file():
+    if path.exists() and not path.is_dir():
         return _from_file(path, required=True)  # type: ignore[return-value]
     if not path.is_dir():
         raise ConfigError(f"{path}: no such checkpoint folder or config file")
@@ -213,19 +236,14 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
 def _from_file(path: Path, required: bool) -> QuantConfig | None:
-    if not path.is_file():
+    if not path.exists():  # a FIFO or device is not skipped: reading it says what it is
         return None
     data = _load_json(path)
     if path.name == "config.json" and "quantization_config" not in data:
@@ -268,6 +286,8 @@ def _parse(d: Mapping[str, Any], source: str, default_method: str | None = None)
         return _parse_gptq(d, source)
     if method == "awq":
         return _parse_awq(d, source)
+    if method == "compressed-tensors":
+        return parse_compressed_tensors(d, source)
     raise ConfigError(f"{source}: quant_method={raw_method!r}: not a WnA16 method; expected one of {list(METHODS)}")
 
 
@@ -282,8 +302,8 @@ def _bits(value: Any, where: str) -> int:
 
 
 def _group(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value <= 0):
-        raise ConfigError(f"{where}={value!r}: expected -1 (one group over K) or a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and not 0 < value < 1 << 31):
+        raise ConfigError(f"{where}={value!r}: expected -1 (one group over K) or a positive integer below 2**31")
     return value
 
 
@@ -310,11 +330,9 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
 
 
-def _compile(key: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(key)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise ConfigError(f"{where} {key!r}: invalid regular expression ({exc})") from None
+def _compile(key: str, where: str) -> BoundedPattern:
+    """A checkpoint's regex, matched with a time limit (see :mod:`wna16.checkpoint.patterns`)."""
+    return BoundedPattern(key, where)
 
 
 def _check_activations(d: Mapping[str, Any], where: str) -> None:
@@ -544,4 +562,123 @@ def _parse_awq(d: Mapping[str, Any], source: str) -> QuantConfig:
         modules_to_not_convert=_names(d.get("modules_to_not_convert"), f"{source}: modules_to_not_convert"),
         source=source,
         metadata=_metadata(d, _AWQ_KEYS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compressed-tensors (llm-compressor's format). Only what WnA16 means is accepted: integer weights packed as
+# pack-quantized, per group or per channel, activations and KV cache left in float, no sparsity, no transforms.
+
+CT_FORMAT = "pack-quantized"
+CT_FORMATS_ACCEPTED = (CT_FORMAT, "mixed-precision")
+"""Global ``format`` values read; ``mixed-precision`` requires every config group to say ``pack-quantized``."""
+
+_CT_ACT_ORDER: Mapping[Any, bool] = {
+    None: False, False: False, "weight": False, "static": False, "group": True, "dynamic": True, True: True,
+}  # fmt: skip
+"""``actorder`` -> whether ``weight_g_idx`` is stored. ``weight``/``static`` reorder only during quantization (the
+groups stay contiguous on disk); ``group`` (alias ``dynamic``, ``true`` in older configs) stores the row-to-group
+map (compressed-tensors 0.20 no longer writes it; vLLM still reads it)."""
+
+_CT_KEYS = {
+    "quant_method", "format", "config_groups", "ignore", "quantization_status", "kv_cache_scheme",
+    "sparsity_config", "transform_config",
+}  # fmt: skip
+
+
+def _ct_weights(raw: Any, where: str) -> Override:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}={raw!r}: expected an object of weight quantization arguments")
+    kind = raw.get("type", "int")
+    if kind != "int":
+        raise ConfigError(f"{where}.type={kind!r}: only integer weights are WnA16 (expected 'int')")
+    bits = raw.get("num_bits")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise ConfigError(f"{where}.num_bits={bits!r}: expected one of {list(SUPPORTED_BITS)}")
+    strategy, group = raw.get("strategy"), raw.get("group_size")
+    if strategy == "group" or (strategy is None and group is not None):
+        group = _group(group, f"{where}.group_size")
+        if group == -1:
+            raise ConfigError(f"{where}.group_size=-1: strategy 'group' needs a positive group size")
+    elif strategy == "channel":
+        if group not in (None, -1):
+            raise ConfigError(f"{where}.group_size={group!r}: strategy 'channel' has no group size (expected null)")
+        group = -1
+    else:
+        raise ConfigError(f"{where}.strategy={strategy!r}: expected 'group' or 'channel' (the WnA16 strategies)")
+    sym = _bool(raw.get("symmetric", True), f"{where}.symmetric")
+    order = raw.get("actorder")
+    if not isinstance(order, bool | str | None) or order not in _CT_ACT_ORDER:
+        raise ConfigError(f"{where}.actorder={order!r}: expected one of null, 'group', 'dynamic', 'weight', 'static'")
+    for key in ("dynamic", "block_structure"):
+        if raw.get(key) not in (None, False):
+            raise ConfigError(f"{where}.{key}={raw[key]!r}: not a static weight-only scheme (expected null/false)")
+    return Override(bits, group, sym, _CT_ACT_ORDER[order])
+
+
+def _ct_target(text: Any, where: str) -> Target:
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{where}={text!r}: expected a module name, a class name or 're:<regex>'")
+    if text.startswith("re:"):
+        return Target(text, _compile(text[3:], where))
+    return Target(text)
+
+
+def _ct_group(name: str, group: Any, fmt: str, source: str) -> list[TargetRule]:
+    where = f"{source}: config_groups[{name!r}]"
+    if not isinstance(group, Mapping):
+        raise ConfigError(f"{where}: expected an object with targets and weights")
+    group_format = group.get("format") or fmt
+    if group_format != CT_FORMAT:
+        raise ConfigError(f"{where}.format={group_format!r}: only {CT_FORMAT!r} is read (integer weights packed in "
+                          "int32); other compressed-tensors formats are not WnA16 layouts")  # fmt: skip
+    for key in ("input_activations", "output_activations"):
+        if group.get(key) is not None:
+            raise ConfigError(f"{where}.{key}: quantized activations are not WnA16 (expected null)")
+    targets = group.get("targets")
+    if not isinstance(targets, list | tuple) or not targets:
+        raise ConfigError(f"{where}.targets={targets!r}: expected a non-empty list")
+    override = _ct_weights(group.get("weights"), f"{where}.weights")
+    return [TargetRule(_ct_target(t, f"{where}.targets[{i}]"), name, override) for i, t in enumerate(targets)]
+
+
+def parse_compressed_tensors(d: Mapping[str, Any], source: str) -> QuantConfig:
+    """A compressed-tensors ``quantization_config`` (``pack-quantized`` integer weights only)."""
+    fmt = d.get("format", CT_FORMAT)
+    if fmt not in CT_FORMATS_ACCEPTED:
+        raise ConfigError(f"{source}: format={fmt!r}: only {CT_FORMAT!r} (or 'mixed-precision' of pack-quantized "
+                          "groups) is read; other compressed-tensors formats are not WnA16 layouts")  # fmt: skip
+    status = d.get("quantization_status", "compressed")
+    if status != "compressed":
+        raise ConfigError(f"{source}: quantization_status={status!r}: expected 'compressed' (packed weights)")
+    if d.get("kv_cache_scheme") is not None:
+        raise ConfigError(f"{source}: kv_cache_scheme: a quantized KV cache is not WnA16 (expected null)")
+    sparsity = d.get("sparsity_config") or {}
+    if not isinstance(sparsity, Mapping) or sparsity.get("format", "dense") != "dense":
+        raise ConfigError(f"{source}: sparsity_config={sparsity!r}: sparse weights are not read (expected dense)")
+    if d.get("transform_config"):
+        raise ConfigError(f"{source}: transform_config: transformed (rotated) weights are not read")
+    groups = d.get("config_groups")
+    if not isinstance(groups, Mapping) or not groups:
+        raise ConfigError(f"{source}: config_groups={groups!r}: expected a non-empty object of groups")
+    rules = [rule for name, group in groups.items() for rule in _ct_group(str(name), group, fmt, source)]
+    raw_ignore = d.get("ignore") or []
+    if not isinstance(raw_ignore, list | tuple):
+        raise ConfigError(f"{source}: ignore={raw_ignore!r}: expected a list of names, class names or 're:' regexes")
+    ignore = tuple(_ct_target(t, f"{source}: ignore[{i}]") for i, t in enumerate(raw_ignore))
+    default = next((r.override for r in reversed(rules) if r.target.matches_class()), None)
+    bits, group, sym = (
+        (UNQUANTIZED_BITS, -1, True) if default is None else (default.bits, default.group_size, default.sym)
+    )
+    return QuantConfig(
+        method="compressed-tensors",
+        packed_format=PackingFormat.COMPRESSED_TENSORS,
+        bits=bits or UNQUANTIZED_BITS,
+        group_size=-1 if group is None else group,
+        sym=True if sym is None else sym,
+        act_order=bool(default is not None and default.act_order),
+        targets=tuple(rules),
+        ignore=ignore,
+        source=source,
+        metadata=_metadata(d, _CT_KEYS),
     )

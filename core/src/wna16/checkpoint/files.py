@@ -3,28 +3,37 @@
 Why not ``torch.load`` or a library reader: a checkpoint is untrusted input. Only safetensors is read (never a pickle),
 the header is parsed here (8-byte little-endian length, then JSON) and every tensor's byte range is checked against its
 dtype, shape and the real file size *before* any data is touched, so a truncated file or a header that lies becomes a
-:class:`CorruptFileError` naming file and tensor instead of a crash (or a SIGBUS) deep inside a kernel. Shard names in
-an index must stay inside the checkpoint folder (no ``..``, no absolute paths, no symlink escapes).
+:class:`CorruptFileError` naming file and tensor instead of a crash deep inside a kernel. Every file opened here (and
+by the config reader) must be a regular file, checked before it is opened (:func:`open_regular`): a FIFO or a device
+where a shard, an index or a config is expected is refused instead of blocking forever.
 
-Data is memory-mapped, one private (copy-on-write) map per shard, and handed out as zero-copy tensors. The map is held
-only by the tensors that use it (a weak cache), so a consumer that streams layers (materialise, repack, drop) keeps only
-the pages of the layers it holds resident instead of the whole model.
+Shard names in an index are confined by what they *say* (relative, no ``..``, no absolute paths, no backslashes or
+NULs), and the file they name must stay inside the checkpoint folder, except for the links the Hugging Face hub cache
+makes: a snapshot (``<repo>/snapshots/<revision>/``) holds symlinks into ``<repo>/blobs/``, and those are accepted.
+
+Ownership: :meth:`SafetensorsFolder.tensor` returns a tensor that owns its memory, read from the file with ``readinto``
+(no memory map). A served layer therefore never depends on the file staying as it was: a checkpoint truncated or
+rewritten after loading cannot fault (SIGBUS) or silently change a live layer. A file that changed between its header
+read and a tensor read (other size, inode or modification time) is a :class:`CorruptFileError`; a short read is one
+too. The cost, one copy from the page cache per tensor, is measured in ``ci/bench/bench_load.py``. Nothing is cached,
+so a consumer that streams layers (materialise, repack, drop) holds one layer at a time, not the whole model.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
+import stat
 import struct
-import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 
-from wna16.errors import CheckpointError, CorruptFileError, MissingShardError, UnsafePathError
+from wna16.errors import CheckpointError, CorruptFileError, MissingShardError, UnsafePathError, Wna16Error
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Safetensors' own limit on the JSON header: larger is a corrupt or hostile file."""
@@ -53,6 +62,78 @@ SINGLE_NAMES: tuple[str, ...] = ("model.safetensors", "diffusion_pytorch_model.s
 
 Progress = Callable[[int, int, str], None]
 """Called as ``progress(done, total, file_name)`` after each shard header is read."""
+
+
+MAX_JSON_BYTES = 100 * 1024 * 1024
+"""Largest index or config JSON read (an index of a trillion-parameter model is a few MB)."""
+
+FileIdentity = tuple[int, int, int, int]
+"""``(device, inode, size, mtime_ns)`` of a file: a change of any one means the file is not the one that was read."""
+
+
+def identity(info: os.stat_result) -> FileIdentity:
+    """The :data:`FileIdentity` of a ``stat`` result."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+@contextmanager
+def open_regular(path: Path, error: type[Wna16Error] = CheckpointError) -> Iterator[tuple[IO[bytes], os.stat_result]]:
+    """Open ``path`` for unbuffered binary reading only if it is a regular file: ``(handle, fstat result)``.
+
+    The type is checked with ``stat`` before opening (opening a FIFO blocks until a writer comes), the open itself is
+    non-blocking, and the open descriptor is checked again (same inode, still regular), so a file swapped for a FIFO or
+    device between the two is refused too. Failures raise ``error`` naming the path.
+    """
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(before.st_mode):
+        raise error(f"{path}: is {_kind(before.st_mode)}; expected a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        after = os.fstat(fd)
+        if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            raise error(f"{path}: replaced while being opened (now {_kind(after.st_mode)})")
+        yield handle, after
+
+
+def _read_exact(handle: IO[bytes], buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``handle``; the number of bytes read (less only at end of file)."""
+    done = 0
+    while done < len(buffer):
+        got = handle.readinto(buffer[done:])  # type: ignore[attr-defined]
+        if not got:
+            break
+        done += got
+    return done
+
+
+def read_json(path: Path, error: type[Wna16Error] = CheckpointError) -> Any:
+    """The JSON value of a regular file; ``error`` naming ``path`` for anything else (not a regular file, too large,
+    unreadable, not UTF-8, not JSON, nested too deeply, numbers beyond Python's limits)."""
+    with open_regular(path, error) as (handle, info):
+        if info.st_size > MAX_JSON_BYTES:
+            raise error(f"{path}: {info.st_size} bytes, more than the {MAX_JSON_BYTES}-byte limit for a JSON file")
+        try:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to be a config, index or header") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise error(f"{path}: not valid JSON ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -93,7 +174,7 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
     if not isinstance(entry, dict):
         raise CorruptFileError(f"{where}: header entry is {type(entry).__name__}, expected an object")
     dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise CorruptFileError(f"{where}: dtype {dtype_name!r} is not one of {sorted(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise CorruptFileError(f"{where}: shape {shape!r} is not a list of non-negative integers")
@@ -120,9 +201,14 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     Checks the length prefix, the JSON, each entry's dtype/shape/offsets, that each byte range matches its dtype and
     shape, that no two ranges overlap, and that every range lies inside the file.
     """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
+    tensors, metadata, _ = _read_header(path)
+    return tensors, metadata
+
+
+def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], FileIdentity]:
+    with open_regular(path) as (handle, info):
+        size = info.st_size
+        try:
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise CorruptFileError(f"{path}: {size} bytes, too short for the 8-byte safetensors header length")
@@ -132,12 +218,17 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                     f"{path}: header length {length} exceeds the file ({size} bytes) or the {MAX_HEADER_BYTES}-byte "
                     "limit; truncated or not a safetensors file"
                 )
-            raw = handle.read(length)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+            raw = bytearray(length)
+            got = _read_exact(handle, memoryview(raw))
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+        if got != length:
+            raise CorruptFileError(f"{path}: the file shrank while its {length}-byte header was read ({got} read)")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise CorruptFileError(f"{path}: header JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise CorruptFileError(f"{path}: header is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: header is {type(header).__name__}, expected a JSON object")
@@ -147,42 +238,66 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     data_start = 8 + length
     tensors = {name: _parse_entry(path, name, entry, data_start) for name, entry in header.items()}
     previous: TensorInfo | None = None
-    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
-        if info.end > size:
+    for tensor in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if tensor.end > size:
             raise CorruptFileError(
-                f"{path}: tensor {info.name!r} ends at byte {info.end}, beyond the end of the file ({size} bytes): "
-                "the file is truncated or its header lies"
+                f"{path}: tensor {tensor.name!r} ends at byte {tensor.end}, beyond the end of the file ({size} "
+                "bytes): the file is truncated or its header lies"
             )
-        if previous is not None and info.start < previous.end and info.nbytes and previous.nbytes:
+        if previous is not None and tensor.start < previous.end and tensor.nbytes and previous.nbytes:
             raise CorruptFileError(
-                f"{path}: tensors {previous.name!r} [{previous.start}, {previous.end}) and {info.name!r} "
-                f"[{info.start}, {info.end}) overlap: the header's data_offsets lie"
+                f"{path}: tensors {previous.name!r} [{previous.start}, {previous.end}) and {tensor.name!r} "
+                f"[{tensor.start}, {tensor.end}) overlap: the header's data_offsets lie"
             )
-        if info.nbytes:
-            previous = info
-    return tensors, metadata
+        if tensor.nbytes:
+            previous = tensor
+    return tensors, metadata, identity(info)
 
 
-def _inside(folder: Path, shard: str, index: Path) -> Path:
-    """Resolve a shard name from an index, refusing names that leave ``folder``."""
-    if not isinstance(shard, str) or not shard or os.path.isabs(shard) or "\\" in shard or "\0" in shard:
+def _hub_blobs(folder: Path) -> list[Path]:
+    """The ``blobs`` folder of the Hugging Face hub cache repo whose snapshot holds ``folder``, if it is one.
+
+    The cache is ``<repo>/blobs/<hash>`` plus ``<repo>/snapshots/<revision>/<file>`` symlinks into ``../../blobs``
+    (deeper for files in subfolders); links from a snapshot into its own repo's blobs are the cache's, not an escape.
+    """
+    found = []
+    for form in (folder.absolute(), folder.resolve()):
+        for parent in form.parents:
+            if parent.name == "snapshots" and form != parent and (parent.parent / "blobs").is_dir():
+                found.append((parent.parent / "blobs").resolve())
+                break
+    return found
+
+
+def _inside(folder: Path, shard: object, index: Path) -> Path:
+    """Resolve a shard name from an index: the name itself must be a plain relative path (no ``..``, no empty or
+    absolute parts, no backslash or NUL), and the file it reaches must lie inside ``folder`` or, for a hub cache
+    snapshot, in the cache's blobs."""
+    parts = shard.split("/") if isinstance(shard, str) else []
+    if (
+        not isinstance(shard, str)
+        or not shard
+        or os.path.isabs(shard)
+        or "\\" in shard
+        or "\0" in shard
+        or any(part in ("", "..") for part in parts)
+    ):
         raise UnsafePathError(f"{index}: shard name {shard!r} is not a relative path inside {folder}")
     candidate = folder / shard
-    root = folder.resolve()
     resolved = candidate.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise UnsafePathError(f"{index}: shard {shard!r} resolves to {resolved}, outside the checkpoint folder {root}")
+    roots = [folder.resolve(), *_hub_blobs(folder)]
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise UnsafePathError(
+            f"{index}: shard {shard!r} resolves to {resolved}, outside the checkpoint folder {roots[0]}"
+        )
     return candidate
 
 
 def _read_index(index: Path) -> dict[str, str]:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{index}: not a readable JSON index: {exc}") from exc
+    data = read_json(index, CorruptFileError)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
-        raise CorruptFileError(f"{index}: expected an object with a 'weight_map' of tensor name -> shard file")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptFileError(f"{index}: expected an object with a 'weight_map' of tensor name -> shard file (string)")
     return weight_map
 
 
@@ -192,7 +307,7 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, Path 
     Order of discovery: a known index name, any single ``*.safetensors.index.json``, a known single-file name, then
     every ``*.safetensors`` in the folder. An index's shard names are checked to stay inside the folder and to exist.
     """
-    indexes = [folder / n for n in INDEX_NAMES if (folder / n).is_file()]
+    indexes = [folder / n for n in INDEX_NAMES if (folder / n).exists()]
     indexes = indexes or sorted(folder.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
         raise CheckpointError(f"{folder}: several safetensors indexes {[p.name for p in indexes]}; expected one")
@@ -203,12 +318,13 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, Path 
         for tensor, shard in weight_map.items():
             if shard not in shards:
                 path = _inside(folder, shard, index)
-                if not path.is_file():
+                if not path.exists():
                     raise MissingShardError(f"{index}: shard {shard!r} (holding tensor {tensor!r}) does not exist")
                 shards[shard] = path
         return sorted(shards.values()), weight_map, index
-    singles = [folder / n for n in SINGLE_NAMES if (folder / n).is_file()]
-    files = singles or sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    # Non-regular files are kept here so that reading them says what they are instead of silently skipping them.
+    singles = [folder / n for n in SINGLE_NAMES if (folder / n).exists()]
+    files = singles or sorted(p for p in folder.glob("*.safetensors") if p.exists() and not p.is_dir())
     if not files:
         found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         pickles = [n for n in found if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
@@ -217,55 +333,11 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, Path 
     return files, None, None
 
 
-class _MapCache:
-    """One read-only view of each file, shared by the tensors that use it and unmapped when the last one dies."""
-
-    def __init__(self) -> None:
-        self._maps: dict[Path, weakref.ref[mmap.mmap]] = {}
-
-    def get(self, info: TensorInfo) -> mmap.mmap:
-        ref = self._maps.get(info.file)
-        mapped = ref() if ref is not None else None
-        if mapped is None:
-            try:
-                with info.file.open("rb") as handle:
-                    size = os.fstat(handle.fileno()).st_size
-                    if info.end > size:  # the file shrank after its header was validated: never fault on it
-                        raise CorruptFileError(
-                            f"{info.file}: tensor {info.name!r} ends at byte {info.end}, but the file now has {size}"
-                        )
-                    # ACCESS_COPY: a writable private view, so torch.frombuffer needs no copy and the file is never
-                    # written even if a caller writes to a tensor in place.
-                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-            except OSError as exc:
-                raise CheckpointError(f"{info.file}: cannot map: {exc}") from exc
-            self._maps[info.file] = weakref.ref(mapped)
-        return mapped
-
-
-MADV_POPULATE_READ = 22
-"""Linux >= 5.14: map a range's pages in one call instead of one fault per page (Python names no constant for it)."""
-
-PREFETCH_MIN_BYTES = 1 << 20
-
-
-def _prefetch(mapped: mmap.mmap, info: TensorInfo) -> None:
-    """Ask the kernel for a large tensor's pages up front: the caller is about to read all of them."""
-    if info.nbytes < PREFETCH_MIN_BYTES:
-        return
-    start = info.start - info.start % mmap.PAGESIZE
-    for advice in (MADV_POPULATE_READ, mmap.MADV_WILLNEED):
-        try:
-            mapped.madvise(advice, start, info.end - start)
-            return
-        except OSError:  # older kernels refuse POPULATE_READ (EINVAL); the hint is optional
-            continue
-
-
 class SafetensorsFolder:
-    """Every tensor of a checkpoint folder by name, read lazily from memory maps.
+    """Every tensor of a checkpoint folder by name, read lazily.
 
-    Construction reads and validates the headers only. :meth:`tensor` maps a tensor's bytes on first use.
+    Construction reads and validates the headers only. :meth:`tensor` reads a tensor's bytes into memory it owns, after
+    checking that its file is still the one whose header was read.
     """
 
     def __init__(self, folder: str | os.PathLike[str], progress: Progress | None = None) -> None:
@@ -274,8 +346,9 @@ class SafetensorsFolder:
         self.files: list[Path] = files
         self.metadata: dict[Path, dict[str, str]] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self._identity: dict[Path, FileIdentity] = {}
         for done, path in enumerate(files, 1):
-            tensors, self.metadata[path] = read_header(path)
+            tensors, self.metadata[path], self._identity[path] = _read_header(path)
             for name, info in tensors.items():
                 other = self.tensors.get(name)
                 if other is not None:
@@ -285,7 +358,6 @@ class SafetensorsFolder:
                 progress(done, len(files), path.name)
         if weight_map is not None:
             self._check_index(weight_map)
-        self._maps = _MapCache()
 
     def _check_index(self, weight_map: dict[str, str]) -> None:
         resolved = {path: path.resolve() for path in self.files}
@@ -319,15 +391,29 @@ class SafetensorsFolder:
             raise CheckpointError(f"{self.folder}: no tensor {name!r} in {[p.name for p in self.files]}") from None
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Tensor ``name``, zero-copy over the file's memory map (copied only when its offset is misaligned)."""
+        """Tensor ``name``, read into memory of its own (nothing refers to the file afterwards).
+
+        :class:`CorruptFileError` when the file changed since its header was read (size, inode or modification time)
+        or ends before the tensor does.
+        """
         info = self.info(name)
-        if info.numel == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        mapped = self._maps.get(info)
-        _prefetch(mapped, info)
-        size = _element_size(info.dtype)
-        if info.start % size:
-            raw = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=info.start)
-            return raw.clone().view(info.dtype).reshape(info.shape)
-        flat = torch.frombuffer(mapped, dtype=info.dtype, count=info.numel, offset=info.start)
-        return flat.reshape(info.shape)
+        out = torch.empty(info.nbytes, dtype=torch.uint8)
+        with open_regular(info.file) as (handle, now):
+            was = self._identity[info.file]
+            if identity(now) != was:
+                raise CorruptFileError(
+                    f"{info.file}: changed since its header was read ({was[2]} -> {now.st_size} bytes, modified "
+                    f"{'again' if now.st_mtime_ns != was[3] else 'in place'}); tensor {info.name!r} not read: "
+                    "open the checkpoint again"
+                )
+            try:
+                handle.seek(info.start)
+                got = _read_exact(handle, out.numpy().data) if info.nbytes else 0
+            except OSError as exc:
+                raise CheckpointError(f"{info.file}: tensor {info.name!r}: cannot read: {exc}") from exc
+        if got != info.nbytes:
+            raise CorruptFileError(
+                f"{info.file}: tensor {info.name!r} ends at byte {info.end}, but the file now ends at byte "
+                f"{info.start + got}"
+            )
+        return out.view(info.dtype).reshape(info.shape)

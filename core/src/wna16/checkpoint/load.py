@@ -2,9 +2,10 @@
 
 Loading is all-or-nothing: the config is read, every shard header validated and the coverage audit run before a
 :class:`Checkpoint` exists, so a caller either gets a checkpoint whose every layer can be materialised against its
-scheme or one typed :class:`~wna16.errors.CheckpointError` listing what is wrong. Nothing is read beyond headers and
-``g_idx`` until a weight or tensor is asked for; each request maps the bytes it needs (see
-:mod:`wna16.checkpoint.files`), so streaming over the layers keeps memory near one layer, not one model.
+scheme or one typed :class:`~wna16.errors.CheckpointError` listing what is wrong. Nothing but headers and the small
+tensors the audit checks (``g_idx``, ``qzeros``, ``scales``, ``bias``) is read until a weight or tensor is asked for;
+each request reads the bytes it needs into memory the caller owns (see :mod:`wna16.checkpoint.files`), so streaming
+over the layers keeps memory near one layer, not one model, and a served layer never depends on the files.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _bf16_bytes(info: TensorInfo) -> int:
 
 
 class Checkpoint:
-    """A loaded (audited) checkpoint. Weights and tensors are read from the memory-mapped shards on request and not
-    cached: hold on to what you need, drop what you have repacked."""
+    """A loaded (audited) checkpoint. Weights and tensors are read from the shards on request and not cached: hold on
+    to what you need, drop what you have repacked."""
 
     def __init__(
         self, path: Path, config: QuantConfig, remap: Remap, files: SafetensorsFolder, report: AuditReport
@@ -78,10 +79,10 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no quantized layer {name!r} ({len(self.layers)} layers)") from None
 
     def weight(self, name: str) -> QuantizedWeight:
-        """The canonical weight of layer ``name``, converted from its packed layout (GPTQ qweight is zero-copy)."""
+        """The canonical weight of layer ``name``, read and converted from its packed layout."""
         layer = self.layer(name)
         # The audit read g_idx already: a trivial one (no act order) is not re-read and re-checked.
-        skip = {"bias"} if layer.act_order else {"bias", "g_idx"}
+        skip = {"bias"} if layer.act_order else {"bias", "g_idx", "weight_g_idx"}
         tensors = {role: self._files.tensor(info.name) for role, info in layer.tensors.items() if role not in skip}
         try:
             return layer.packed_format.layout.unpack(

@@ -176,33 +176,33 @@ BAGEL = Preset(
 )
 """BAGEL: names are kept (the inherited mapper's rules are all identities)."""
 
-_TO_OUT = {".to_out.0.": ".to_out."}
-
 FLUX = Preset(
     runtime="FLUX.1-dev",
     names=("FluxPipeline", "FluxTransformer2DModel"),
-    stages={"transformer": Remap(substrings=_TO_OUT, label="FLUX.1-dev transformer")},
+    stages={"transformer": Remap(label="FLUX.1-dev transformer")},
     default_stage="transformer",
     mirrors=(
-        "vllm_omni/diffusion/models/flux/flux_transformer.py: FluxTransformer2DModel declares no mapper; its "
-        "load_weights renames '.to_out.0.' to '.to_out.' and stacks to_q/to_k/to_v -> to_qkv and "
-        "add_q_proj/add_k_proj/add_v_proj -> add_kv_proj (fused modules, resolved by wna16.checkpoint.resolve)"
+        "vllm_omni/diffusion/models/flux/flux_transformer.py: FluxTransformer2DModel declares no mapper and builds "
+        "its layers under the Hugging Face names (attn.to_out.0 stays a ModuleList entry, the quantization prefix "
+        "is '.to_out.0'); it stacks to_q/to_k/to_v -> to_qkv and add_q_proj/add_k_proj/add_v_proj -> add_kv_proj "
+        "(fused modules, resolved by wna16.checkpoint.resolve)"
     ),
 )
-"""FLUX.1-dev transformer: ``attn.to_out.0`` is served as ``attn.to_out``; q/k/v are fused."""
+"""FLUX.1-dev transformer: names as written (q/k/v fused at runtime)."""
 
 QWEN_IMAGE = Preset(
     runtime="Qwen-Image",
     names=("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageTransformer2DModel"),
-    stages={"transformer": Remap({"transformer.": ""}, _TO_OUT, label="Qwen-Image transformer")},
+    stages={"transformer": Remap({"transformer.": ""}, label="Qwen-Image transformer")},
     default_stage="transformer",
     mirrors=(
         "vllm_omni/diffusion/models/qwen_image/qwen_image_transformer.py: no mapper; load_weights "
-        "(_normalize_qwen_image_weight_name) strips a leading 'transformer.' and renames '.to_out.0.' to "
-        "'.to_out.', and stacks to_q/to_k/to_v -> to_qkv, add_q/k/v_proj -> add_kv_proj"
+        "(_normalize_qwen_image_weight_name) strips a leading 'transformer.'; attn.to_out is built with the "
+        "quantization prefix '.to_out.0' (its tensors are renamed, its prefix is not); it stacks to_q/to_k/to_v -> "
+        "to_qkv, add_q/k/v_proj -> add_kv_proj"
     ),
 )
-"""Qwen-Image transformer: ``attn.to_out.0`` is served as ``attn.to_out``; q/k/v and added q/k/v are fused."""
+"""Qwen-Image transformer: a leading ``transformer.`` is dropped; q/k/v and added q/k/v are fused."""
 
 WAN2_2 = Preset(
     runtime="Wan2.2",

@@ -18,6 +18,17 @@ AWQ keys folded in:
    (or a bare regex) overrides fields.
 6. The defaults.
 
+compressed-tensors configs (``quant_method: compressed-tensors``) resolve by their own rules instead
+(:func:`resolve_targets`): an ``ignore`` entry that matches leaves the layer unquantized; otherwise the config group
+of the first matching target decides, in compressed-tensors' order (exact names, then ``re:`` regexes matched with
+``re.match``, each sorted by the target string, then class names; ``Linear`` matches every linear layer); a layer no
+target matches is unquantized. vLLM takes name matches in the order written instead; when the two orders pick
+different schemes for a layer, the layer is refused (:class:`~wna16.errors.ConfigError` naming both targets) rather
+than served the way only one of them would.
+
+Every regex here comes from the checkpoint and is matched with a time limit
+(:class:`~wna16.checkpoint.patterns.BoundedPattern`): a catastrophic pattern is a typed error naming its key.
+
 A result with ``bits >= 16`` is unquantized. Prefixes match on dotted-name boundaries: ``model.layers.1`` covers
 ``model.layers.1.mlp.up_proj`` but not ``model.layers.10.mlp.up_proj``. vLLM uses a raw ``str.startswith`` and would
 count the latter as inside the block; no auto-round checkpoint relies on that, and the boundary rule cannot silently
@@ -30,18 +41,24 @@ outputs are concatenated in the fused order (:func:`part_runs` is the one rule f
 written as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for
 all experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out`
 builds the fused weight from the parts' weights.
+
+Names that match nothing: a ``block_name_to_quantize`` entry or an ``extra_config`` key naming no module of the
+runtime model (a wrong remap, a renamed model class) would leave its layers silently unquantized, and loading would
+fail later on a missing ``weight``. :func:`unmatched_names` / :func:`check_names` find them before any loading, with
+the closest runtime names, for every runtime (vLLM-Omni, vLLM, ``patch_model``) that knows its module names.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from wna16.errors import ConfigError, FusedModuleError, MoELayoutError, SchemeError
+from wna16.checkpoint.patterns import BoundedPattern
+from wna16.errors import ConfigError, FusedModuleError, MoELayoutError, SchemeError, UnmatchedNamesError
 from wna16.formats import PackingFormat
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
@@ -92,7 +109,7 @@ class DynamicRule:
     """A GPTQ ``dynamic`` entry: ``-:regex`` (``skip``) or ``+:regex`` overriding fields, matched with ``re.match``."""
 
     key: str
-    pattern: re.Pattern[str]
+    pattern: BoundedPattern
     skip: bool
     override: Override
 
@@ -116,6 +133,41 @@ class LayerQuant:
         return f"{self.scheme} {self.packed_format}{order} ({self.source})"
 
 
+LINEAR_CLASS_TARGETS = frozenset({"Linear", "LinearBase"})
+"""compressed-tensors class-name targets that match a linear layer (torch's ``Linear``; vLLM's ``LinearBase``)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compressed-tensors ``targets`` / ``ignore`` entry: ``re:<regex>`` (``re.match`` on the module name), or a
+    module name (exact) that may also be a class name (``Linear`` matches every linear layer)."""
+
+    text: str
+    pattern: BoundedPattern | None = None
+
+    @property
+    def is_regex(self) -> bool:
+        """Whether the entry is a ``re:`` regex."""
+        return self.pattern is not None
+
+    def matches_name(self, name: str) -> bool:
+        """The entry matches ``name`` as a name (exact, or regex with ``re.match``)."""
+        return self.pattern.match(name) is not None if self.pattern is not None else self.text == name
+
+    def matches_class(self) -> bool:
+        """The entry names a class every linear layer is an instance of."""
+        return self.pattern is None and self.text in LINEAR_CLASS_TARGETS
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """One target of a compressed-tensors config group and the group's weight scheme (every field set)."""
+
+    target: Target
+    group: str
+    override: Override
+
+
 class Rules(Protocol):
     """What resolution reads from a config (:class:`wna16.checkpoint.config.QuantConfig` provides it): the imports
     run config -> resolve only, so the resolution rules never depend on how a config file is parsed."""
@@ -131,15 +183,21 @@ class Rules(Protocol):
     @property
     def extra_config(self) -> Mapping[str, Override]: ...
     @property
-    def regex_keys(self) -> tuple[tuple[str, re.Pattern[str]], ...]: ...
+    def regex_keys(self) -> tuple[tuple[str, BoundedPattern], ...]: ...
     @property
     def modules_to_not_convert(self) -> tuple[str, ...]: ...
     @property
     def dynamic(self) -> tuple[DynamicRule, ...]: ...
     @property
-    def modules_in_block(self) -> tuple[re.Pattern[str], ...]: ...
+    def modules_in_block(self) -> tuple[BoundedPattern, ...]: ...
     @property
     def lm_head(self) -> bool: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def targets(self) -> tuple[TargetRule, ...]: ...
+    @property
+    def ignore(self) -> tuple[Target, ...]: ...
 
 
 def _layer(config: Rules, fields: Override, base: Override, source: str) -> LayerQuant | None:
@@ -177,6 +235,8 @@ def check_moe_name(name: str) -> None:
 def resolve_layer(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
     """The stored scheme of the linear layer ``name`` (runtime name after any remap) and the rule that decided."""
     check_moe_name(name)
+    if config.method == "compressed-tensors":
+        return resolve_targets(config, name)
     for entry in config.modules_to_not_convert:
         if names_component_run(entry, name):
             return None, f"modules_to_not_convert entry {entry!r}"
@@ -196,6 +256,30 @@ def resolve_layer(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
                 return None, f"dynamic rule {rule.key!r}"
             return _explained(config, rule.override, config.defaults, f"dynamic rule {rule.key!r}")
     return _explained(config, config.defaults, config.defaults, "default")
+
+
+def resolve_targets(config: Rules, name: str) -> tuple[LayerQuant | None, str]:
+    """A compressed-tensors layer: ``ignore``, then the first matching target (see the module docstring)."""
+    for entry in config.ignore:
+        if entry.matches_name(name) or entry.matches_class():
+            return None, f"ignore entry {entry.text!r}"
+    rules = {rule.target.text: rule for rule in config.targets}  # a target repeated in a later group: that group
+    ordered = sorted(rules.values(), key=lambda r: (r.target.is_regex, r.target.text))
+    ours = next((r for r in ordered if r.target.matches_name(name)), None) or next(
+        (r for r in ordered if r.target.matches_class()), None
+    )
+    if ours is None:
+        return None, "no config_groups target matches"
+    vllm = next((r for r in rules.values() if r.target.matches_name(name)), None) or ours
+    if vllm.override != ours.override:
+        raise ConfigError(
+            f"{config.source}: {name}: targets {ours.target.text!r} (config_groups[{ours.group!r}]) and "
+            f"{vllm.target.text!r} (config_groups[{vllm.group!r}]) both match with different schemes; "
+            "compressed-tensors picks the first, vLLM the second: make the targets unambiguous"
+        )
+    return _explained(
+        config, ours.override, ours.override, f"config_groups[{ours.group!r}] target {ours.target.text!r}"
+    )
 
 
 def _explained(config: Rules, fields: Override, base: Override, source: str) -> tuple[LayerQuant | None, str]:
@@ -345,3 +429,54 @@ def resolve_module(
     if parts is None or name in config.extra_config:
         return resolve_layer(config, name)[0]
     return fuse([(part, resolve_layer(config, part)[0]) for part in parts], name)
+
+
+CLOSEST = 3
+"""How many close runtime names an unmatched config name is shown with."""
+
+
+def _close(name: str, candidates: Iterable[str]) -> tuple[str, ...]:
+    return tuple(difflib.get_close_matches(name, sorted(set(candidates)), n=CLOSEST, cutoff=0.5))
+
+
+def unmatched_names(
+    config: Rules, module_names: Iterable[str], packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
+) -> dict[str, tuple[str, ...]]:
+    """The config's block prefixes and ``extra_config`` keys (runtime names, after any remap) that match no module of
+    ``module_names``, each with its closest runtime names (:mod:`difflib`); empty when every name matches.
+
+    A block prefix matches when it is a module's name or a dotted prefix of one; a plain ``extra_config`` key (a layer
+    name) when it is a module's name; a regex key when it ``re.search``-es a module's name. A fused runtime module
+    (``qkv_proj``) also counts under its parts' names (``q_proj``), as the config names parts.
+    """
+    names: set[str] = set()
+    for module in module_names:
+        names.add(module)
+        names.update(fused_parts(module, packed_modules) or ())
+    scopes = {name.rsplit(".", depth)[0] for name in names for depth in range(name.count(".") + 1)}
+    unmatched: dict[str, tuple[str, ...]] = {}
+    for prefix in config.block_prefixes:
+        if prefix.rstrip(".") not in scopes:
+            unmatched[prefix] = _close(prefix, scopes)
+    patterns = dict(config.regex_keys)
+    for key in config.extra_config:
+        pattern = patterns.get(key)
+        if pattern is not None:
+            if not any(pattern.search(name) for name in names):
+                unmatched[key] = _close(key, names)
+        elif key not in names:
+            unmatched[key] = _close(key, names)
+    return unmatched
+
+
+def check_names(
+    config: Rules,
+    module_names: Iterable[str],
+    packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES,
+    where: str | None = None,
+) -> None:
+    """Raise :class:`~wna16.errors.UnmatchedNamesError` naming every config name that matches no runtime module
+    (see :func:`unmatched_names`), before any weight is loaded."""
+    unmatched = unmatched_names(config, module_names, packed_modules)
+    if unmatched:
+        raise UnmatchedNamesError(where or config.source, unmatched)

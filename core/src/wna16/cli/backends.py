@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
 import torch
 
@@ -44,29 +45,50 @@ def describe_capability(rule: Capability) -> dict[str, object]:
     }
 
 
+def _short(dtype: object) -> str:
+    return str(dtype).removeprefix("torch.").replace("bfloat", "bf").replace("float", "fp")
+
+
 def _summary(rule: Capability) -> str:
     groups = "any" if rule.group_sizes is None else "/".join(str(g) for g in sorted(rule.group_sizes))
     zero = "+".join(z for z, ok in (("sym", rule.sym), ("asym", rule.asym)) if ok)
-    dtypes = "/".join(n.replace("float", "fp").replace("bfp", "bf") for n in _names(rule.dtypes))
+    dtypes = "/".join(_short(d) for d in sorted(rule.dtypes, key=str))
+    param = "act" if rule.param_dtype is None else _short(rule.param_dtype)
     extras = [x for x, ok in (("act-order", rule.act_order), ("k-slices", rule.k_slices)) if ok]
-    head = f"[{rule.label}] " if rule.label else ""
+    head = f"{rule.label}: " if rule.label else ""
     return (
-        f"{head}w{','.join(map(str, sorted(rule.bits)))} g{groups} {zero} {dtypes} p{rule.priority} {' '.join(extras)}"
-    )
+        f"{head}w{','.join(map(str, sorted(rule.bits)))} g{groups} {zero} act {dtypes} param {param} "
+        f"accum {_short(rule.accum_dtype)} p{rule.priority} {' '.join(extras)}"
+    ).rstrip()
+
+
+LEGEND = (
+    "w: weight bits; g: group sizes (-1: one group per output row, i.e. per channel; any: every size); "
+    "sym/asym: zero points served; act: activation dtypes; param: the dtype scales and the dequantized weight are "
+    "rounded to (act: the activation's), accum: the accumulation dtype (both set the conformance error bound); "
+    "p: priority (the registry picks the highest among the available backends that serve a layer; ties go to the "
+    "name first in alphabetical order); act-order: serves g_idx (desc_act) layers; k-slices: serves tensor-parallel "
+    "row slices"
+)
+"""The abbreviations of the capability column, printed under the table."""
 
 
 def rows(device: str) -> list[dict[str, object]]:
     """One row per discovered backend."""
     out: list[dict[str, object]] = []
-    for entry in default_registry().entries():
+    registry = default_registry()
+    for entry in registry.entries():
         backend: Backend | None = entry.backend
         row: dict[str, object] = {"name": entry.name, "distribution": entry.distribution, "version": entry.version}
         if backend is None:
             row.update(available=False, reason="failed to load: " + (entry.error or "").strip().splitlines()[-1])
             row.update(priority=None, capabilities=[])
         else:
-            availability = backend.available(device)
-            row.update(available=availability.ok, reason=availability.reason)
+            try:
+                availability = backend.available(device)
+                row.update(available=availability.ok, reason=availability.reason)
+            except Exception as exc:  # a misbehaving plugin is listed with the fault, not a traceback of ours
+                row.update(available=False, reason=registry.fault(entry.name, "available", exc))
             row["priority"] = max((c.priority for c in backend.capabilities), default=0)
             row["capabilities"] = [describe_capability(c) for c in backend.capabilities]
             row["summary"] = [_summary(c) for c in backend.capabilities]
@@ -81,15 +103,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    print(f"{'backend':<14} {'distribution':<26} {'available on ' + args.device:<40} capabilities")
+    width = max([len("backend"), *(len(str(r["name"])) for r in table)])
+    dist_width = max([len("distribution"), *(len(f"{r['distribution']} {r['version']}") for r in table)])
+    print(f"{'backend':<{width}}  {'distribution':<{dist_width}}  {'on ' + args.device:<8}  capabilities")
     for row in table:
-        avail = "yes" if row["available"] else f"no: {row['reason']}"
         dist = f"{row['distribution']} {row['version']}"
         summaries = row.get("summary") or ["-"]
         assert isinstance(summaries, list)
-        print(f"{row['name']:<14} {dist:<26} {avail[:40]:<40} {summaries[0]}")
+        avail = "yes" if row["available"] else "no (1)"
+        print(f"{row['name']!s:<{width}}  {dist:<{dist_width}}  {avail:<8}  {summaries[0]}")
         for extra in summaries[1:]:
-            print(f"{'':<82} {extra}")
-        if not row["available"] and len(str(avail)) > 40:
-            print(f"{'':<42}   ({avail})")
+            print(f"{'':<{width + dist_width + 14}}{extra}")
+    missing = [row for row in table if not row["available"]]
+    if missing:
+        print(f"\n(1) not available on {args.device}:")
+        for row in missing:
+            print(f"  {row['name']}: {row['reason']}")
+    print("\n" + textwrap.fill(f"legend: {LEGEND}", width=118, subsequent_indent="  "))
     return 0

@@ -1,7 +1,8 @@
 """Inspect a quantized checkpoint: its config, every layer with the backend that would serve it, the audit, sizes.
 
-Exit status: 0 when the coverage audit passes, 1 when it finds problems (all are listed), 2 when the checkpoint
-cannot be read at all (unsafe or missing shard, corrupt header, invalid config).
+Exit status: 0 when the coverage audit passes and every layer has a backend on the chosen device, 1 when the audit
+finds problems (all are listed) or a layer has no backend there (a warning names them), 2 when the checkpoint cannot
+be read at all (unsafe or missing shard, corrupt header, invalid config).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from wna16.checkpoint.audit import AuditReport, CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, open_checkpoint
 from wna16.checkpoint.resolve import fused_groups, part_runs
-from wna16.errors import NoBackendError, Wna16Error
+from wna16.errors import NoBackendError, Wna16Error, layer_shape
 from wna16.protocol import LayerSpec
 from wna16.registry import Selection, select
 
@@ -71,7 +72,7 @@ def _spec(layer: CheckpointLayer, dtype: torch.dtype, device: str) -> LayerSpec:
 
 
 def _choose(spec: LayerSpec) -> tuple[str, dict[str, tuple[str, ...]]]:
-    """(backend name or "none", other backends -> why not)."""
+    """(backend name or "none", other backends -> every reason why not)."""
     try:
         chosen: Selection = select(spec)
     except NoBackendError as exc:
@@ -133,6 +134,8 @@ def summary(checkpoint: Checkpoint) -> dict[str, object]:
         "block_prefixes": list(c.block_prefixes),
         "extra_config_keys": len(c.extra_config),
         "modules_to_not_convert": list(c.modules_to_not_convert),
+        "config_groups": sorted({r.group for r in c.targets}),
+        "ignore": [t.text for t in c.ignore],
         "remap": checkpoint.remap.label,
         "quantized_layers": len(checkpoint.layers),
         "unquantized_tensors": len(checkpoint.unquantized),
@@ -143,30 +146,43 @@ def summary(checkpoint: Checkpoint) -> dict[str, object]:
     }
 
 
+def short_reason(reasons: list[str] | tuple[str, ...]) -> str:
+    """The one reason a table prints for a rejected backend: the first (availability comes first, then the rules in
+    declaration order), with a count of the others (``--json`` lists them all)."""
+    if not reasons:
+        return "no reason given"
+    head = reasons[0].removeprefix("unavailable: ")
+    return head + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
+
+
 def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device: str, dtype: str) -> None:
     info = summary(checkpoint)
     files = info["files"]
     assert isinstance(files, list)
     print(f"checkpoint  {info['path']}  ({len(files)} safetensors file{'s' if len(files) != 1 else ''})")
     print(
-        f"config      {info['method']}, layout {info['packed_format']}, default {info['default_scheme']}"
-        f"{' act-order' if info['act_order'] else ''}, blocks {info['block_prefixes'] or 'all'}, "
-        f"extra_config {info['extra_config_keys']} key(s), not converted {info['modules_to_not_convert'] or '-'}, "
-        f"remap {info['remap']}"
+        f"config      quant_method {info['method']}, packing {info['packed_format']}, default scheme "
+        f"{info['default_scheme']}{' with act order' if info['act_order'] else ''}, quantized blocks "
+        f"{info['block_prefixes'] or 'all'}, per-layer overrides (extra_config) {info['extra_config_keys']}, "
+        f"modules_to_not_convert {info['modules_to_not_convert'] or '-'}, name remap {info['remap']}"
     )
+    if info["config_groups"]:
+        print(f"groups      config_groups {info['config_groups']}, ignore {info['ignore'] or '-'}")
     print(f"layers      {info['quantized_layers']} quantized, {info['unquantized_tensors']} 16-bit tensors")
     print()
     width = max([len("runtime name"), *(len(str(r["name"])) for r in rows)])
+    lw = max([7, *(len(str(r["layout"])) for r in rows)])
     print(
-        f"{'runtime name':<{width}}  bits group sym   layout   act-order  in x out      bias  "
+        f"{'runtime name':<{width}}  bits  group size  zero point  {'packing':<{lw}}  act order  {'in -> out':<13}  "
+        f"bias  "
         f"backend ({device}, {dtype})"
     )
     for r in rows:
-        shape = f"{r['in_features']}x{r['out_features']}"
+        shape = layer_shape(int(str(r["in_features"])), int(str(r["out_features"])))
         print(
-            f"{r['name']!s:<{width}}  {r['bits']!s:>4} {r['group_size']!s:>5} {'yes' if r['sym'] else 'no':<5} "
-            f"{r['layout']!s:<8} {'yes' if r['act_order'] else 'no':<10} {shape:<13} {'yes' if r['bias'] else 'no':<5} "
-            f"{r['backend']}"
+            f"{r['name']!s:<{width}}  {r['bits']!s:>4}  {r['group_size']!s:>10}  {'sym' if r['sym'] else 'asym':<10}  "
+            f"{r['layout']!s:<{lw}}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  "
+            f"{'yes' if r['bias'] else 'no':<4}  {r['backend']}"
         )
     fused = mixed_fused_rows(checkpoint, rows)
     if fused:
@@ -180,16 +196,17 @@ def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device:
     for r in rows:
         groups.setdefault((r["scheme"], r["act_order"], r["in_features"], r["out_features"], r["bias"]), []).append(r)
     if any(r["rejected"] for r in rows):
-        print("\nwhy not the other backends:")
+        print("\nwhy not the other backends (the first reason of each; --json lists all):")
         for (scheme, act, k, n, bias), members in groups.items():
             rejected = members[0]["rejected"]
             assert isinstance(rejected, dict)
             if not rejected:
                 continue
             extras = (" act-order" if act else "") + (" bias" if bias else "")
-            print(f"  {scheme} {k}x{n}{extras} ({len(members)} layer(s), served by {members[0]['backend']}):")
+            shape = layer_shape(int(str(k)), int(str(n)))
+            print(f"  {scheme} {shape}{extras} ({len(members)} layer(s), served by {members[0]['backend']}):")
             for backend, reasons in sorted(rejected.items()):
-                print(f"    {backend}: {'; '.join(reasons)}")
+                print(f"    {backend}: {short_reason(reasons)}")
 
 
 def _print_audit(report: AuditReport, checkpoint: Checkpoint) -> None:
@@ -241,4 +258,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_tables(checkpoint, rows, args.device, args.dtype)
         _print_audit(report, checkpoint)
-    return 0 if report.ok else 1
+    unserved = [str(r["name"]) for r in rows if r["backend"] == "none"]
+    if unserved:
+        shown = ", ".join(unserved[:5]) + (f" and {len(unserved) - 5} more" if len(unserved) > 5 else "")
+        print(
+            f"wna16 inspect: warning: {len(unserved)} layer(s) have no backend on {args.device} ({args.dtype}): "
+            f"{shown}; see why above, or try another --device/--dtype",
+            file=sys.stderr,
+        )
+    return 0 if report.ok and not unserved else 1

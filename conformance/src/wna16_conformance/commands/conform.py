@@ -2,7 +2,8 @@
 
 On whatever machine it runs: (1) runs the conformance suite (ci profile unless told otherwise) for every installed
 backend available on the device, one report per backend in ``--reports``; (2) for every checkpoint given (default:
-the real auto-round checkpoints embedded in this repository, ``tests/checkpoints/embedded``) loads it with the
+the real auto-round checkpoints embedded in this repository, ``tests/checkpoints/embedded``, found from where the
+distribution is installed, or ``$WNA16_CHECKPOINTS``, never from the current directory) loads it with the
 coverage audit, builds a ``QuantLinear`` per quantized layer through the registry, and checks each layer's output on
 seeded inputs against the oracle within the conformance error bound; (3) merges the reports into
 ``SUPPORT_MATRIX.md`` and ``support_matrix.html``. Exits non-zero on any failure, mismatch or failing audit.
@@ -11,6 +12,8 @@ seeded inputs against the oracle within the conformance error bound; (3) merges 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -20,12 +23,17 @@ import torch
 
 from wna16.checkpoint.load import load_checkpoint
 from wna16.errors import Wna16Error
-from wna16.matrix import build
 from wna16.nn import QuantLinear
 from wna16.registry import default_registry
 from wna16.tolerance import error_ratio
+from wna16_conformance.invocation import report_name, suite_command
+from wna16_conformance.matrix import build
 
 EMBEDDED = Path("tests") / "checkpoints" / "embedded"
+"""Where the embedded checkpoints live in a checkout of the repository."""
+
+REQUIRED = {"pytest": "pytest", "xdist": "pytest-xdist", "hypothesis": "hypothesis", "jsonschema": "jsonschema"}
+"""Modules a suite run imports -> the distribution that provides each (checked before starting any run)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="ci", choices=["ci", "dev", "thorough"], help="hypothesis profile")
     parser.add_argument("--backend", action="append", default=[], help="only these backends (repeatable)")
     parser.add_argument("--max-dim", type=int, default=None, help="cap K and N of the conformance cases")
-    parser.add_argument("--workers", default="2", help="pytest-xdist workers per suite run (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers per suite run (default 2)")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="folder for reports and the matrix")
     parser.add_argument(
         "--checkpoint",
         action="append",
         type=Path,
         default=[],
-        help="checkpoint folder (repeatable; default: every folder under tests/checkpoints/embedded)",
+        help="checkpoint folder (repeatable; default: $WNA16_CHECKPOINTS, else the repository's "
+        "tests/checkpoints/embedded)",
     )
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
 
@@ -57,34 +66,44 @@ def available_backends(device: str, only: list[str]) -> list[str]:
     return names
 
 
+def missing_requirements() -> list[str]:
+    """The distributions a suite run needs that do not import here (``pip install`` names)."""
+    return [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
+
+
+def embedded_checkpoints() -> Path | None:
+    """The folder of embedded checkpoints: ``$WNA16_CHECKPOINTS``, else ``tests/checkpoints/embedded`` of the
+    repository checkout this module is installed from (an editable or source install); None when neither exists."""
+    if os.environ.get("WNA16_CHECKPOINTS"):
+        return Path(os.environ["WNA16_CHECKPOINTS"])
+    for folder in Path(__file__).resolve().parents:
+        if (folder / EMBEDDED).is_dir():
+            return folder / EMBEDDED
+    return None
+
+
 def run_suite(name: str, args: argparse.Namespace) -> tuple[bool, Path]:
-    """Run the conformance suite for one backend in a subprocess; returns (passed, report path)."""
-    device_type = args.device.split(":", 1)[0]
-    report = args.reports / f"{device_type}-{name}.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--pyargs",
-        "wna16_conformance",
-        f"--wna16-backend={name}",
-        f"--wna16-device={args.device}",
-        f"--wna16-profile={args.profile}",
-        f"--wna16-report={report}",
-        "-n",
-        str(args.workers),
-    ]
-    if args.max_dim:
-        cmd.append(f"--wna16-max-dim={args.max_dim}")
+    """Run the conformance suite for one backend in a subprocess; returns (passed, report path). When the run
+    cannot start or crashes, its own output (stderr first) is printed: that is the only place the cause is."""
+    report = args.reports / report_name(args.device, name)
+    report.unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one
+    cmd = suite_command(
+        sys.executable, name, device=args.device, report=str(report), profile=args.profile,
+        max_dim=args.max_dim, workers=args.workers,
+    )  # fmt: skip
     print(f"[conform] {name}: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
-    tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
-    print(f"[conform] {name}: {tail}", flush=True)
-    if done.returncode not in (0, 1):  # 1 = failures, reported; anything else = the run itself broke
-        print(done.stdout[-3000:] + done.stderr[-3000:], file=sys.stderr)
+    lines = done.stdout.strip().splitlines()
+    print(f"[conform] {name}: {lines[-1] if lines else '(the suite printed nothing on stdout)'}", flush=True)
+    # 0 = passed, 1 = failures (in the report); anything else, or no report, means the run itself broke.
+    if done.returncode not in (0, 1) or not report.exists():
+        print(
+            f"[conform] {name}: the suite run did not complete (exit status {done.returncode}"
+            f"{'' if report.exists() else ', no report written'}); its output:",
+            file=sys.stderr,
+        )
+        print(done.stderr.strip()[-3000:] or "(stderr empty)", file=sys.stderr)
+        print(done.stdout.strip()[-3000:], file=sys.stderr, flush=True)
     return done.returncode == 0 and report.exists(), report
 
 
@@ -125,6 +144,12 @@ def check_checkpoint(path: Path, device: str, dtype: torch.dtype) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run everything; print a summary; 0 only when every suite, checkpoint and matrix cell passed."""
     start = time.monotonic()
+    missing = missing_requirements()
+    if missing:
+        print(
+            f"wna16 conform: a suite run needs {', '.join(missing)}: pip install {' '.join(missing)}", file=sys.stderr
+        )
+        return 2
     args.reports.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
     names = available_backends(args.device, args.backend)
@@ -136,16 +161,18 @@ def run(args: argparse.Namespace) -> int:
             reports.append(report)
         if not passed:
             failures.append(f"conformance of {name} on {args.device} failed (report: {report})")
-    checkpoints = args.checkpoint or sorted(p.parent for p in EMBEDDED.glob("*/config.json"))
+    embedded = embedded_checkpoints()
+    checkpoints = args.checkpoint or sorted(p.parent for p in (embedded or Path()).glob("*/config.json"))
     if not checkpoints:
-        failures.append(f"no checkpoint given and none found under {EMBEDDED} (run from the repository root)")
+        where = f"under {embedded}" if embedded else "(not installed from a checkout; $WNA16_CHECKPOINTS unset)"
+        failures.append(f"no checkpoint given with --checkpoint and none found {where}")
     for path in checkpoints:
         failures += check_checkpoint(path, args.device, dtype)
     if reports:
         matrix = build(reports, args.reports / "SUPPORT_MATRIX.md", args.reports / "support_matrix.html")
-        failing = sum(m.status == "fail" for cells in matrix.rows.values() for m in cells.values())
+        failing = len(matrix.failing())
         print(
-            f"[conform] matrix: {len(matrix.rows)} row(s) x {len(matrix.columns)} cells, {failing} failing; "
+            f"[conform] matrix: {len(matrix.rows)} row(s), {failing} failing cell(s); "
             f"wrote {args.reports / 'SUPPORT_MATRIX.md'} and {args.reports / 'support_matrix.html'}"
         )
     print(

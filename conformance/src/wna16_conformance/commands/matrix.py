@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from wna16.matrix import build
+from wna16_conformance.matrix import ReportError, build
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,9 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write both outputs; exit 1 when any cell fails (including conflicts between reports)."""
-    matrix = build(args.reports, args.markdown, args.html)
-    failing = sum(m.status == "fail" for cells in matrix.rows.values() for m in cells.values())
-    print(f"{len(args.reports)} report(s), {len(matrix.rows)} row(s), {len(matrix.columns)} cells per row")
+    """Write both outputs; exit 1 when any cell fails (including reports that disagree), 2 on an unreadable report."""
+    try:
+        matrix = build(args.reports, args.markdown, args.html)
+    except ReportError as exc:
+        print(f"wna16 matrix: {exc}", file=sys.stderr)
+        return 2
+    failing = len(matrix.failing())
+    print(f"{len(args.reports)} report(s), {len(matrix.rows)} row(s)")
     print(f"wrote {args.markdown} and {args.html}; {failing} failing cell(s)")
     return 1 if failing else 0

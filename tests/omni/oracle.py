@@ -1,0 +1,60 @@
+"""The judge of the diffusion tests: diffusers' own pipeline, fp32, on the full (unquantized) pipeline folder, either
+as saved or with every quantized layer of the checkpoint replaced by wna16's oracle dequantization
+(:func:`wna16.reference.dequantize`, exact) and every other tensor of the quantized checkpoint loaded as written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+import wna16
+from wna16.checkpoint.remap import Remap
+from wna16.reference import dequantize
+
+
+def load_dequantized(module: torch.nn.Module, folder: Path) -> int:
+    """Put the checkpoint in ``folder`` (diffusers names) into ``module``: dequantized weights for quantized layers,
+    the 16-bit tensors as written; returns the number of quantized layers."""
+    ckpt = wna16.load_checkpoint(folder, remap=Remap.IDENTITY)
+    modules = dict(module.named_modules())
+    params = dict(module.named_parameters())
+    for name in ckpt.layers:
+        linear = modules[name]
+        assert isinstance(linear, torch.nn.Linear), (name, type(linear))
+        weight = dequantize(ckpt.weight(name))
+        assert weight.shape == linear.weight.shape, (name, weight.shape, linear.weight.shape)
+        linear.weight.data.copy_(weight.float())
+        bias = ckpt.bias(name)
+        if bias is not None:
+            linear.bias.data.copy_(bias.float())
+    for name in ckpt.unquantized:
+        params[name].data.copy_(ckpt.tensor(name).float())
+    return len(ckpt.layers)
+
+
+def diffusers_latents(
+    full: Path,
+    quantized: Path | None,
+    components: tuple[str, ...],
+    size: tuple[int, int],
+    prompt: str,
+    steps: int,
+    seed: int,
+    **call: Any,
+) -> torch.Tensor:
+    """Latents of diffusers' pipeline from ``full``; with ``quantized``, its ``components`` (``transformer``,
+    ``transformer_2``) carry the quantized checkpoint's oracle weights."""
+    pipe = DiffusionPipeline.from_pretrained(str(full), torch_dtype=torch.float32)
+    if quantized is not None:
+        for component in components:
+            assert load_dequantized(getattr(pipe, component), quantized / component) > 0, component
+    height, width = size
+    generator = torch.Generator("cpu").manual_seed(seed)
+    out = pipe(prompt, num_inference_steps=steps, height=height, width=width, generator=generator,
+               output_type="latent", **call)  # fmt: skip
+    latents = out.images if hasattr(out, "images") else out.frames
+    return torch.as_tensor(latents).float()
