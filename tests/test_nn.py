@@ -106,3 +106,34 @@ def test_to_unavailable_device_is_refused() -> None:
         named.half()
     with pytest.raises(FormatError, match=r"^model\.layers\.3\.mlp\.up_proj: input is float32\[2, 32\]"):
         named(torch.randn(2, 32))
+
+
+def test_source_replaces_the_kept_canonical_weight() -> None:
+    """With a source, the module keeps only the backend's layout; state_dict and .to() read the weight again."""
+    weight = quantize_rtn(torch.randn(32, 128, generator=torch.Generator().manual_seed(1)), Scheme(4, 64, False))
+    reads: list[int] = []
+
+    def source() -> QuantizedWeight:
+        reads.append(1)
+        return weight
+
+    kept = layer()
+    m = QuantLinear(weight, kept._bias, dtype=torch.float32, registry=registry(ReferenceBackend()), source=source)
+    assert m._weight is None and reads == []
+    saved = m.state_dict()
+    assert len(reads) == 1
+    for key, tensor in kept.state_dict().items():
+        assert torch.equal(saved[key], tensor), key
+    x = torch.randn(3, 128)
+    m.to(torch.bfloat16)
+    assert m._weight is None and m.spec.dtype == torch.bfloat16 and len(reads) == 2
+    assert torch.equal(m(x.bfloat16()), kept.to(torch.bfloat16)(x.bfloat16()))
+
+    other = quantize_rtn(torch.randn(32, 64), Scheme(4, 64, False))
+    stale = QuantLinear(
+        weight, kept._bias, dtype=torch.float32, registry=registry(ReferenceBackend()), source=lambda: other
+    )
+    with pytest.raises(FormatError, match="the source now gives"):
+        stale.state_dict()
+    stale.load_state_dict(kept.state_dict(), strict=False)  # a loaded state_dict becomes the kept truth
+    assert stale._weight is not None and stale._source is None

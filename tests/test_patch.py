@@ -11,6 +11,7 @@ import torch
 
 import wna16
 from wna16 import ConfigError, FormatError, ModelMismatchError, UnsupportedError
+from wna16.checkpoint.load import load_checkpoint
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.write import quantization_config, write_checkpoint
 from wna16.nn import QuantLinear
@@ -120,6 +121,10 @@ def test_patch_model_serves_the_checkpoint(tmp_path: Path, dtype: torch.dtype) -
     assert isinstance(model.layers[0].up, QuantLinear) and model.layers[0].up.weight_format.name == "gptq_v2"
     assert model.head.weight is model.embed.weight, "the tied head follows the embedding"
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    up = model.layers[0].up
+    assert up._weight is None, "the canonical weight is re-read from the checkpoint, not kept resident"
+    on_disk = up.weight_format.pack(load_checkpoint(tmp_path).weight("layers.0.up"))
+    assert on_disk and all(torch.equal(up.state_dict()[key], tensor) for key, tensor in on_disk.items())
 
     exact = Tiny()  # float model holding the dequantized weights
     exact.load_state_dict(made["state"], strict=False)  # type: ignore[arg-type]

@@ -13,10 +13,11 @@ import torch
 from wna16 import LayerSpec, QuantizedWeight, Registry, Scheme, Shard, quantize_rtn
 from wna16.errors import FormatError, UnsupportedError
 from wna16.partition import shard_bias, shard_weight
+from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
-from wna16_cpu import CpuBackend
-from wna16_cpu.int4 import SCALAR_MAX_M, Int4Linear, RowLayout, kernel_group
-from wna16_cpu.int8 import SCALAR_MAX_M as INT8_SCALAR_MAX_M
+from wna16_cpu import CpuBackend, isa
+from wna16_cpu.backend import FALLBACK, TUNING, _capabilities, tuning
+from wna16_cpu.int4 import CHUNK_ROWS, Int4Linear, PackedColumns, RowLayout, _convert, kernel_group
 from wna16_cpu.int8 import Int8Linear
 from wna16_reference import ReferenceBackend
 
@@ -59,18 +60,63 @@ def test_int4_matches_oracle(dtype: torch.dtype, group: int, sym: bool) -> None:
     assert run(weight, dtype, x) <= 1.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("m", sorted({1, SCALAR_MAX_M, SCALAR_MAX_M + 1, 33}))
-def test_int4_scalar_dtypes_both_paths(dtype: torch.dtype, m: int) -> None:
-    """fp16/fp32 run the scalar kernel up to SCALAR_MAX_M rows and dequantize-then-matmul above: both match."""
-    weight = make_weight(32, 320, Scheme(4, 64, False), act_order=True, scale_dtype=torch.float32, seed=m)
-    x = torch.randn(m, 320).to(dtype)
-    assert run(weight, dtype, x, torch.randn(32)) <= 1.0
-    layer = CpuBackend().prepare(weight, LayerSpec.of(weight, dtype))
-    assert isinstance(layer, Int4Linear)
-    xp = layer.layout.scatter(x)
-    kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, layer.packed, layer.layout.block_rows, layer.sz)
-    torch.testing.assert_close(layer.dequantized_matmul(xp).to(dtype), kernel, rtol=4e-3, atol=1e-3)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [2, 3, 8])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("group", [-1, 64])
+def test_every_bit_width_matches_oracle(dtype: torch.dtype, bits: int, sym: bool, group: int) -> None:
+    weight = make_weight(48, 384, Scheme(bits, group, sym), act_order=group > 0, seed=bits + group)
+    x = torch.randn(3, 384).to(dtype)
+    assert run(weight, dtype, x, torch.randn(48)) <= 1.0
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_shifted_codes_are_exact(bits: int, sym: bool, act_order: bool) -> None:
+    """2/3-bit codes enter the int4 kernel as ``q - z + 8`` with a zero term of 0, so each dequantized weight is the
+    integer ``q - z`` times the bf16 scale, exact in float32: the identity matrix gives back ``W^T`` rounded once.
+    A float zero term ``(8 - z) * s`` rounded to bf16 would not (that is what this test catches)."""
+    weight = make_weight(32, 128, Scheme(bits, 32, sym), act_order=act_order, scale_dtype=torch.bfloat16, seed=bits)
+    layer = CpuBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
+    assert isinstance(layer, Int4Linear) and layer.shifted
+    exact = dequantize(weight).to(torch.float64).t().to(torch.bfloat16)  # [K, N]
+    eye = torch.eye(128, dtype=torch.bfloat16)
+    assert torch.equal(layer(eye), exact)
+    assert torch.equal(layer.dequantized_matmul(layer.layout.scatter(eye)).to(torch.bfloat16), exact)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "dtype"),
+    [
+        (Scheme(3, 64, False), torch.bfloat16),
+        (Scheme(4, 64, False), torch.bfloat16),
+        (Scheme(4, 64, False), torch.float16),
+        (Scheme(8, -1, True), torch.bfloat16),
+    ],
+)
+def test_kernel_and_gemm_paths_both_match(scheme: Scheme, dtype: torch.dtype) -> None:
+    """Layers with a kernel have two paths over the same bytes (kernel up to ``kernel_max_m`` rows, GEMM above):
+    forced to each, both stay within the bound at the same M."""
+    weight = make_weight(80, 320, scheme, act_order=scheme.group_size > 0, scale_dtype=torch.float32, seed=3)
+    spec = LayerSpec.of(weight, dtype, bias=True)
+    bias = torch.randn(80)
+    x = torch.randn(6, 320).to(dtype)
+    precision = Precision.for_backend(CpuBackend(), spec)
+    layer = CpuBackend().prepare(weight, spec, bias)
+    assert isinstance(layer, (Int4Linear, Int8Linear))
+    for max_m in (0, 1 << 20):
+        layer.kernel_max_m = max_m
+        assert error_ratio(layer(x), x, weight, precision, bias) <= 1.0
+
+
+def test_fp32_and_grouped_8bit_never_call_a_kernel() -> None:
+    """torch has no fast fp32 int4 loop and no grouped/asymmetric int8 kernel: those layers are GEMM-only."""
+    w4 = make_weight(32, 256, Scheme(4, 128, True))
+    w8 = make_weight(32, 256, Scheme(8, 128, False))
+    for weight, dtype in ((w4, torch.float32), (w8, torch.bfloat16), (w8, torch.float32)):
+        layer = CpuBackend().prepare(weight, LayerSpec.of(weight, dtype))
+        assert isinstance(layer, (Int4Linear, Int8Linear)) and layer.kernel_max_m <= 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -157,19 +203,16 @@ def test_int8_per_channel_symmetric(dtype: torch.dtype) -> None:
     assert run(weight, dtype, x, torch.randn(24)) <= 1.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("m", sorted({1, INT8_SCALAR_MAX_M, INT8_SCALAR_MAX_M + 1, 40}))
-def test_int8_scalar_dtypes_both_paths(dtype: torch.dtype, m: int) -> None:
-    weight = make_weight(40, 96, Scheme(8, -1, True), scale_dtype=torch.float32, seed=m)
-    x = torch.randn(m, 96).to(dtype)
-    assert run(weight, dtype, x, torch.randn(40)) <= 1.0
-    layer = CpuBackend().prepare(weight, LayerSpec.of(weight, dtype))
-    assert isinstance(layer, Int8Linear)
-    kernel = torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scales)
-    torch.testing.assert_close(layer.dequantized_matmul(x).to(dtype), kernel, rtol=4e-3, atol=1e-3)
+def test_int8_kernel_only_where_memory_safe() -> None:
+    """The int8 kernel reads out of bounds for K % 16 != 0: such layers take the GEMM path at every M."""
+    weight = make_weight(24, 40, Scheme(8, -1, True), seed=2)
+    layer = CpuBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
+    assert isinstance(layer, Int8Linear) and layer.kernel_max_m == 0
+    x = torch.randn(1, 40).to(torch.bfloat16)
+    assert run(weight, torch.bfloat16, x) <= 1.0
 
 
-@pytest.mark.parametrize("m", [16, 1])  # both fp32 paths
+@pytest.mark.parametrize("m", [16, 1])
 def test_int8_full_range_codes_are_exact(m: int) -> None:
     """Codes 0 and 255 (q - 128 = -128 and 127) survive the int8 conversion."""
     codes = torch.tensor([[0, 255], [255, 0]] * 8, dtype=torch.int32)  # [K=16, N=2]
@@ -183,14 +226,10 @@ def test_int8_full_range_codes_are_exact(m: int) -> None:
 @pytest.mark.parametrize(
     ("scheme", "n", "k", "needle"),
     [
-        (Scheme(2, 128, True), 32, 256, "2-bit not supported"),
-        (Scheme(3, 128, False), 32, 256, "3-bit not supported"),
         (Scheme(4, 16, True), 32, 256, "group size 16 not supported"),
-        (Scheme(4, 48, True), 32, 288, "group size 48 not supported"),
+        (Scheme(3, 48, True), 32, 288, "group size 48 not supported"),
         (Scheme(4, 128, True), 40, 256, "out_features 40 is not a multiple of 16"),
-        (Scheme(8, -1, False), 32, 256, "asymmetric"),
-        (Scheme(8, 128, True), 32, 256, "group size 128 not supported"),
-        (Scheme(8, -1, True), 32, 40, "in_features 40 is not a multiple of 16"),
+        (Scheme(2, 128, False), 24, 256, "out_features 24 is not a multiple of 16"),
     ],
 )
 def test_refusals(scheme: Scheme, n: int, k: int, needle: str) -> None:
@@ -215,24 +254,62 @@ def test_wrong_input_dtype_is_a_format_error() -> None:
         layer(torch.randn(1, 64))
 
 
-@pytest.mark.parametrize(
-    ("scheme", "dtype", "winner"),  # fp16/fp32: scalar kernel for few rows, dequantize-then-matmul above
-    [
-        (Scheme(4, 128, False), torch.bfloat16, "cpu"),
-        (Scheme(4, 128, False), torch.float16, "cpu"),
-        (Scheme(4, 128, False), torch.float32, "cpu"),
-        (Scheme(8, -1, True), torch.bfloat16, "cpu"),
-        (Scheme(8, -1, True), torch.float16, "cpu"),
-        (Scheme(8, -1, True), torch.float32, "cpu"),
-    ],
-)
-def test_registry_prefers_cpu_where_it_is_fast(scheme: Scheme, dtype: torch.dtype, winner: str) -> None:
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_registry_prefers_cpu_over_reference(bits: int, dtype: torch.dtype) -> None:
     registry = Registry(discover=False)
     registry.register(CpuBackend())
     registry.register(ReferenceBackend())
-    selection = registry.select(LayerSpec(256, 64, scheme, dtype))
-    assert selection.backend.name == winner
-    assert selection.support.priority == (10 if dtype == torch.bfloat16 else 1)
+    selection = registry.select(LayerSpec(256, 64, Scheme(bits, 128, False), dtype))
+    assert selection.backend.name == "cpu"
+    assert selection.support.priority > 0
+    assert "lower priority" in selection.rejected["reference"][0]
+
+
+def test_selection_follows_the_isa() -> None:
+    """Rules, priorities and crossovers come from the ISA torch reports: on an ISA without a vectorised kernel the
+    layers never call it, and the labels ``wna16 backends`` prints say which ISA and crossover they assume."""
+    assert tuning() is TUNING.get(isa.isa(), FALLBACK)
+    avx2, avx512 = _capabilities(TUNING["AVX2"]), _capabilities(TUNING["AVX512-BF16"])
+    assert avx2[0].priority < avx512[0].priority
+    assert all(isa.isa() in rule.label for rule in avx512 if "fp32" not in rule.label)
+    assert FALLBACK.max_m(FALLBACK.int4_max_m) == 0 and FALLBACK.int4_priority < TUNING["AVX2"].int4_priority
+    assert f"M={tuning().max_m(tuning().int4_max_m)}" in CpuBackend.capabilities[0].label
+    assert isa.isa() in CpuBackend.description
+
+
+def test_layer_follows_its_crossover() -> None:
+    weight = make_weight(32, 256, Scheme(4, 128, True), seed=4)
+    layer = CpuBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
+    assert isinstance(layer, Int4Linear)
+    calls: list[int] = []
+    original = layer.dequantized_matmul
+
+    def spy(xp: torch.Tensor) -> torch.Tensor:
+        calls.append(xp.shape[0])
+        return original(xp)
+
+    layer.dequantized_matmul = spy  # type: ignore[method-assign]
+    m = layer.kernel_max_m
+    layer(torch.randn(max(m, 1), 256).to(torch.bfloat16))
+    layer(torch.randn(m + 1, 256).to(torch.bfloat16))
+    assert calls == ([m + 1] if m >= 1 else [1, m + 1])
+
+
+@pytest.mark.parametrize("n", [16, 48, 64, 80, 112, 2 * CHUNK_ROWS + 48])
+def test_packed_columns_unpack_the_kernel_layout(n: int) -> None:
+    """The learned column layout reads torch's opaque int4 bytes back exactly (whole blocks and a tail), and row
+    chunks packed separately give the bytes of one pack: the repack need not hold N * K int32 codes."""
+    columns = PackedColumns.of(n)
+    assert columns is not None, "this torch build packs int4 differently: the GEMM path would be disabled"
+    assert torch.equal(torch.sort(columns.perm).values, torch.arange(n))
+    codes = torch.randint(0, 16, (n, 96), dtype=torch.int32, generator=torch.Generator().manual_seed(n))
+    packed = _convert(codes)
+    assert torch.equal(columns.unpack(packed, 96).to(torch.int32), codes.t()[:, columns.perm])
+    centered = torch.cat([columns.centered(packed, 96, a, b, w, torch.float32) for a, b, w in columns.blocks(128)], 1)
+    assert torch.equal(centered, (codes.t()[:, columns.perm] - 8).to(torch.float32))
+    chunks = torch.cat([_convert(codes[i : i + CHUNK_ROWS]) for i in range(0, n, CHUNK_ROWS)])
+    assert torch.equal(chunks, packed)
 
 
 def test_available_on_cpu() -> None:

@@ -1,11 +1,14 @@
 """``QuantLinear``: a ``torch.nn.Module`` serving one quantized linear layer through a backend from the registry.
 
-The module keeps the canonical weight in host memory, as the source of truth that ``state_dict`` saves (in the
-checkpoint layout named by ``weight_format``, GPTQ v2 unless the layer came from another) and that a move to another
-device re-prepares from; the device holds only the backend's layout.
-Backends whose layout *is* the canonical one (the reference backend on CPU) share its storage, so no second copy
-exists. ``.to()``, ``.cuda()``, ``.half()`` ... re-prepare for the new device and dtype, or raise
-:class:`UnsupportedError` and leave the module as it was; it never computes with a layout meant for another device.
+The canonical weight is the source of truth that ``state_dict`` saves (in the checkpoint layout named by
+``weight_format``, GPTQ v2 unless the layer came from another) and that a move to another device re-prepares from;
+the device holds only the backend's layout. Given a ``source`` (a callable that re-reads the weight, as
+:func:`wna16.patch_model` passes for a checkpoint), the module does not keep the canonical weight once the backend
+has its own layout: one packed copy per layer stays resident, and ``state_dict`` / ``.to()`` read it again. Without
+one, the module keeps it in host memory; backends whose layout *is* the canonical one (the reference backend on CPU)
+share its storage, so no second copy exists. ``.to()``, ``.cuda()``, ``.half()`` ... re-prepare for the new device
+and dtype, or raise :class:`UnsupportedError` and leave the module as it was; it never computes with a layout meant
+for another device.
 
 Edges behave as ``torch.nn.Linear``'s do: ``.to("meta")`` works (forward then computes shapes only, and a move back
 re-prepares from the host weight); a non-tensor input is a ``TypeError`` (:class:`InputTypeError`), a 0-d input a
@@ -41,6 +44,7 @@ class QuantLinear(torch.nn.Module):
         backend: str | Backend | None = None,
         registry: Registry | None = None,
         weight_format: PackedFormat | PackingFormat | str = PackingFormat.GPTQ_V2,
+        source: Callable[[], QuantizedWeight] | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -50,12 +54,16 @@ class QuantLinear(torch.nn.Module):
         self.in_features: int = weight.in_features
         self.out_features: int = weight.out_features
         self.scheme = weight.scheme
-        self._weight = weight.to("cpu")
+        self._act_order = weight.act_order
+        self._weight: QuantizedWeight | None = weight.to("cpu")
+        self._source = source
         self._bias = None if bias is None else bias.detach().to("cpu")
         self._requested = backend
         self._registry = registry or default_registry()
         self.dtype, self.device = dtype, torch.device(device)
         self.backend, self._prepared, self.rejected = self._build(self.device, dtype)
+        if source is not None:
+            self._weight = None  # the backend holds its own layout; the source gives the canonical one back
 
     @property
     def backend_name(self) -> str:
@@ -65,15 +73,28 @@ class QuantLinear(torch.nn.Module):
     @property
     def spec(self) -> LayerSpec:
         """The layer spec the serving backend was chosen for (device and dtype as they are now)."""
-        return LayerSpec.of(self._weight, self.dtype, bias=self._bias is not None, device=self.device)
+        return self._built_spec
+
+    def canonical(self) -> QuantizedWeight:
+        """The canonical weight on CPU: the one kept, or read again from the source."""
+        if self._weight is not None:
+            return self._weight
+        assert self._source is not None
+        weight = self._source().to("cpu")
+        got = (weight.in_features, weight.out_features, weight.scheme, weight.act_order)
+        want = (self.in_features, self.out_features, self.scheme, self._act_order)
+        if got != want:
+            raise FormatError(f"{weight.name}: the source now gives (K, N, scheme, act_order)={got}, expected {want}")
+        return weight
 
     def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, PreparedLinear, dict[str, Any]]:
-        spec = LayerSpec.of(self._weight, dtype, bias=self._bias is not None, device=device)
+        canonical = self.canonical()
+        spec = LayerSpec.of(canonical, dtype, bias=self._bias is not None, device=device)
         try:
             failed: dict[str, str] = {}
             while True:
                 selection = self._registry.select(spec, self._requested, exclude=failed)
-                weight = self._weight.to(device)
+                weight = canonical.to(device)
                 bias = None if self._bias is None else self._bias.to(device)
                 try:
                     prepared = selection.backend.prepare(weight, spec, bias)
@@ -82,6 +103,7 @@ class QuantLinear(torch.nn.Module):
                         raise
                     failed[selection.backend.name] = self._registry.fault(selection.backend.name, "build", exc)
                     continue
+                self._built_spec = spec
                 return selection.backend, prepared, {**selection.rejected, **{k: (v,) for k, v in failed.items()}}
         except Wna16Error as exc:
             raise self._named(exc) from exc
@@ -134,7 +156,7 @@ class QuantLinear(torch.nn.Module):
         return self
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        for key, tensor in self.weight_format.pack(self._weight).items():
+        for key, tensor in self.weight_format.pack(self.canonical()).items():
             destination[prefix + key] = tensor
         if self._bias is not None:
             destination[prefix + "bias"] = self._bias
@@ -166,18 +188,19 @@ class QuantLinear(torch.nn.Module):
             error_msgs.append(str(exc))
             return
         bias = own.get("bias")
-        old = self._weight, self._bias
+        old = self._weight, self._bias, self._source, self._act_order
         self._weight, self._bias = weight.to("cpu"), None if bias is None else bias.detach().to("cpu")
+        self._source, self._act_order = None, weight.act_order  # the loaded weight is now the truth: keep it
         try:
             self.backend, self._prepared, self.rejected = self._build(self.device, self.dtype)
         except Exception:
-            self._weight, self._bias = old
+            self._weight, self._bias, self._source, self._act_order = old
             raise
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
-            f"act_order={self._weight.act_order}, bias={self._bias is not None}, backend={self.backend.name}"
+            f"act_order={self._act_order}, bias={self._bias is not None}, backend={self.backend.name}"
         )
 
 

@@ -1,48 +1,90 @@
-"""What the CPU backend serves, at which priority, and the dispatch to the 4-bit or 8-bit kernel.
+"""What the CPU backend serves on this CPU, at which priority, and the dispatch to the 2/3/4-bit or 8-bit layer.
 
-Priorities follow measured speed (``ci/bench/bench_cpu.py``; numbers in this package's README). In bf16 both
-kernels have vectorised paths (AVX512-BF16/AMX for int4) that read the packed weight once per call: the int4 one
-beats a dense bf16 matmul at small M, so bf16 rules rank above every portable backend (10). In fp16 and fp32 torch
-runs scalar loops whose cost grows linearly with M; the layers use them only for a few rows and dequantize-then-
-multiply above (:class:`~wna16_cpu.int4.Int4Linear`, :class:`~wna16_cpu.int8.Int8Linear`), which keeps them faster
-than the reference backend at every M measured, so those rules rank just above the reference (1) and below any
-backend with a real fp16 kernel.
+Every rule and crossover is keyed by the ISA torch dispatches its kernels with (:func:`wna16_cpu.isa.isa`), because
+what is fast differs: torch's int4 kernel is vectorised with AVX-512 (and native bf16 dot products with AVX512-BF16
+or AMX), slower with AVX2 and a scalar loop without either. The numbers behind :data:`TUNING` come from
+``ci/bench/bench_cpu.py`` (this package's README has the tables, each naming its ISA).
 
-Numerics, as declared to the conformance error model: scales and the float zero term ``(8 - z) * scale`` are rounded
-to the activation dtype (``param_dtype=None``); both kernels dequantize and accumulate in float32 and round the
-output once (measured: in bf16 at M=1 the output equals the float64 product with the rounded parameters, rounded
-once, for every element of a 256x4096 layer). A bias is added in float32 to that rounded output and rounded again,
-a second rounding the error model allows for layers with a bias.
+Numerics, as declared to the conformance error model:
+
+- bf16 (``int4-bf16``): the kernel rounds scales and the float zero term to bf16 (``param_dtype`` = the activation
+  dtype), dequantizes and accumulates in float32 and rounds the output once; above the crossover the GEMM path uses
+  the same rounded parameters in float32. Shifted 2/3-bit and symmetric 4-bit codes make the kernel exact up to that.
+- fp16 (``int4-fp16``): the kernel only has a fast bf16 loop, so ``x`` is rounded to bf16 and the output comes back
+  in bf16 before its fp16 rounding: declared as ``param_dtype = accum_dtype = bfloat16``, whose accumulation term
+  (``sqrt(K) * u_bf16 * |x| @ |W|``) bounds both roundings. A layer that needs fp16 precision should not run here.
+- fp32 (``int4-fp32``): the GEMM path only, fp32 parameters and accumulation.
+- 8-bit (``int8``): float32 dequantization from int8 codes and BLAS, or, per channel in bf16 at small M, the int8
+  kernel with bf16 scales; parameters rounded to the activation dtype, float32 accumulation.
+
+A bias is added in float32 to the rounded product and rounded again, a second rounding the error model allows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
-from wna16_cpu.int4 import FAST_DTYPES, Int4Linear
-from wna16_cpu.int8 import K_MULTIPLE, Int8Linear
-
-FAST = frozenset(FAST_DTYPES)
-SCALAR = frozenset({torch.float16, torch.float32})
-FAST_PRIORITY = 10
-SCALAR_PRIORITY = 1
+from wna16_cpu import isa
+from wna16_cpu.int4 import Int4Linear
+from wna16_cpu.int8 import Int8Linear
 
 KERNEL_OPS = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm")
 
 
-def _int4(dtypes: frozenset[torch.dtype], priority: int, label: str) -> Capability:
+@dataclass(frozen=True)
+class Tuning:
+    """What one ISA makes fast: rule priorities, and the largest M each kernel serves before the dequantize-then-GEMM
+    path overtakes it, with a bf16 GEMM (CPUs with native bf16) or a float32 one (measured at 4096x4096, group
+    128, one thread, by CPU time; see the README)."""
+
+    int4_priority: int
+    int4_max_m: tuple[int, int]
+    int8_max_m: tuple[int, int]
+    note: str
+
+    def max_m(self, pair: tuple[int, int]) -> int:
+        """The crossover for the GEMM dtype this CPU uses."""
+        return pair[0] if isa.native_bf16() else pair[1]
+
+
+TUNING: dict[str, Tuning] = {
+    "AMX": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16"),
+    "AVX512-BF16": Tuning(10, (64, 128), (16, 48), "measured on AMD Zen4"),
+    "AVX512": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16 with a float32 GEMM"),
+    "AVX2": Tuning(8, (32, 96), (8, 32), "measured on AMD Zen4 with ATEN_CPU_CAPABILITY=avx2"),
+}
+FALLBACK = Tuning(2, (0, 0), (0, 0), "no vectorised kernel in torch for this ISA: dequantize + GEMM at every M")
+"""Anything else (``DEFAULT``: scalar loops): the kernels are never faster than dequantize + BLAS."""
+
+FP16_PRIORITY_DROP = 4
+"""fp16 through the bf16 kernel ranks below bf16 by this much: it is fast but only bf16-precise."""
+
+GEMM_PRIORITY = 2
+"""fp32 and 8-bit rules: dequantize-then-BLAS, above the reference (0) and portable fallbacks, below real kernels."""
+
+INT4_GROUPS = frozenset({-1, 32, 64, 128, 256})
+
+
+def tuning() -> Tuning:
+    """The tuning of the ISA torch runs with here."""
+    return TUNING.get(isa.isa(), FALLBACK)
+
+
+def _int4(dtype: torch.dtype, priority: int, label: str, precision: torch.dtype | None) -> Capability:
     return Capability(
-        bits=frozenset({4}),
-        dtypes=dtypes,
-        group_sizes=frozenset({-1, 32, 64, 128, 256}),
+        bits=frozenset({2, 3, 4}),
+        dtypes=frozenset({dtype}),
+        group_sizes=INT4_GROUPS,
         partial_last_group=True,  # padded to whole kernel blocks with zero-weight rows
         sym=True,
         asym=True,
         devices=frozenset({"cpu"}),
-        param_dtype=None,  # scales and zero terms rounded to the activation dtype
-        accum_dtype=torch.float32,
+        param_dtype=precision,
+        accum_dtype=precision or torch.float32,
         n_multiple=16,
         act_order=True,  # rows sorted by group once at load, x's columns scattered per call
         k_slices=True,
@@ -51,34 +93,40 @@ def _int4(dtypes: frozenset[torch.dtype], priority: int, label: str) -> Capabili
     )
 
 
-def _int8(dtypes: frozenset[torch.dtype], priority: int, label: str) -> Capability:
-    return Capability(
-        bits=frozenset({8}),
-        dtypes=dtypes,
-        group_sizes=frozenset({-1}),
-        sym=True,
-        asym=False,
-        devices=frozenset({"cpu"}),
-        param_dtype=None,
-        accum_dtype=torch.float32,
-        k_multiple=K_MULTIPLE,
-        k_slices=True,
-        priority=priority,
-        label=label,
+def _capabilities(t: Tuning) -> tuple[Capability, ...]:
+    where, m4, m8 = isa.isa(), t.max_m(t.int4_max_m), t.max_m(t.int8_max_m)
+    gemm = str(isa.gemm_dtype()).removeprefix("torch.")
+    fp16 = max(GEMM_PRIORITY, t.int4_priority - FP16_PRIORITY_DROP)
+    return (
+        _int4(torch.bfloat16, t.int4_priority, f"int4-bf16 {where}: kernel to M={m4}, then {gemm} GEMM", None),
+        _int4(torch.float16, fp16, f"int4-fp16 {where}: via bf16, kernel to M={m4}", torch.bfloat16),
+        _int4(torch.float32, GEMM_PRIORITY, "int4-fp32: float32 GEMM", None),
+        Capability(
+            bits=frozenset({8}),
+            dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+            group_sizes=None,
+            partial_last_group=True,
+            sym=True,
+            asym=True,
+            devices=frozenset({"cpu"}),
+            param_dtype=None,
+            accum_dtype=torch.float32,
+            act_order=True,
+            k_slices=True,
+            priority=GEMM_PRIORITY,
+            label=f"int8 {where}: bf16 per-channel kernel to M={m8}, else {gemm}/fp32 GEMM",
+        ),
     )
 
 
 class CpuBackend(Backend):
-    """torch's CPU weight-only kernels: int4 (any 4-bit scheme with groups of 32..256 or -1) and int8 per-channel."""
+    """torch's CPU weight-only kernels and float32 BLAS: every 2/3/4/8-bit scheme, tuned for the ISA torch uses."""
 
     name = "cpu"
-    description = "torch aten int4/int8 weight-only CPU kernels (fast in bf16: AVX512-BF16/AMX), repacked at load"
-    capabilities = (
-        _int4(FAST, FAST_PRIORITY, "int4-bf16"),
-        _int4(SCALAR, SCALAR_PRIORITY, "int4-fp16/fp32"),
-        _int8(FAST, FAST_PRIORITY, "int8-channel-bf16"),
-        _int8(SCALAR, SCALAR_PRIORITY, "int8-channel-fp16/fp32"),
+    description = (
+        f"torch aten int4/int8 CPU kernels + float32 GEMM from one packed copy; {isa.describe()}; {tuning().note}"
     )
+    capabilities = _capabilities(tuning())
 
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Available on CPU when this torch build has the three aten kernels (torch >= 2.6)."""
@@ -91,6 +139,7 @@ class CpuBackend(Backend):
         """Repack on CPU into the kernel's layout (ISA-specific: rebuilt at every load, never saved)."""
         weight = weight.to("cpu")
         bias = bias.to("cpu") if spec.adds_bias and bias is not None else None
+        t, gemm = tuning(), isa.gemm_dtype()
         if spec.scheme.bits == 8:
-            return Int8Linear(weight, spec.dtype, bias)
-        return Int4Linear(weight, spec.dtype, bias)
+            return Int8Linear(weight, spec.dtype, bias, t.max_m(t.int8_max_m), gemm)
+        return Int4Linear(weight, spec.dtype, bias, t.max_m(t.int4_max_m), gemm)

@@ -1,4 +1,5 @@
-"""4-bit weights on ``aten._weight_int4pack_mm_for_cpu``: the row layout the kernel needs, the repack, the call.
+"""2-, 3- and 4-bit weights on ``aten._weight_int4pack_mm_for_cpu``: the row layout the kernel needs, the repack,
+the call, and a dequantize-then-GEMM path read from the same packed bytes for large M and fp32.
 
 The kernel computes ``x @ W^T`` with ``W[n, k] = (q[n, k] - 8) * scale[b, n] + zero[b, n]`` where ``b = k // gk`` is a
 *kernel block* of ``gk`` in {32, 64, 128, 256} consecutive input rows, ``scale`` and ``zero`` live in one tensor
@@ -12,19 +13,27 @@ group (once, at load) and pads each group with rows of code 8 (weight exactly 0)
 call scatters ``x``'s columns to the same positions (padding columns stay 0). Without act order and with whole
 groups the layout is the identity and ``x`` is passed through untouched.
 
-Zero points: the kernel's zero is a float added after scaling, so ``zero = (8 - z) * scale``. It is computed in
-float32 (exact for fp16/bf16 scales: a 5-bit integer times an 11-bit mantissa) and rounded once to the activation
-dtype; the scales are rounded to the activation dtype too, which is what the backend declares as ``param_dtype``.
+Zero points: 2- and 3-bit codes and symmetric 4-bit codes are *shifted*, ``q' = q - z + 8`` (in [0, 15] for any
+zero of those schemes), with a float zero term of 0: the kernel then computes ``(q - z) * scale`` exactly, an integer
+times the rounded scale. Asymmetric 4-bit codes already fill [0, 15], so there the kernel's float zero carries the
+zero point, ``zero = (8 - z) * scale``, computed in float32 and rounded once to the parameter dtype. Scales are
+rounded to the parameter dtype (bf16 for the kernel, fp32 for the fp32 path), what the backend declares.
+
+The packed bytes are the only copy of the codes: :class:`PackedColumns` learns, once per process and shape, which
+output column each nibble of torch's opaque layout holds (it is ISA-specific: blocks of 64 columns on AVX-512, 32 on
+AVX2), so that large M and fp32 can dequantize chunks of it and call BLAS instead of the kernel.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from wna16.errors import FormatError, describe
 from wna16.groups import regroup_rows
+from wna16.packing import unpack_rows
 from wna16.weight import QuantizedWeight
 
 KERNEL_GROUPS: tuple[int, ...] = (256, 128, 64, 32)
@@ -33,16 +42,16 @@ KERNEL_GROUPS: tuple[int, ...] = (256, 128, 64, 32)
 CENTER = 8
 """The kernel subtracts 8 from every 4-bit code before scaling."""
 
-FAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
-"""Activation dtypes with a vectorised (AVX512-BF16 / AMX) kernel; the others run a scalar loop."""
+KERNEL_DTYPE = torch.bfloat16
+"""The only activation dtype with a vectorised int4 kernel in torch (fp16 and fp32 run a scalar loop); fp16 inputs
+are rounded to it on the kernel path (declared by the fp16 rule as bf16 parameters and accumulation)."""
 
-SCALAR_MAX_M = 4
-"""Rows of ``x`` up to which the scalar kernel beats dequantize-then-matmul in fp16/fp32. Measured with
-``ci/bench/bench_cpu.py`` (4096x4096, fp16, 2 threads, load average 4): the scalar kernel costs about M x 28 ms, the
-dequantize path 90-160 ms for M from 1 to 128 (the reference backend 330-420 ms)."""
+CHUNK_BYTES = 8 << 20
+"""Upper bound on the float32 dequantized chunk of the GEMM path."""
 
-CHUNK_BYTES = 16 << 20
-"""Upper bound on the float32 dequantized chunk of the fp16/fp32 large-M path."""
+CHUNK_ROWS = 1024
+"""Output rows repacked at a time (a multiple of every ISA's column block): bounds the int32 codes the repack needs
+to ``CHUNK_ROWS * K * 4`` bytes instead of ``N * K * 4``."""
 
 INNER_K_TILES = 2
 """``innerKTiles`` argument of the CPU repack; the CPU layout does not depend on it (checked for 1..16)."""
@@ -84,42 +93,176 @@ class RowLayout:
         return out.index_copy_(1, self.dest, x2)
 
 
-def pack_int4(weight: QuantizedWeight, dtype: torch.dtype) -> tuple[RowLayout, torch.Tensor, torch.Tensor]:
-    """Lay out a 4-bit canonical weight (on CPU) for the kernel: its row layout, the codes int32 [N, K_padded] in
-    kernel row order (code 8 in the padding) and ``sz`` [K_padded / gk, N, 2] in ``dtype``."""
-    if weight.scheme.bits != 4:
-        raise FormatError(f"{weight.name}: the int4 CPU kernel takes 4-bit codes, got a {weight.scheme} weight")
+def _convert(codes: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), INNER_K_TILES)
+
+
+def _nibble_columns(packed: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """uint8 [rows, blocks * block]: the codes of ``packed`` (the bytes of whole column blocks, ``[blocks, rows,
+    block / 2]``) with each block's low nibbles first, then its high nibbles: the *packed column order*."""
+    v = packed.view(-1, rows, block // 2).transpose(0, 1)
+    return torch.cat([v & 15, v >> 4], dim=-1).reshape(rows, -1)
+
+
+@dataclass(frozen=True)
+class PackedColumns:
+    """Which output column each packed column of torch's int4 CPU layout holds, for ``N`` columns.
+
+    The layout (read from torch's ``weight_to_int4pack_kernel``, and *checked* here rather than trusted): columns in
+    blocks of ``block`` (64 with AVX-512, 32 otherwise), block-major; a block stores, for each input row, ``block / 2``
+    bytes whose low and high nibbles are two of its columns, in an ISA-specific pairing; a last, shorter block of
+    ``tail`` columns is stored the same way with its own pairing. ``perm[c]`` is the column held at packed column ``c``
+    (low nibbles of a block first, see :func:`_nibble_columns`).
+    """
+
+    block: int
+    tail: int
+    perm: torch.Tensor
+
+    @classmethod
+    def of(cls, n: int) -> PackedColumns | None:
+        """The layout for ``n`` columns (a multiple of 16), or None when this torch build packs differently."""
+        block = _column_block()
+        return None if block is None else _columns(n, block)
+
+    def unpack(self, packed: torch.Tensor, rows: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """uint8 [rows, c]: the codes of packed columns ``start:stop`` (block-aligned), in packed column order."""
+        n = int(self.perm.numel())
+        stop = n if stop is None else stop
+        full = n - self.tail
+        flat = packed.view(-1)
+        parts = []
+        if start < full:
+            parts.append(_nibble_columns(flat[start * rows // 2 : min(stop, full) * rows // 2], rows, self.block))
+        if stop > full:
+            parts.append(_nibble_columns(flat[full * rows // 2 :], rows, self.tail))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def blocks(self, chunk_columns: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, block)`` column ranges of at most ``chunk_columns`` (rounded to whole blocks) that share
+        one block width: the full blocks in chunks, then the tail."""
+        n = int(self.perm.numel())
+        full = n - self.tail
+        step = max(1, chunk_columns // self.block) * self.block
+        out = [(c0, min(c0 + step, full), self.block) for c0 in range(0, full, step)]
+        return out + ([(full, n, self.tail)] if self.tail else [])
+
+    def centered(
+        self, packed: torch.Tensor, rows: int, start: int, stop: int, block: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """[rows, stop - start] in ``dtype``: ``code - 8`` of packed columns ``start:stop`` (one range of
+        :meth:`blocks`), in packed column order (what :meth:`unpack` gives, centred and converted in fewer passes)."""
+        v = packed.view(-1)[start * rows // 2 : stop * rows // 2].view(-1, rows, block // 2).transpose(0, 1)
+        codes = torch.cat([v & 15, v >> 4], dim=-1).sub_(CENTER).view(torch.int8)  # uint8 wraps: int8 q - 8
+        return codes.to(dtype).view(rows, stop - start)
+
+
+def _columns(n: int, block: int) -> PackedColumns:
+    rows = 32
+    full = n // block * block
+    col = torch.arange(n, dtype=torch.int32)[:, None].expand(n, rows)
+    perm = torch.zeros(n, dtype=torch.int64)
+    layout = PackedColumns(block, n - full, perm)
+    for digit in range(4):  # column numbers < 65536, one hex digit per probe
+        held = layout.unpack(_convert((col >> (4 * digit)) & 15), rows)[0]
+        perm += held.to(torch.int64) << (4 * digit)
+    return layout
+
+
+@functools.cache
+def _column_block() -> int | None:
+    """The column block of this build's int4 layout, found by probing candidates against a random weight whose
+    columns include a partial block; also checks that packing row chunks separately gives the same bytes."""
+    rows, n = 64, 2 * CHUNK_ROWS + 48
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (n, rows), dtype=torch.int32, generator=generator)
+    packed = _convert(codes)
+    chunked = torch.cat([_convert(codes[i : i + CHUNK_ROWS]) for i in range(0, n, CHUNK_ROWS)])
+    if not torch.equal(packed, chunked):
+        return None
+    for block in (64, 32, 16):
+        layout = _columns(n, block)
+        if torch.equal(torch.sort(layout.perm).values, torch.arange(n)) and torch.equal(
+            layout.unpack(packed, rows).to(torch.int32), codes.t()[:, layout.perm]
+        ):
+            return block
+    return None
+
+
+def kernel_codes(weight: QuantizedWeight, start: int, stop: int) -> tuple[torch.Tensor, bool]:
+    """int32 [stop - start, K] codes of output columns ``start:stop`` as the kernel takes them, and whether they are
+    shifted (``q - z + 8``, zero term 0: every scheme but asymmetric 4-bit) or raw (the float zero carries ``z``)."""
+    s = weight.scheme
+    codes = unpack_rows(weight.qweight[:, start:stop], s.bits, f"{weight.name}.qweight").t()
+    if s.bits == 4 and not s.sym:
+        return codes, False
+    if s.sym:
+        return codes + (CENTER - s.center), True
+    return codes + (CENTER - weight.zeros[:, start:stop].t()[:, weight.group_index()]), True
+
+
+def shifts_codes(weight: QuantizedWeight) -> bool:
+    """Whether :func:`kernel_codes` shifts this weight's codes (and its float zero term is 0)."""
+    return not (weight.scheme.bits == 4 and not weight.scheme.sym)
+
+
+def pack_int4(weight: QuantizedWeight, param_dtype: torch.dtype) -> tuple[RowLayout, torch.Tensor, torch.Tensor]:
+    """Lay out a 2-, 3- or 4-bit canonical weight (on CPU) for the kernel: its row layout, the packed bytes
+    ``[N, K_padded / 2]`` (codes in kernel row order, code 8 in the padding), repacked ``CHUNK_ROWS`` output columns at
+    a time, and ``sz`` [K_padded / gk, N, 2] in ``param_dtype``."""
+    if weight.scheme.bits not in (2, 3, 4):
+        raise FormatError(
+            f"{weight.name}: the int4 CPU kernel takes 2-, 3- or 4-bit codes, got a {weight.scheme} weight"
+        )
     k, n = weight.in_features, weight.out_features
     layout = RowLayout.of(weight.group_index(), weight.num_groups, kernel_group(weight.scheme.group_rows(k)))
-    codes = weight.codes().t()  # [N, K] int32 in [0, 15]
-    if layout.dest is not None:
-        padded = torch.full((n, layout.padded_features), CENTER, dtype=torch.int32)
-        codes = padded.index_copy_(1, layout.dest, codes)
+    packed = torch.empty(n, layout.padded_features // 2, dtype=torch.uint8)
+    step = CHUNK_ROWS if _column_block() is not None else n
+    shifted = shifts_codes(weight)
+    for n0 in range(0, n, step):
+        codes, _ = kernel_codes(weight, n0, n0 + step)
+        if layout.dest is not None:
+            padded = torch.full((codes.shape[0], layout.padded_features), CENTER, dtype=torch.int32)
+            codes = padded.index_copy_(1, layout.dest, codes)
+        packed[n0 : n0 + step] = _convert(codes)
+        del codes
     scales = weight.scales.to(torch.float32)[layout.block_group]  # [blocks, N]
-    zeros = weight.zeros.to(torch.float32)[layout.block_group]
-    sz = torch.stack([scales.to(dtype), ((CENTER - zeros) * scales).to(dtype)], dim=-1).contiguous()
-    return layout, codes.contiguous(), sz
+    if shifted:
+        zero = torch.zeros_like(scales)
+    else:
+        zero = (CENTER - weight.zeros.to(torch.float32)[layout.block_group]) * scales
+    sz = torch.stack([scales.to(param_dtype), zero.to(param_dtype)], dim=-1).contiguous()
+    return layout, packed, sz
 
 
 class Int4Linear:
-    """The prepared 4-bit layer: ``x @ W^T + b`` through ``aten._weight_int4pack_mm_for_cpu``.
+    """The prepared 2/3/4-bit layer: ``x @ W^T + b`` from one packed copy of the codes.
 
-    In fp16/fp32 the kernel is a scalar loop whose cost grows linearly with M, so above ``SCALAR_MAX_M`` rows the
-    layer instead dequantizes its weight in float32, one bounded chunk of output columns at a time, from a nibble copy
-    of the codes it keeps for that purpose (N*K/2 bytes more), and calls a BLAS matmul.
-    Both paths use the same rounded scales and zero terms and accumulate in float32: one declared error model.
+    Two paths over the same bytes and parameters: the int4 kernel (bf16; fp16 rounded to bf16 on the way in and
+    out), for ``M <= kernel_max_m``; above that, and always in fp32, the layer dequantizes chunks of the packed
+    columns (:class:`PackedColumns`) in ``gemm_dtype`` (bf16 on CPUs with native bf16, else float32; float32 for fp32
+    layers) and calls BLAS, accumulating in float32. ``kernel_max_m`` is the measured crossover for this ISA and GEMM
+    dtype, chosen by the backend. Without a known column layout (a torch build that
+    packs differently) the kernel serves every M (a scalar loop in fp32).
     """
 
-    def __init__(self, weight: QuantizedWeight, dtype: torch.dtype, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        dtype: torch.dtype,
+        bias: torch.Tensor | None,
+        kernel_max_m: int,
+        gemm_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.in_features, self.out_features, self.dtype = weight.in_features, weight.out_features, dtype
-        self.layout, codes, self.sz = pack_int4(weight, dtype)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INNER_K_TILES)
-        self.nibbles: torch.Tensor | None = None
-        if dtype not in FAST_DTYPES:
-            self.nibbles = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)  # [N, K_padded / 2]
-            params = self.sz.to(torch.float32).transpose(0, 1)  # [N, blocks, 2]
-            self.block_scale = params[..., :1].contiguous()  # [N, blocks, 1]
-            self.block_offset = (params[..., 1:] - CENTER * params[..., :1]).contiguous()  # zero - 8 * scale
+        self.param_dtype = torch.float32 if dtype == torch.float32 else KERNEL_DTYPE
+        self.layout, self.packed, self.sz = pack_int4(weight, self.param_dtype)
+        self.shifted = shifts_codes(weight)
+        self.columns = PackedColumns.of(self.out_features)
+        self.kernel_max_m = -1 if self.param_dtype == torch.float32 else kernel_max_m
+        self.gemm_dtype = torch.float32 if self.param_dtype == torch.float32 else gemm_dtype
+        if self.columns is None:
+            self.kernel_max_m = 1 << 62
         self.bias = None if bias is None else bias.to(torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,32 +273,35 @@ class Int4Linear:
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] == 0:
             y = x2.new_empty(0, self.out_features)
-        elif self.nibbles is not None and x2.shape[0] > SCALAR_MAX_M:
+        elif x2.shape[0] > self.kernel_max_m:
             y = self.dequantized_matmul(self.layout.scatter(x2))
         else:
-            xp = self.layout.scatter(x2)
+            xp = self.layout.scatter(x2.to(self.sz.dtype))  # bf16, or fp32 (scalar loop) without a known layout
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, self.packed, self.layout.block_rows, self.sz)
         if self.bias is not None:
             y = y.to(torch.float32) + self.bias
         return y.to(self.dtype).reshape(*lead, self.out_features)
 
     def dequantized_matmul(self, xp: torch.Tensor) -> torch.Tensor:
-        """float32 [M, N]: ``xp @ W^T`` (``xp`` in kernel row order) with ``W = q * scale + (zero - 8 * scale)``
-        dequantized in float32 from the kernel's own rounded parameters, at most ``CHUNK_BYTES`` of it at a time.
-
-        Folding the 8 into the offset (in float32) saves a pass over ``W`` and moves it by float32 rounding only.
+        """[M, N] in ``gemm_dtype``: ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
+        dequantized in ``gemm_dtype`` from the packed bytes and the kernel's own parameters, a chunk of at most
+        ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU multiplies bf16 natively, with
+        float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the product with the scale is
+        rounded once, and for asymmetric 4-bit the zero term adds a second rounding (both within the declared bf16
+        parameter rounding); in float32 the product is exact for bf16/fp16 scales.
         """
-        assert self.nibbles is not None
+        columns = self.columns
+        assert columns is not None
         n, kp, gk = self.out_features, self.layout.padded_features, self.layout.block_rows
-        xf = xp.to(torch.float32)
-        y = xf.new_empty(xf.shape[0], n)
-        rows = max(1, CHUNK_BYTES // (4 * kp))
-        for n0 in range(0, n, rows):
-            nib = self.nibbles[n0 : n0 + rows]
-            q = torch.empty(nib.shape[0], kp // 2, 2, dtype=torch.float32)
-            q[..., 0] = nib & 15
-            q[..., 1] = nib >> 4
-            w = q.view(nib.shape[0], kp // gk, gk).mul_(self.block_scale[n0 : n0 + rows])
-            w.add_(self.block_offset[n0 : n0 + rows])
-            y[:, n0 : n0 + rows] = xf @ w.view(nib.shape[0], kp).t()
-        return y
+        gemm = self.gemm_dtype
+        xg = xp.to(gemm)
+        params = self.sz[:, columns.perm].to(gemm)  # [blocks, N, 2] in packed column order
+        scale, zero = params[..., 0].unsqueeze(1).contiguous(), params[..., 1].unsqueeze(1).contiguous()
+        y = xg.new_empty(xg.shape[0], n)
+        for c0, c1, block in columns.blocks(CHUNK_BYTES // (4 * kp)):
+            w = columns.centered(self.packed, kp, c0, c1, block, gemm).view(-1, gk, c1 - c0)
+            w.mul_(scale[..., c0:c1])
+            if not self.shifted:
+                w.add_(zero[..., c0:c1])
+            y[:, c0:c1] = xg @ w.view(kp, c1 - c0)
+        return torch.empty_like(y).index_copy_(1, columns.perm, y)

@@ -1,12 +1,14 @@
-"""8-bit per-channel symmetric weights on ``aten._weight_int8pack_mm``.
+"""8-bit weights: ``aten._weight_int8pack_mm`` for per-channel symmetric ones in bf16 at small M, and a
+dequantize-then-GEMM path for every 8-bit scheme (grouped, asymmetric, act order, any M and dtype).
 
 The kernel computes ``(x @ Q^T) * scale[n]`` with ``Q`` int8 [N, K] and ``scale`` [N] in the activation dtype. It
 is exact for exactly one canonical scheme: 8-bit, symmetric, one group over K (``w8channelsym``). AutoRound's
 symmetric 8-bit is "full range" (zero point 128, codes 0..255), so ``code - 128`` spans [-128, 127] and fits int8
-without clipping. Grouped or asymmetric 8-bit would need per-group scales or zero terms the kernel does not take.
+without clipping. The layer stores exactly those int8 codes (N*K bytes, the checkpoint's size) for every scheme; the
+GEMM path dequantizes ``(Q - (z - 128)) * scale`` from them in float32, a bounded chunk of output rows at a time.
 
 The kernel reads past the end of rows whose length K is not a multiple of 16 (it crashed the process in our probes
-for K = 7, 33, 40, 136), so the backend declares ``k_multiple=16`` and this module checks it again.
+for K = 7, 33, 40, 136), so only layers with K % 16 == 0 call it; the others always take the GEMM path.
 """
 
 from __future__ import annotations
@@ -14,41 +16,60 @@ from __future__ import annotations
 import torch
 
 from wna16.errors import FormatError, describe
+from wna16.packing import unpack_rows
 from wna16.weight import QuantizedWeight
 
 K_MULTIPLE = 16
 """``_weight_int8pack_mm`` is only memory-safe for K a multiple of 16."""
 
-FAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
-"""Activation dtypes with a vectorised int8 kernel; the others run a scalar loop."""
+KERNEL_DTYPE = torch.bfloat16
+"""The activation dtype with a vectorised int8 kernel; the others run a scalar loop, never called here."""
 
-SCALAR_MAX_M = 1
-"""Rows of ``x`` up to which the scalar int8 kernel beats dequantize-then-matmul in fp16/fp32. Measured at
-4096x4096, fp16, 2 threads (load average 3): the kernel costs about M x 6 ms, the dequantize path 8-10 ms for M up
-to 16 (the reference backend 150-290 ms)."""
+CHUNK_BYTES = 8 << 20
+"""Upper bound on the float32 dequantized chunk of the GEMM path."""
 
-CHUNK_BYTES = 16 << 20
-"""Upper bound on the float32 dequantized chunk of the fp16/fp32 large-M path."""
+CODE_OFFSET = 128
+"""Codes are stored as ``q - 128`` in int8."""
 
 
 class Int8Linear:
-    """The prepared 8-bit per-channel layer: ``x @ W^T + b`` through ``aten._weight_int8pack_mm``.
+    """The prepared 8-bit layer: ``x @ W^T + b`` with ``W = (Q - z') * scale`` and ``Q = q - 128`` in int8.
 
-    In fp16/fp32 the kernel is a scalar loop whose cost grows linearly with M; above ``SCALAR_MAX_M`` rows the layer
-    converts its int8 codes to float32 one bounded chunk of output columns at a time, multiplies with BLAS and
-    scales the float32 result: the same rounded scales and float32 accumulation as the kernel.
+    Per-channel symmetric weights in bf16 run ``aten._weight_int8pack_mm`` for ``M <= kernel_max_m`` (the measured
+    crossover for this ISA, chosen by the backend); everything else dequantizes in float32 and calls BLAS with the
+    scales as stored (rounded to the activation dtype: the kernel's parameters) and float32 accumulation.
     """
 
-    def __init__(self, weight: QuantizedWeight, dtype: torch.dtype, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        dtype: torch.dtype,
+        bias: torch.Tensor | None,
+        kernel_max_m: int,
+        gemm_dtype: torch.dtype = torch.float32,
+    ) -> None:
         s = weight.scheme
-        if s.bits != 8 or not s.sym or weight.num_groups != 1 or weight.in_features % K_MULTIPLE:
-            raise FormatError(
-                f"{weight.name}: the int8 CPU kernel takes 8-bit symmetric per-channel weights with K % {K_MULTIPLE}"
-                f" == 0, got {s} with K={weight.in_features} and {weight.num_groups} groups"
-            )
+        if s.bits != 8:
+            raise FormatError(f"{weight.name}: the 8-bit CPU layer takes 8-bit codes, got a {s} weight")
         self.in_features, self.out_features, self.dtype = weight.in_features, weight.out_features, dtype
-        self.qweight = (weight.codes() - s.center).t().to(torch.int8).contiguous()  # [N, K]
-        self.scales = weight.scales[0].to(torch.float32).to(dtype).contiguous()  # [N]
+        self.qweight = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
+        rows = max(1, CHUNK_BYTES // (4 * self.in_features))
+        for n0 in range(0, self.out_features, rows):  # int32 codes one chunk at a time
+            codes = unpack_rows(weight.qweight[:, n0 : n0 + rows], 8, f"{weight.name}.qweight")
+            self.qweight[n0 : n0 + rows] = (codes - CODE_OFFSET).t()
+        per_channel = weight.num_groups == 1 and not weight.act_order
+        self.scales = weight.scales.to(torch.float32).to(dtype).to(torch.float32)  # [G, N], rounded once
+        self.zeros = None if s.sym else (weight.zeros - CODE_OFFSET).to(torch.int16)  # [G, N]
+        self.group = None if per_channel else weight.group_index()
+        rows_per_group = weight.scheme.group_rows(self.in_features)
+        whole = not weight.act_order and self.in_features % rows_per_group == 0
+        self.group_rows = rows_per_group if whole and not per_channel else 0  # groups as a view: no gather per call
+        use_kernel = s.sym and per_channel and dtype == KERNEL_DTYPE and self.in_features % K_MULTIPLE == 0
+        self.kernel_scales = self.scales[0].to(dtype) if use_kernel else None
+        self.kernel_max_m = kernel_max_m if use_kernel else 0
+        self.gemm_dtype = gemm_dtype if dtype == torch.bfloat16 else torch.float32
+        if self.gemm_dtype != torch.float32:
+            self.scales = self.scales.to(self.gemm_dtype)
         self.bias = None if bias is None else bias.to(torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,20 +80,39 @@ class Int8Linear:
         x2 = x.reshape(-1, self.in_features).contiguous()
         if x2.shape[0] == 0:
             y = x2.new_empty(0, self.out_features)
-        elif self.dtype not in FAST_DTYPES and x2.shape[0] > SCALAR_MAX_M:
-            y = self.dequantized_matmul(x2)
+        elif x2.shape[0] <= self.kernel_max_m:
+            assert self.kernel_scales is not None
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.kernel_scales)
         else:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+            y = self.dequantized_matmul(x2)
         if self.bias is not None:
             y = y.to(torch.float32) + self.bias
         return y.to(self.dtype).reshape(*lead, self.out_features)
 
     def dequantized_matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        """float32 [M, N]: ``(x2 @ Q^T) * scale`` with ``Q`` converted to float32 at most ``CHUNK_BYTES`` at a time."""
-        xf = x2.to(torch.float32)
-        y = xf.new_empty(xf.shape[0], self.out_features)
+        """[M, N] in ``gemm_dtype``: ``x2 @ W^T`` with ``W = (Q - z') * scale`` dequantized at most ``CHUNK_BYTES``
+        (as float32) at a time. ``Q - z'`` is an integer of at most 9 bits, exact in bf16 and float32; the product
+        with the scale is rounded once to ``gemm_dtype`` (bf16 only for bf16 activations, where that is the declared
+        parameter rounding), then a GEMM with float32 accumulation."""
+        gemm = self.gemm_dtype
+        xg = x2.to(gemm)
+        y = xg.new_empty(xg.shape[0], self.out_features)
         rows = max(1, CHUNK_BYTES // (4 * self.in_features))
         for n0 in range(0, self.out_features, rows):
-            q = self.qweight[n0 : n0 + rows].to(torch.float32)
-            y[:, n0 : n0 + rows] = (xf @ q.t()) * self.scales[n0 : n0 + rows].to(torch.float32)
+            n1 = min(n0 + rows, self.out_features)
+            w = self.qweight[n0:n1].to(gemm)
+            if self.group is None:
+                if self.zeros is not None:
+                    w.sub_(self.zeros[0, n0:n1, None].to(gemm))
+                w.mul_(self.scales[0, n0:n1, None])
+            elif self.group_rows:
+                wg = w.view(n1 - n0, -1, self.group_rows)
+                if self.zeros is not None:
+                    wg.sub_(self.zeros[:, n0:n1].t().unsqueeze(-1).to(gemm))
+                wg.mul_(self.scales[:, n0:n1].t().unsqueeze(-1))
+            else:
+                if self.zeros is not None:
+                    w.sub_(self.zeros[:, n0:n1].t()[:, self.group].to(gemm))
+                w.mul_(self.scales[:, n0:n1].t()[:, self.group])
+            y[:, n0:n1] = xg @ w.t()
         return y

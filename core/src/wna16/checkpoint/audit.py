@@ -497,7 +497,7 @@ def audit_tensors(
             "its missing qweight (opt out with allow_unquantized)",
             weight16,
         )  # fmt: skip
-    if not any("qweight" in group or "qzeros" in group for group in groups.values()):
+    if not any(PACKED_ROLES & group.keys() for group in groups.values()):
         auditor.add(
             "nothing-quantized", str(files.folder),
             f"no quantized tensors (qweight/qzeros) among {len(files.tensors)} tensor(s): the files are not the "
