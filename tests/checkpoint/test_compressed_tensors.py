@@ -18,6 +18,7 @@ import wna16
 from wna16 import ConfigError, Scheme
 from wna16.checkpoint.config import QuantConfig, read_quant_config
 from wna16.checkpoint.remap import Remap
+from wna16.checkpoint.resolve import FusedQuant
 from wna16.checkpoint.write import compressed_tensors_config, write_checkpoint
 from wna16.formats import COMPRESSED_TENSORS
 from wna16.nn import QuantLinear
@@ -134,11 +135,13 @@ def test_orders_of_compressed_tensors_and_vllm_disagree_is_refused() -> None:
     assert scheme_of(cfg, "model.layers.0.mlp.up_proj") == Scheme(8, -1, True)
 
 
-def test_fused_parts_must_agree() -> None:
+def test_fused_parts_that_disagree_resolve_to_runs() -> None:
+    """Issue 28: a q_proj at 8 bits beside 4-bit k/v resolves to a FusedQuant (the vLLM integration refuses it for
+    compressed-tensors layouts with an UnsupportedError; GPTQ and AWQ layouts are served part-run by part-run)."""
     groups = {"g8": group(["model.layers.0.self_attn.q_proj"], bits=8), "g4": group(["Linear"])}
     cfg = QuantConfig.from_dict(ct(config_groups=groups))
-    with pytest.raises(ConfigError, match="fused module parts disagree"):
-        cfg.resolve("model.layers.0.self_attn.qkv_proj")
+    fused = cfg.resolve("model.layers.0.self_attn.qkv_proj")
+    assert isinstance(fused, FusedQuant) and fused.runs() == ((0,), (1, 2))
 
 
 def test_remapped_targets_and_ignore() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from wna16 import CheckpointError, ConfigError, MoELayoutError, Scheme, quantize_rtn
 from wna16.checkpoint.config import QuantConfig
-from wna16.checkpoint.resolve import LayerQuant, concat_out, fuse, fused_parts
+from wna16.checkpoint.resolve import FusedQuant, LayerQuant, concat_out, fuse, fused_parts, part_runs
 from wna16.reference import dequantize
 
 BASE = {
@@ -181,29 +182,44 @@ def test_consistent_parts_fuse() -> None:
     assert cfg.resolve("lm_head.qkv_proj") is None  # all parts unquantized
 
 
-def test_inconsistent_parts_name_each_part_and_scheme() -> None:
-    cfg = config(extra_config={"model.layers.0.self_attn.k_proj": {"bits": 8}})
-    with pytest.raises(ConfigError) as info:
-        cfg.resolve("model.layers.0.self_attn.qkv_proj")
-    message = str(info.value)
+def test_mixed_parts_resolve_to_runs_of_agreeing_parts() -> None:
+    """A regex key raising k_proj to 8 bits: q, k, v become three runs (k splits q from v, and only consecutive
+    parts share a layer); the message-side description names each part and scheme."""
+    cfg = config(extra_config={".*k_proj": {"bits": 8}})
+    qkv = cfg.resolve("model.layers.0.self_attn.qkv_proj")
+    assert isinstance(qkv, FusedQuant) and qkv.name == "model.layers.0.self_attn.qkv_proj"
+    assert qkv.runs() == ((0,), (1,), (2,))
     for part, scheme in (("q_proj", "w4g128sym"), ("k_proj", "w8g128sym"), ("v_proj", "w4g128sym")):
-        assert f"model.layers.0.self_attn.{part}: {scheme}" in message
-    cfg = config(extra_config={"model.layers.0.mlp.up_proj": {"bits": 16}})
-    with pytest.raises(ConfigError, match=r"model\.layers\.0\.mlp\.up_proj: unquantized"):
-        cfg.resolve("model.layers.0.mlp.gate_up_proj")
+        assert f"model.layers.0.self_attn.{part}: {scheme}" in str(qkv)
+    cfg = config(extra_config={"model.layers.0.self_attn.v_proj": {"bits": 16}})
+    qkv = cfg.resolve("model.layers.0.self_attn.qkv_proj")
+    assert isinstance(qkv, FusedQuant) and qkv.runs() == ((0, 1), (2,))  # q and k still share one kernel call
+    assert qkv.parts[2][1] is None and "v_proj: unquantized" in str(qkv)
+    cfg = config(extra_config={"model.layers.0.mlp.up_proj": {"group_size": 32}})
+    gate_up = cfg.resolve("model.layers.0.mlp.gate_up_proj")
+    assert isinstance(gate_up, FusedQuant) and [q.scheme.group_size for _, q in gate_up.parts if q] == [128, 32]
 
 
-def test_fuse_refuses_different_act_order_or_layout() -> None:
+def test_part_runs_group_only_consecutive_agreeing_parts() -> None:
+    a = LayerQuant(Scheme(4, 128, True), "gptq", False, "x")
+    b = LayerQuant(Scheme(8, 128, True), "gptq", False, "y")
+    assert part_runs([a, a, a]) == ((0, 1, 2),)
+    assert part_runs([a, b, a]) == ((0,), (1,), (2,))
+    assert part_runs([None, None, a]) == ((0, 1), (2,))
+    assert part_runs([a, dataclasses.replace(a, source="other rule")]) == ((0, 1),)  # the source does not matter
+
+
+def test_fuse_splits_different_act_order_or_layout() -> None:
     a = LayerQuant(Scheme(4, 128, True), "gptq", True, "x")
     b = LayerQuant(Scheme(4, 128, True), "gptq", False, "y")
     c = LayerQuant(Scheme(4, 128, True), "gptq_v2", True, "z")
-    with pytest.raises(ConfigError, match="act-order"):
-        fuse([("a", a), ("b", b)])
-    with pytest.raises(ConfigError, match="gptq_v2"):
-        fuse([("a", a), ("c", c)])
+    assert isinstance(fuse([("a", a), ("b", b)]), FusedQuant)
+    mixed = fuse([("a", a), ("c", c)], "m")
+    assert isinstance(mixed, FusedQuant) and "gptq_v2" in str(mixed) and mixed.runs() == ((0,), (1,))
     with pytest.raises(ConfigError, match="no parts"):
         fuse([])
     assert fuse([("a", a), ("a2", a)]) == LayerQuant(a.scheme, "gptq", True, "fused from a, a2: x")
+    assert fuse([("a", None), ("b", None)]) is None
 
 
 def test_a_fused_name_written_in_the_config_resolves_directly() -> None:

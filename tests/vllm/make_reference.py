@@ -32,6 +32,7 @@ CASES = (
     "lc_w4g128_sym",  # compressed-tensors pack-quantized: auto-round's llm_compressor export, with biases
     "lc_w4g32_asym",  # the same, asymmetric (packed zero points)
     "wna16_ct_mixed",  # compressed-tensors from wna16's writer: 8-bit channel asym down_proj, 4-bit g32 asym others
+    *(f"mixed_fused_{name}" for name in ("k8_regex", "v16", "up_g32")),  # issue 28: parts of a fused module disagree
 )
 EXACT_JUDGE = frozenset({"lc_w4g128_sym", "lc_w4g32_asym", "wna16_ct_mixed"})
 """compressed-tensors cases: transformers runs them with the exactly dequantized float32 weights (auto-round has no
@@ -48,9 +49,24 @@ case of make_checkpoints.py gives q_proj and up_proj settings their fused partne
 kernel per fused module and wna16 refuses it with a message naming the parts (test_plugin.py)."""
 
 
+MIXED_FUSED: dict[str, dict[str, dict[str, int]]] = {
+    "k8_regex": {".*k_proj": {"bits": 8}},  # a regex key: k_proj at 8 bits inside every 4-bit qkv_proj
+    "v16": {"model.layers.0.self_attn.v_proj": {"bits": 16}},  # one part of qkv_proj left in 16 bits
+    "up_g32": {"model.layers.1.mlp.up_proj": {"bits": 4, "group_size": 32}},  # up_proj at g32 beside gate_proj g128
+}
+"""AutoRound mixed-precision recipes whose per-projection settings split vLLM's fused modules (q/k/v, gate/up)."""
+
+
 def own_cases(make: ModuleType) -> dict[str, object]:
     """The cases made here with make_checkpoints.py's ``Case``."""
+    mixed = {
+        f"mixed_fused_{name}": make.Case(
+            f"mixed_fused_{name}", "llama", "auto_round", 4, 128, True, "auto_round:auto_gptq", layer_config=config
+        )
+        for name, config in MIXED_FUSED.items()
+    }
     return {
+        **mixed,
         "ar_w8g64_asym": make.Case(
             "ar_w8g64_asym", "llama", "auto_round", 8, 64, False, "auto_round", env={"AR_ALLOW_W8_ASYM": "1"}
         ),

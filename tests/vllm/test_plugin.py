@@ -14,6 +14,7 @@ import torch
 from vllm_helpers import Made
 
 import wna16.integrations.vllm as plugin
+from wna16.checkpoint.resolve import FusedQuant, LayerQuant
 from wna16.errors import ConfigError, UnsupportedError
 
 AUTO_ROUND = {"quant_method": "auto-round", "bits": 4, "group_size": 128, "sym": True, "data_type": "int",
@@ -109,14 +110,16 @@ def test_names_the_supported_vllm_versions(monkeypatch: pytest.MonkeyPatch) -> N
         plugin.Wna16Config.from_config(AUTO_ROUND)
 
 
-def test_mixed_bits_that_split_a_fused_module_are_refused_naming_the_parts() -> None:
-    """make_checkpoints.py's mixed case gives q_proj 8 bits but k/v_proj 4: one vLLM qkv_proj cannot serve that."""
+def test_mixed_bits_that_split_a_fused_module_resolve_to_runs() -> None:
+    """make_checkpoints.py's mixed case gives q_proj 8 bits but k/v_proj 4: wna16 serves qkv_proj part-run by
+    part-run (issue 28; vLLM's INC refuses it)."""
     config = plugin.Wna16Config.from_config(
         {**AUTO_ROUND, "extra_config": {"model.layers.1.self_attn.q_proj": {"bits": 8, "group_size": 32}}}
     )
-    with pytest.raises(ConfigError, match=r"model\.layers\.1\.self_attn\.q_proj: w8g32.*k_proj: w4g128"):
-        config.resolve("model.layers.1.self_attn.qkv_proj")
-    assert config.resolve("model.layers.0.self_attn.qkv_proj") is not None
+    fused = config.resolve("model.layers.1.self_attn.qkv_proj")
+    assert isinstance(fused, FusedQuant) and fused.runs() == ((0,), (1, 2))
+    assert "model.layers.1.self_attn.q_proj: w8g32" in str(fused) and "k_proj: w4g128" in str(fused)
+    assert isinstance(config.resolve("model.layers.0.self_attn.qkv_proj"), LayerQuant)
 
 
 def test_per_layer_methods(tp_group: None) -> None:
@@ -240,3 +243,59 @@ def test_vllm_inc_refuses_these_checkpoints_on_cpu(case: str, made: Made, tp_gro
     assert message in str(refused.value)
     print(f"{case}: vLLM INC on CPU: {type(refused.value).__name__}: {refused.value}")
     assert plugin.Wna16Config.from_config(quant).resolve(prefix) is not None
+
+
+def test_a_mixed_gate_up_loaded_part_by_part_computes_the_dequantized_product(tp_group: None) -> None:
+    """gate_proj 4-bit g64 and up_proj 8-bit g32 through vLLM's MergedColumnParallelLinear and its loaders."""
+    from vllm.model_executor.layers.linear import MergedColumnParallelLinear
+
+    from wna16.formats import GPTQ_V1
+    from wna16.quantize import quantize_rtn
+    from wna16.reference import dequantize
+    from wna16.scheme import Scheme
+
+    up = {"model.layers.0.mlp.up_proj": {"bits": 8, "group_size": 32}}
+    quant = {**AUTO_ROUND, "group_size": 64, "block_name_to_quantize": "model.layers", "extra_config": up}
+    config = plugin.Wna16Config.from_config(quant)
+    layer = MergedColumnParallelLinear(
+        256, [128, 128], bias=False, quant_config=config, prefix="model.layers.0.mlp.gate_up_proj",
+        params_dtype=torch.float32,
+    )  # fmt: skip
+    assert isinstance(layer.quant_method, plugin.Wna16FusedMethod)
+    schemes = (Scheme(4, 64, True), Scheme(8, 32, True))
+    parts = [quantize_rtn(torch.randn(128, 256, generator=torch.Generator().manual_seed(i)), s)
+             for i, s in enumerate(schemes)]  # fmt: skip
+    for shard_id, weight in enumerate(parts):
+        for name, tensor in GPTQ_V1.pack(weight).items():
+            getattr(layer, name).weight_loader(getattr(layer, name), tensor, shard_id)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert not hasattr(layer, "qweight")
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
+    want = x @ torch.cat([dequantize(w) for w in parts]).T
+    torch.testing.assert_close(layer.quant_method.apply(layer, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_part_never_loaded_is_a_typed_error_naming_module_and_parts(tp_group: None) -> None:
+    from vllm.model_executor.layers.linear import MergedColumnParallelLinear
+
+    from wna16.errors import FusedModuleError
+    from wna16.formats import GPTQ_V1
+    from wna16.quantize import quantize_rtn
+    from wna16.scheme import Scheme
+
+    quant = {**AUTO_ROUND, "group_size": 64, "extra_config": {"model.layers.0.mlp.up_proj": {"bits": 8}}}
+    layer = MergedColumnParallelLinear(
+        256, [128, 128], bias=False, quant_config=plugin.Wna16Config.from_config(quant),
+        prefix="model.layers.0.mlp.gate_up_proj", params_dtype=torch.float32,
+    )  # fmt: skip
+    gate = quantize_rtn(torch.randn(128, 256), Scheme(4, 64, True))
+    for name, tensor in GPTQ_V1.pack(gate).items():
+        getattr(layer, name).weight_loader(getattr(layer, name), tensor, 0)
+    with pytest.raises(FusedModuleError, match=r"gate_up_proj: part model\.layers\.0\.mlp\.up_proj was not loaded.*"
+                       r"gate_proj: w4g64sym, .*up_proj: w8g64sym"):  # fmt: skip
+        layer.quant_method.process_weights_after_loading(layer)
+    wide = quantize_rtn(torch.randn(128, 512), Scheme(8, 64, True))  # K = 512: cannot join a K = 256 module
+    with pytest.raises(FusedModuleError, match=r"gate_up_proj: part model\.layers\.0\.mlp\.up_proj does not fit"):
+        for name, tensor in GPTQ_V1.pack(wide).items():
+            getattr(layer, name).weight_loader(getattr(layer, name), tensor, 1)
+        layer.quant_method.process_weights_after_loading(layer)

@@ -84,6 +84,11 @@ class CheckpointError(Wna16Error):
     """A checkpoint on disk is unsafe, corrupt or inconsistent; the message names the file and the tensor."""
 
 
+class FusedModuleError(CheckpointError):
+    """The parts of a fused module (``qkv_proj`` from q/k/v_proj, ``gate_up_proj``) cannot be served together: a part
+    is missing, or their shapes cannot be concatenated along N; the message names the module and every part."""
+
+
 class UnsafePathError(CheckpointError):
     """An index names a shard outside the checkpoint folder."""
 

@@ -279,3 +279,34 @@ class QuantExperts(torch.nn.Module):
             f"num_experts={self.num_experts}, top_k={self.top_k}, hidden_size={self.hidden_size}, "
             f"intermediate_size={self.intermediate_size}, backend={self.backend.name} ({path})"
         )
+
+
+class FusedLinear(torch.nn.Module):
+    """A fused linear (``qkv_proj``, ``gate_up_proj``, ``to_qkv``) whose parts were stored in different schemes.
+
+    Each run of consecutive agreeing parts (:func:`wna16.checkpoint.resolve.part_runs`) is one layer: a
+    :class:`QuantLinear` over the run's weights concatenated along N (one kernel call, the backend the registry picks
+    for that run) or a 16-bit ``torch.nn.Linear``; the outputs are concatenated along N in the fused order, so the
+    module computes exactly what the fused layer of the agreeing case computes. ``parts`` names each run's parts;
+    :func:`wna16.patch.fused_linear` builds it.
+    """
+
+    def __init__(self, name: str, runs: list[torch.nn.Module], parts: list[tuple[str, ...]]) -> None:
+        super().__init__()
+        self.name = name
+        self.runs = torch.nn.ModuleList(runs)
+        self.parts = parts
+        self.in_features: int = int(getattr(runs[0], "in_features"))  # noqa: B009 (Linear and QuantLinear have it)
+        self.out_features: int = sum(int(getattr(r, "out_features")) for r in runs)  # noqa: B009
+
+    @property
+    def backend_names(self) -> list[str]:
+        """Per run, the backend serving it (``torch`` for a 16-bit run)."""
+        return [r.backend_name if isinstance(r, QuantLinear) else "torch" for r in self.runs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The runs' outputs, concatenated along N in the fused order."""
+        return torch.cat([run(x) for run in self.runs], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, runs={[list(p) for p in self.parts]}"

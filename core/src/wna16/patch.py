@@ -32,12 +32,71 @@ import torch
 from wna16.checkpoint.audit import CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, default_remap, load_checkpoint
 from wna16.checkpoint.remap import Remap
-from wna16.errors import ModelMismatchError, layer_shape
+from wna16.checkpoint.resolve import concat_out, fused_parts, part_runs
+from wna16.errors import FusedModuleError, ModelMismatchError, layer_shape
 from wna16.experts import PROJECTIONS, ExpertWeights
-from wna16.formats import PackingFormat
-from wna16.nn import QuantExperts, QuantLinear
+from wna16.formats import PackedFormat, PackingFormat
+from wna16.nn import FusedLinear, QuantExperts, QuantLinear
 from wna16.protocol import Backend
 from wna16.registry import Registry
+from wna16.weight import QuantizedWeight
+
+FusedPart = tuple[str, QuantizedWeight | torch.Tensor, "torch.Tensor | None", PackedFormat | PackingFormat | str]
+"""One part of a fused module: (name, its quantized weight or its 16-bit ``[N, K]`` weight, its bias, the layout it
+was stored in)."""
+
+
+def fused_linear(
+    name: str,
+    parts: list[FusedPart],
+    runs: tuple[tuple[int, ...], ...],
+    *,
+    dtype: torch.dtype = torch.float16,
+    device: str | torch.device = "cpu",
+    backend: str | Backend | None = None,
+    registry: Registry | None = None,
+) -> FusedLinear:
+    """Build the :class:`FusedLinear` ``name`` from its ``parts`` in fused order, grouped as ``runs`` (part indices).
+
+    Raises :class:`~wna16.errors.FusedModuleError`, naming the module and every part, when the parts do not share
+    ``in_features`` or a run's parts cannot be concatenated (:func:`wna16.checkpoint.resolve.concat_out`).
+    """
+
+    def k_of(w: QuantizedWeight | torch.Tensor) -> int:
+        return w.in_features if isinstance(w, QuantizedWeight) else int(w.shape[-1])
+
+    if sorted(i for run in runs for i in run) != list(range(len(parts))) or not parts:
+        raise FusedModuleError(f"{name}: runs {runs} do not cover its {len(parts)} parts exactly once")
+    if len({k_of(w) for _, w, _, _ in parts}) != 1:
+        described = "; ".join(f"{n}: in_features {k_of(w)}" for n, w, _, _ in parts)
+        raise FusedModuleError(f"{name}: parts cannot be concatenated along N (in_features differ): {described}")
+    built: list[torch.nn.Module] = []
+    for run in runs:
+        members = [parts[i] for i in run]
+        biases = [b for _, _, b, _ in members]
+        if any(b is None for b in biases) and any(b is not None for b in biases):
+            described = "; ".join(f"{n}: bias={b is not None}" for n, _, b, _ in members)
+            raise FusedModuleError(f"{name}: parts disagree on having a bias: {described}")
+        bias = None if biases[0] is None else torch.cat([b for b in biases if b is not None]).to(dtype)
+        weights = [w for _, w, _, _ in members]
+        if all(isinstance(w, QuantizedWeight) for w in weights):
+            quantized = [(n, w) for n, w, _, _ in members if isinstance(w, QuantizedWeight)]
+            weight = concat_out(quantized, f"{name}[{', '.join(n for n, _ in quantized)}]")
+            layer: torch.nn.Module = QuantLinear(
+                weight, bias, dtype=dtype, device=device, backend=backend, registry=registry,
+                weight_format=members[0][3],
+            )  # fmt: skip
+        elif not any(isinstance(w, QuantizedWeight) for w in weights):
+            dense = torch.cat([w for w in weights if isinstance(w, torch.Tensor)], dim=0)
+            linear = torch.nn.Linear(dense.shape[1], dense.shape[0], bias=bias is not None, device="meta")
+            linear.weight = torch.nn.Parameter(dense.to(device=device, dtype=dtype), requires_grad=False)
+            if bias is not None:
+                linear.bias = torch.nn.Parameter(bias.to(device), requires_grad=False)
+            layer = linear
+        else:
+            raise FusedModuleError(f"{name}: run {[n for n, *_ in members]} mixes quantized and 16-bit parts")
+        built.append(layer)
+    return FusedLinear(name, built, [tuple(parts[i][0] for i in run) for run in runs])
 
 
 @dataclass(frozen=True)
@@ -61,6 +120,8 @@ class PatchReport:
     layers: dict[str, PatchedLayer]
     tensors: tuple[str, ...]
     unquantized_linears: tuple[str, ...] = field(default=())
+    fused: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    """Fused modules served from separately stored parts: module -> its runs of parts (one layer per run)."""
 
     @property
     def backends(self) -> dict[str, int]:
@@ -81,6 +142,7 @@ class PatchReport:
             f"[{p.in_features} -> {p.out_features}]{' +bias' if p.bias else ''} -> {p.backend}"
             for p in self.layers.values()
         ]
+        lines += [f"  {name}: fused from runs {[list(r) for r in runs]}" for name, runs in self.fused.items()]
         return "\n".join(lines)
 
 
@@ -167,11 +229,77 @@ def _top_k(model: torch.nn.Module, name: str) -> int | None:
     return None
 
 
+def _fused_modules(model: torch.nn.Module, checkpoint: Checkpoint) -> dict[str, tuple[str, ...]]:
+    """The model's fused linears (``qkv_proj``, ``gate_up_proj``, ``to_qkv``) that the checkpoint stores as parts:
+    module -> its parts in fused order. A part with neither quantized tensors nor a 16-bit weight is a
+    :class:`FusedModuleError` naming the module and the parts."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name in _linears(model):
+        parts = fused_parts(name)
+        if parts is None or name in checkpoint.layers or f"{name}.weight" in checkpoint.unquantized:
+            continue
+        present = [p in checkpoint.layers or f"{p}.weight" in checkpoint.unquantized for p in parts]
+        if not any(present):
+            continue
+        if not all(present):
+            missing = [p for p, ok in zip(parts, present, strict=True) if not ok]
+            raise FusedModuleError(
+                f"{checkpoint.path}: fused module {name} needs parts {list(parts)}; the checkpoint lacks {missing}"
+            )
+        found[name] = parts
+    return found
+
+
+def _fused_part(checkpoint: Checkpoint, part: str, dtype: torch.dtype) -> FusedPart:
+    layer = checkpoint.layers.get(part)
+    if layer is not None:
+        bias = checkpoint.bias(part)
+        return part, checkpoint.weight(part), None if bias is None else bias.to(dtype), layer.packed_format
+    bias = checkpoint.tensor(f"{part}.bias") if f"{part}.bias" in checkpoint.unquantized else None
+    return part, checkpoint.tensor(f"{part}.weight"), bias, PackingFormat.GPTQ_V2
+
+
 def _patched(layer: CheckpointLayer, backend: str) -> PatchedLayer:
     return PatchedLayer(
         layer.name, str(layer.scheme), layer.packed_format, layer.in_features, layer.out_features, layer.act_order,
         layer.has_bias, backend,
     )  # fmt: skip
+
+
+def _build_fused(
+    model: torch.nn.Module,
+    checkpoint: Checkpoint,
+    name: str,
+    parts: tuple[str, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str | Backend | None,
+    registry: Registry | None,
+) -> FusedLinear:
+    """The :class:`FusedLinear` replacing the model's fused linear ``name``, checked against its shape and bias."""
+    members = [_fused_part(checkpoint, p, dtype) for p in parts]
+    runs = part_runs([checkpoint.layers[p].layer_quant if p in checkpoint.layers else None for p in parts])
+    module = fused_linear(name, members, runs, dtype=dtype, device=device, backend=backend, registry=registry)
+    linear = model.get_submodule(name)
+    assert isinstance(linear, torch.nn.Linear)  # _fused_modules found it among the model's linears
+    have = (linear.in_features, linear.out_features, linear.bias is not None)
+    bias = any(b is not None for _, _, b, _ in members)
+    if have != (module.in_features, module.out_features, bias):
+        raise FusedModuleError(
+            f"{checkpoint.path}: fused module {name}: model has in={have[0]} out={have[1]} bias={have[2]}, its "
+            f"parts {list(parts)} give in={module.in_features} out={module.out_features} bias={bias}"
+        )
+    return module
+
+
+def _backend_of(built: dict[str, torch.nn.Module], part_of: dict[str, str], name: str) -> str:
+    """The backend serving checkpoint layer ``name``: its own QuantLinear's, or that of its run in a fused module."""
+    module = built[part_of.get(name, name)]
+    if isinstance(module, FusedLinear):
+        run = next(i for i, parts in enumerate(module.parts) if name in parts)
+        return module.backend_names[run]
+    assert isinstance(module, QuantLinear)
+    return module.backend_name
 
 
 def _check_layer(model: torch.nn.Module, layer: CheckpointLayer) -> str | None:
@@ -277,10 +405,15 @@ def patch_model(
     expert_layers = {n: m for m, module in experts.items() for n in _expert_linears(m, module)}
     served_experts = {m: module for m, module in experts.items() if any(n in checkpoint.layers for n in
                       _expert_linears(m, module))}  # fmt: skip
+    fused = _fused_modules(model, checkpoint)
+    part_of = {part: module for module, parts in fused.items() for part in parts}
+    fused_tensors = {f"{p}.{attr}" for p in part_of for attr in ("weight", "bias")}
     problems = [
         p
         for layer in checkpoint.layers.values()
-        if layer.name not in expert_layers and (p := _check_layer(model, layer)) is not None
+        if layer.name not in expert_layers
+        and layer.name not in part_of
+        and (p := _check_layer(model, layer)) is not None
     ]
     for m, module in served_experts.items():
         missing = [n for n in _expert_linears(m, module) if n not in checkpoint.layers]
@@ -288,7 +421,7 @@ def patch_model(
             problems.append(f"{m}: experts module without quantized {', '.join(missing)} in the checkpoint")
         if _top_k(model, m) is None:
             problems.append(f"{m}: no router top_k or config num_experts_per_tok says how many experts a token picks")
-    owners = {name: _owner(model, name) for name in checkpoint.unquantized}
+    owners = {name: _owner(model, name) for name in checkpoint.unquantized if name not in fused_tensors}
     problems += [
         f"{name}: the checkpoint has this 16-bit tensor but the model has no such parameter or buffer"
         for name, owner in owners.items()
@@ -303,7 +436,7 @@ def patch_model(
             if (why := _store_problem(current.dtype, info.dtype)) is not None:
                 problems.append(f"{name}: {why}")
     aliases = _aliases(model)
-    covered = {f"{name}.{attr}" for name in checkpoint.layers for attr in ("weight", "bias")}
+    covered = {f"{name}.{attr}" for name in [*checkpoint.layers, *fused] for attr in ("weight", "bias")}
     covered.update(f"{m}.{attr}" for m in served_experts for attr in ("gate_up_proj", "down_proj"))
     for name, owner in owners.items():
         if owner is not None:
@@ -332,8 +465,10 @@ def patch_model(
         )
         built[m] = block
         backend_of.update((n, block.backend_name) for n in names)
+    for name, parts in fused.items():
+        built[name] = _build_fused(model, checkpoint, name, parts, dtype, target, backend, registry)
     for name, layer in checkpoint.layers.items():
-        if name in expert_layers:
+        if name in expert_layers or name in part_of:
             continue
         bias = checkpoint.bias(name)
         quant = QuantLinear(
@@ -379,6 +514,10 @@ def patch_model(
             if (id(module), key) in moved and buf is not None and not buf.is_meta and buf.device != target:
                 module._buffers[key] = moved[id(module), key]
     loaded = list(owners)
-    layers = {name: _patched(layer, backend_of[name]) for name, layer in checkpoint.layers.items()}
+    layers = {
+        name: _patched(layer, backend_of[name] if name in backend_of else _backend_of(built, part_of, name))
+        for name, layer in checkpoint.layers.items()
+    }
     plain = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    return PatchReport(layers, tuple(loaded), plain)
+    fused_runs = {name: tuple(m.parts) for name, m in built.items() if isinstance(m, FusedLinear)}
+    return PatchReport(layers, tuple(loaded), plain, fused_runs)

@@ -44,7 +44,7 @@ from typing import Protocol
 import torch
 
 from wna16.checkpoint.files import SafetensorsFolder, TensorInfo
-from wna16.checkpoint.resolve import fused_parts
+from wna16.checkpoint.resolve import FusedQuant, LayerQuant, fused_parts
 from wna16.errors import (
     CheckpointAuditError,
     CheckpointError,
@@ -91,7 +91,7 @@ class Resolver(Protocol):
     @property
     def block_prefixes(self) -> tuple[str, ...]: ...
 
-    def resolve(self, module_name: str) -> LayerQuantLike | None: ...
+    def resolve(self, module_name: str) -> LayerQuantLike | FusedQuant | None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,11 @@ class CheckpointLayer:
     out_features: int
     act_order: bool
     tensors: Mapping[str, TensorInfo]
+
+    @property
+    def layer_quant(self) -> LayerQuant:
+        """How the layer is stored, as resolution describes it (what decides which fused parts share a kernel)."""
+        return LayerQuant(self.scheme, self.packed_format, self.act_order, self.source)
 
     @property
     def has_bias(self) -> bool:
@@ -181,14 +186,21 @@ class _Auditor:
         self.problems.append(Problem(kind, module, message, info.name if info else None, info.file if info else None))
 
     def resolve(self, config: Resolver, module: str, info: TensorInfo | None) -> LayerQuantLike | ConfigError | None:
-        """The config's resolution of ``module``; a config error (e.g. a fused-experts name) is recorded."""
+        """The config's resolution of ``module``; a config error (e.g. a fused-experts name) is recorded, and so is a
+        module stored as one fused tensor set whose parts the config gives different schemes: one set of packed
+        tensors holds one scheme, so no reader can serve it (a runtime fusing separately stored parts can)."""
         try:
-            return config.resolve(module)
+            quant = config.resolve(module)
         except PatternTimeoutError:
             raise  # the config itself is unusable: one error naming the key, not one problem per module
         except ConfigError as exc:
             self.add("config", module, str(exc), info)
             return exc
+        if isinstance(quant, FusedQuant):
+            refused = ConfigError(f"stored fused, but its parts resolve to different schemes: {quant}")
+            self.add("config", module, str(refused), info)
+            return refused
+        return quant
 
     def expect(self, module: str, info: TensorInfo, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> bool:
         ok = True
@@ -533,6 +545,8 @@ def audit_tensors(
             if weight16 is not None
             else "has no tensors in the checkpoint"
         )
+        if module in part_of:
+            what += f" (a part of the runtime's fused {part_of[module]}: {list(fused[part_of[module]])})"
         auditor.add(
             "missing-quantized", module,
             f"the config resolves it to {quant.scheme} ({quant.packed_format}) but it {what}; a loader would fail on "

@@ -46,6 +46,7 @@ from wna16.checkpoint.patterns import BoundedPattern
 from wna16.checkpoint.resolve import (
     UNQUANTIZED_BITS,
     DynamicRule,
+    FusedQuant,
     LayerQuant,
     Override,
     Target,
@@ -151,9 +152,10 @@ class QuantConfig:
         """The global scheme, or None when the default is unquantized (bits >= 16)."""
         return None if self.bits >= UNQUANTIZED_BITS else Scheme(self.bits, self.group_size, self.sym)
 
-    def resolve(self, module_name: str) -> LayerQuant | None:
+    def resolve(self, module_name: str) -> LayerQuant | FusedQuant | None:
         """How the linear layer ``module_name`` is stored; ``None`` = unquantized. Fused runtime names
-        (``qkv_proj``, ``gate_up_proj``, ``to_qkv``) resolve their parts and must agree (see :mod:`.resolve`).
+        (``qkv_proj``, ``gate_up_proj``, ``to_qkv``) resolve their parts: one :class:`LayerQuant` when they agree, a
+        :class:`FusedQuant` (served part-run by part-run) when they do not (see :mod:`.resolve`).
         """
         return resolve_module(self, module_name)
 

@@ -35,10 +35,12 @@ count the latter as inside the block; no auto-round checkpoint relies on that, a
 quantize a neighbouring block.
 
 Fused modules (``qkv_proj`` from q/k/v, ``gate_up_proj`` from gate/up, diffusion ``to_qkv``) resolve each part and
-:func:`fuse` them: the parts must agree, since one kernel call serves the concatenation (along N). MoE experts written
-as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for all
-experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out` builds the
-fused weight from the parts' weights.
+:func:`fuse` them: parts that agree share one kernel call over their concatenation (along N); parts that disagree
+(mixed bits, group sizes, a part left in 16 bits) give a :class:`FusedQuant`, served as runs of agreeing parts whose
+outputs are concatenated in the fused order (:func:`part_runs` is the one rule for which parts share). MoE experts
+written as per-expert linears (``experts.3.down_proj``) resolve like any layer; a fused-experts layout (one tensor for
+all experts, ``experts.gate_up_proj``) is refused with :class:`~wna16.errors.MoELayoutError`. :func:`concat_out`
+builds the fused weight from the parts' weights.
 
 Names that match nothing: a ``block_name_to_quantize`` entry or an ``extra_config`` key naming no module of the
 runtime model (a wrong remap, a renamed model class) would leave its layers silently unquantized, and loading would
@@ -56,7 +58,7 @@ from typing import Protocol
 import torch
 
 from wna16.checkpoint.patterns import BoundedPattern
-from wna16.errors import CheckpointError, ConfigError, MoELayoutError, SchemeError, UnmatchedNamesError
+from wna16.errors import ConfigError, FusedModuleError, MoELayoutError, SchemeError, UnmatchedNamesError
 from wna16.formats import PackingFormat
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
@@ -296,29 +298,61 @@ def _out_of_scope(config: Rules, name: str) -> str | None:
     return None
 
 
-def fuse(parts: Sequence[tuple[str, LayerQuant | None]]) -> LayerQuant | None:
-    """One resolution for a fused module from its parts (name, resolution): they must agree on scheme, layout and act
-    order, since a single kernel serves their concatenation along N. All unquantized gives ``None``.
+@dataclass(frozen=True)
+class FusedQuant:
+    """A fused module whose parts were written with different schemes (AutoRound's mixed-precision recipes: ``k_proj``
+    at 8 bits, ``v_proj`` left in 16 bits, ``up_proj`` at another group size). It is served as :meth:`runs`: each run
+    of consecutive agreeing parts is one layer (one kernel call for a quantized run, one dense matmul for a 16-bit
+    one), and the runs' outputs are concatenated along N in the fused order. ``parts``: (name, resolution) in order.
+    """
+
+    name: str
+    parts: tuple[tuple[str, LayerQuant | None], ...]
+
+    def runs(self) -> tuple[tuple[int, ...], ...]:
+        """Indices of the parts grouped into runs of consecutive parts that share one layer (see :func:`part_runs`)."""
+        return part_runs([layer for _, layer in self.parts])
+
+    def __str__(self) -> str:
+        described = "; ".join(f"{n}: {'unquantized' if q is None else q}" for n, q in self.parts)
+        return f"mixed fused {self.name} ({len(self.runs())} runs): {described}"
+
+
+def _same(a: LayerQuant | None, b: LayerQuant | None) -> bool:
+    """Whether two parts can share one layer: both unquantized, or same scheme, layout and act order."""
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.scheme, a.packed_format, a.act_order) == (b.scheme, b.packed_format, b.act_order)
+
+
+def part_runs(layers: Sequence[LayerQuant | None]) -> tuple[tuple[int, ...], ...]:
+    """Group part indices into maximal runs of consecutive parts that agree (:func:`_same`). Only consecutive parts
+    share a layer, so the runs' outputs concatenate along N in the fused order with no reordering."""
+    runs: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        if runs and _same(layers[runs[-1][-1]], layer):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return tuple(tuple(r) for r in runs)
+
+
+def fuse(parts: Sequence[tuple[str, LayerQuant | None]], name: str = "fused module") -> LayerQuant | FusedQuant | None:
+    """One resolution for the fused module ``name`` from its parts (name, resolution).
+
+    Parts that agree on scheme, layout and act order give one :class:`LayerQuant` (one kernel serves their
+    concatenation along N: the common case, unchanged); all unquantized gives ``None``; parts that disagree give a
+    :class:`FusedQuant`, served part-run by part-run.
     """
     if not parts:
-        raise ConfigError("fused module: no parts given")
+        raise ConfigError(f"{name}: no parts given")
     layers = [layer for _, layer in parts]
     first = layers[0]
-    same = all(
-        (a is None) == (first is None)
-        and (
-            a is None
-            or first is None
-            or (a.scheme, a.packed_format, a.act_order) == (first.scheme, first.packed_format, first.act_order)
-        )
-        for a in layers
-    )
-    if not same:
-        described = "; ".join(f"{name}: {'unquantized' if q is None else q}" for name, q in parts)
-        raise ConfigError(f"fused module parts disagree (one kernel serves them all, so they must match): {described}")
+    if len(part_runs(layers)) > 1:
+        return FusedQuant(name, tuple(parts))
     if first is None:
         return None
-    names = ", ".join(name for name, _ in parts)
+    names = ", ".join(n for n, _ in parts)
     return LayerQuant(first.scheme, first.packed_format, first.act_order, f"fused from {names}: {first.source}")
 
 
@@ -326,10 +360,10 @@ def concat_out(parts: Sequence[tuple[str, QuantizedWeight]], name: str = "fused"
     """The weight of a fused module: its parts' weights concatenated along N (``out_features``), in part order.
 
     The parts must share scheme, in_features, scale dtype and group map (``g_idx``): one kernel call with one
-    activation serves them all. A mismatch names every part (:class:`~wna16.errors.CheckpointError`).
+    activation serves them all. A mismatch names every part (:class:`~wna16.errors.FusedModuleError`).
     """
     if not parts:
-        raise CheckpointError(f"{name}: no parts to concatenate")
+        raise FusedModuleError(f"{name}: no parts to concatenate")
     first = parts[0][1]
 
     def key(w: QuantizedWeight) -> tuple[object, ...]:
@@ -342,7 +376,7 @@ def concat_out(parts: Sequence[tuple[str, QuantizedWeight]], name: str = "fused"
             f"{' act-order' if w.act_order else ''}"
             for n, w in parts
         )
-        raise CheckpointError(f"{name}: parts cannot be concatenated along N (they must match): {described}")
+        raise FusedModuleError(f"{name}: parts cannot be concatenated along N (they must match): {described}")
     return QuantizedWeight(
         scheme=first.scheme,
         in_features=first.in_features,
@@ -364,10 +398,29 @@ def fused_parts(name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_
     return tuple(f"{head}.{p}" if head else p for p in parts)
 
 
+def fused_groups(
+    names: Sequence[str], packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
+) -> dict[str, tuple[str, ...]]:
+    """The fused runtime modules a runtime builds from modules ``names`` (each fused module whose parts all appear
+    among them) -> its parts in fused order: what vLLM will fuse when it serves these layers."""
+    present = set(names)
+    found: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        head, _, last = name.rpartition(".")
+        for fused, parts in packed_modules.items():
+            if last in parts:
+                module = f"{head}.{fused}" if head else fused
+                full = fused_parts(module, packed_modules)
+                if full is not None and all(p in present for p in full):
+                    found[module] = full
+    return dict(sorted(found.items()))
+
+
 def resolve_module(
     config: Rules, name: str, packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES
-) -> LayerQuant | None:
-    """Resolve a runtime module that may be fused (``...qkv_proj``): its parts are resolved and :func:`fuse`-d.
+) -> LayerQuant | FusedQuant | None:
+    """Resolve a runtime module that may be fused (``...qkv_proj``): its parts are resolved and :func:`fuse`-d (a
+    :class:`FusedQuant` when they disagree).
 
     A fused name that the config itself lists (some checkpoints are written fused) resolves directly.
     """
@@ -375,7 +428,7 @@ def resolve_module(
     parts = fused_parts(name, packed_modules)
     if parts is None or name in config.extra_config:
         return resolve_layer(config, name)[0]
-    return fuse([(part, resolve_layer(config, part)[0]) for part in parts])
+    return fuse([(part, resolve_layer(config, part)[0]) for part in parts], name)
 
 
 CLOSEST = 3

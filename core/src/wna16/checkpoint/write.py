@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from wna16.checkpoint.config import WRITTEN_PACKING_NAMES, QuantConfig
+from wna16.checkpoint.resolve import FusedQuant
 from wna16.errors import ConfigError
 from wna16.formats import PackingFormat
 from wna16.groups import trivial_g_idx
@@ -135,6 +136,8 @@ def write_checkpoint(
         module, _, role = name.rpartition(".")
         is_linear = role == "weight" and tensor.dim() == 2 and (linears is None or module in linears)
         quant = config.resolve(module) if is_linear else None
+        if isinstance(quant, FusedQuant):
+            raise ConfigError(f"{module}: one fused weight cannot be written in several schemes: {quant}")
         if quant is None or not tensor.dtype.is_floating_point:
             tensors[name] = tensor.detach().contiguous()
             continue

@@ -18,6 +18,7 @@ import torch
 
 from wna16.checkpoint.audit import AuditReport, CheckpointLayer
 from wna16.checkpoint.load import Checkpoint, open_checkpoint
+from wna16.checkpoint.resolve import fused_groups, part_runs
 from wna16.errors import NoBackendError, Wna16Error, layer_shape
 from wna16.protocol import LayerSpec
 from wna16.registry import Selection, select
@@ -100,6 +101,26 @@ def layer_rows(report: AuditReport, dtype: torch.dtype, device: str) -> list[dic
     return rows
 
 
+def mixed_fused_rows(checkpoint: Checkpoint, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One row per module a runtime fuses (vLLM's ``qkv_proj`` / ``gate_up_proj``) whose stored parts disagree: each
+    part's scheme (or 16-bit) and backend, and the runs of parts that share one kernel call."""
+    by_name = {str(r["name"]): r for r in rows}
+    weights16 = [n.removesuffix(".weight") for n in checkpoint.unquantized if n.endswith(".weight")]
+    out: list[dict[str, object]] = []
+    for module, parts in fused_groups([*checkpoint.layers, *weights16]).items():
+        runs = part_runs([checkpoint.layers[p].layer_quant if p in checkpoint.layers else None for p in parts])
+        if len(runs) == 1:
+            continue
+        described = [
+            {"name": p, "scheme": str(by_name[p]["scheme"]), "backend": by_name[p]["backend"]}
+            if p in by_name
+            else {"name": p, "scheme": "16-bit", "backend": "16-bit matmul"}
+            for p in parts
+        ]
+        out.append({"name": module, "parts": described, "runs": [[parts[i] for i in run] for run in runs]})
+    return out
+
+
 def summary(checkpoint: Checkpoint) -> dict[str, object]:
     """The config, remap and sizes as plain data."""
     c, sizes = checkpoint.config, checkpoint.sizes
@@ -163,6 +184,14 @@ def _print_tables(checkpoint: Checkpoint, rows: list[dict[str, object]], device:
             f"{r['layout']!s:<{lw}}  {'yes' if r['act_order'] else 'no':<9}  {shape:<13}  "
             f"{'yes' if r['bias'] else 'no':<4}  {r['backend']}"
         )
+    fused = mixed_fused_rows(checkpoint, rows)
+    if fused:
+        print("\nmixed fused modules (served run by run, each run one kernel call, outputs concatenated along N):")
+        for f in fused:
+            parts = f["parts"]
+            assert isinstance(parts, list)
+            described = " | ".join(f"{p['name'].rsplit('.', 1)[-1]} {p['scheme']} -> {p['backend']}" for p in parts)
+            print(f"  {f['name']}: {described}")
     groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
     for r in rows:
         groups.setdefault((r["scheme"], r["act_order"], r["in_features"], r["out_features"], r["bias"]), []).append(r)
@@ -222,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         data = {
             **summary(checkpoint),
             "layers": rows,
+            "mixed_fused": mixed_fused_rows(checkpoint, rows),
             "audit": {"ok": report.ok, "problems": [asdict(p) for p in report.problems]},
         }
         print(json.dumps(data, indent=2, default=str))

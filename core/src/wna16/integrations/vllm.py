@@ -17,8 +17,10 @@ How it fits vLLM (0.30 and 0.32):
   picks its own method (INC, GPTQ-Marlin, AWQ, compressed-tensors, ...) exactly as without the plugin.
 - Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
   block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
-  ``qkv_proj`` / ``gate_up_proj`` resolve their parts, which must agree). Unquantized layers get vLLM's
-  ``UnquantizedLinearMethod``.
+  ``qkv_proj`` / ``gate_up_proj`` resolve their parts). Unquantized layers get vLLM's ``UnquantizedLinearMethod``.
+- A fused layer whose parts disagree (AutoRound's mixed recipes: ``k_proj`` at 8 bits, ``v_proj`` in 16 bits) gets
+  :class:`Wna16FusedMethod`: runs of agreeing parts, each its own backend, outputs concatenated along N; each
+  tensor-parallel rank serves its slice of every part.
 - :meth:`Wna16LinearMethod.create_weights` creates the checkpoint's own tensors (``qweight``/``qzeros``/``scales``
   and, for GPTQ layouts, ``g_idx``; compressed-tensors' ``weight_packed``/``weight_scale``/``weight_zero_point``/
   ``weight_shape``/``weight_g_idx``) as vLLM parameter classes, so vLLM's loaders shard them for tensor parallelism and
@@ -72,11 +74,12 @@ from vllm.model_executor.parameter import (
     PackedvLLMParameter,
     RowvLLMParameter,
 )
+from vllm.model_executor.utils import set_weight_attrs
 
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
-from wna16.checkpoint.resolve import PACKED_MODULES, LayerQuant, resolve_module
-from wna16.errors import CheckpointError, ConfigError, UnsupportedError, layer_shape
+from wna16.checkpoint.resolve import PACKED_MODULES, FusedQuant, LayerQuant, concat_out, resolve_module
+from wna16.errors import CheckpointError, ConfigError, FormatError, FusedModuleError, UnsupportedError, layer_shape
 from wna16.formats import PackingFormat
 from wna16.groups import stored_groups
 from wna16.packing import packed_rows
@@ -153,6 +156,17 @@ def runtime_remaps(mapper: object) -> tuple[Remap, Remap]:
     return Remap(prefixes, substrings, "", f"vLLM {label}"), staged
 
 
+def stored_tensors(layer_quant: LayerQuant) -> tuple[str, ...]:
+    """The checkpoint tensors of one quantized layer in its layout (``g_idx`` only in GPTQ layouts, and optional)."""
+    if layer_quant.packed_format is PackingFormat.AWQ:
+        return ("qweight", "qzeros", "scales")
+    if layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
+        names = ("weight_packed", "weight_scale", "weight_shape")
+        zero = () if layer_quant.scheme.sym else ("weight_zero_point",)
+        return names + zero + (("weight_g_idx",) if layer_quant.act_order else ())
+    return ("qweight", "qzeros", "scales", "g_idx")
+
+
 @register_weight_loader_v2_supported_method
 class Wna16LinearMethod(LinearMethodBase):
     """One quantized linear layer: the checkpoint's tensors in, one prepared wna16 backend out."""
@@ -168,15 +182,7 @@ class Wna16LinearMethod(LinearMethodBase):
 
     @property
     def _tensor_names(self) -> tuple[str, ...]:
-        if self.layer_quant.packed_format is PackingFormat.AWQ:
-            return ("qweight", "qzeros", "scales")
-        if self.layer_quant.packed_format is PackingFormat.COMPRESSED_TENSORS:
-            lq = self.layer_quant
-            names = ("weight_packed", "weight_scale", "weight_shape")
-            return (
-                names + (() if lq.scheme.sym else ("weight_zero_point",)) + (("weight_g_idx",) if lq.act_order else ())
-            )
-        return ("qweight", "qzeros", "scales", "g_idx")
+        return stored_tensors(self.layer_quant)
 
     def create_weights(
         self,
@@ -310,6 +316,167 @@ class Wna16LinearMethod(LinearMethodBase):
         return out if bias is None else out + bias
 
 
+QKV_SHARDS = {"q": 0, "k": 1, "v": 2}
+"""vLLM's shard ids of ``QKVParallelLinear`` (``MergedColumnParallelLinear`` numbers its parts 0, 1, ...)."""
+
+
+class Wna16FusedMethod(LinearMethodBase):
+    """A fused column-parallel layer (``qkv_proj``, ``gate_up_proj``) whose parts the checkpoint stores in different
+    schemes (:class:`~wna16.checkpoint.resolve.FusedQuant`): each run of agreeing parts is one prepared backend (one
+    kernel call over the run's parts concatenated along N, the backend :func:`wna16.registry.select` picks for it)
+    or one 16-bit matmul, and :meth:`apply` concatenates the runs' outputs along N in the fused order.
+
+    The parts' tensors differ in shape (4 and 8 bits pack K differently; a 16-bit part has a plain ``weight``), so
+    they cannot share vLLM's fused parameters: one placeholder parameter per tensor name carries a loader that takes
+    this rank's N-slice of each part (the slice vLLM's own fused loaders take: ``tp_rank``, or for k/v
+    ``tp_rank // num_kv_head_replicas``) and keeps it per part. Column parallelism never splits K.
+    """
+
+    def __init__(self, fused: FusedQuant, prefix: str) -> None:
+        self.fused = fused
+        self.prefix = prefix
+        self.runs = fused.runs()
+        self.backend_names: list[str] = []
+        self._served: list[PreparedLinear | torch.Tensor] = []
+        self._loaded: list[dict[str, torch.Tensor]] = [{} for _ in fused.parts]
+        self._sizes: list[int] = []
+        self._k = 0
+        self._dtype = torch.float16
+        self._device = torch.device("cpu")
+
+    @property
+    def backend_name(self) -> str:
+        """The backend of each run (``torch`` for a 16-bit run), in fused order."""
+        return ",".join(self.backend_names)
+
+    def _parts(self) -> str:
+        return ", ".join(f"{n}: {'unquantized' if q is None else q.scheme}" for n, q in self.fused.parts)
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        """One placeholder parameter per tensor name any part stores, each with this method's per-part loader."""
+        if len(output_partition_sizes) != len(self.fused.parts):
+            raise FusedModuleError(
+                f"{self.prefix}: vLLM fuses {len(output_partition_sizes)} parts, the checkpoint config names "
+                f"{len(self.fused.parts)} ({self._parts()})"
+            )
+        if any(q is not None and q.packed_format is PackingFormat.COMPRESSED_TENSORS for _, q in self.fused.parts):
+            raise UnsupportedError(
+                self.prefix,
+                (f"mixed schemes inside a fused module are served for GPTQ and AWQ layouts, not compressed-tensors "
+                 f"({self._parts()})",),
+            )  # fmt: skip
+        self._k, self._sizes, self._dtype = input_size_per_partition, list(output_partition_sizes), params_dtype
+        self._device = torch.empty(0).device  # vLLM builds the model under its device context
+        roles: set[str] = set()
+        for _, lq in self.fused.parts:
+            roles.update(("weight",) if lq is None else stored_tensors(lq))
+        for role in sorted(roles):
+            param = torch.nn.Parameter(torch.empty(0, dtype=torch.int32), requires_grad=False)
+            set_weight_attrs(param, {"weight_loader": self._loader(layer, role)})
+            layer.register_parameter(role, param)
+
+    def _loader(self, layer: torch.nn.Module, role: str) -> Any:
+        def load(param: torch.nn.Parameter, loaded: torch.Tensor, shard_id: str | int | None = None) -> None:
+            index = QKV_SHARDS.get(shard_id, shard_id) if isinstance(shard_id, str) else shard_id
+            if not isinstance(index, int) or not 0 <= index < len(self.fused.parts):
+                raise FusedModuleError(
+                    f"{self.prefix}.{role}: shard {shard_id!r} names no single part of the mixed fused module "
+                    f"({self._parts()}); a checkpoint storing it fused has one scheme"
+                )
+            name, lq = self.fused.parts[index]
+            if (lq is None) != (role == "weight"):
+                stored = "a 16-bit weight" if role == "weight" else f"quantized tensors ({role})"
+                raise FusedModuleError(
+                    f"{self.prefix}: part {name} ships {stored} but the config resolves it otherwise "
+                    f"(parts: {self._parts()})"
+                )
+            if role == "g_idx":
+                self._loaded[index][role] = loaded.to(self._device, torch.int32)
+                return
+            rank = int(getattr(layer, "tp_rank", 0))
+            if shard_id in ("k", "v"):
+                rank //= int(getattr(layer, "num_kv_head_replicas", 1))
+            n = self._sizes[index]
+            if role == "weight":
+                dim, size = 0, n
+            elif lq is None or role == "scales" or (role == "qweight" and lq.packed_format is not PackingFormat.AWQ):
+                dim, size = 1, n
+            else:  # N-packed: GPTQ qzeros (bits per value), AWQ qweight / qzeros (8 per int32)
+                awq = lq.packed_format is PackingFormat.AWQ
+                size = n // 8 if awq else packed_rows(n, lq.scheme.bits, f"{name}.{role}")
+                dim = 1
+            if loaded.dim() <= dim or loaded.shape[dim] < (rank + 1) * size:
+                raise FusedModuleError(
+                    f"{self.prefix}: part {name}.{role} has shape {list(loaded.shape)}, cannot take rank {rank}'s "
+                    f"{size} of dim {dim} (parts: {self._parts()})"
+                )
+            piece = loaded.narrow(dim, rank * size, size)
+            dtype = torch.float32 if role == "scales" else self._dtype if role == "weight" else piece.dtype
+            self._loaded[index][role] = piece.to(self._device, dtype).contiguous()
+
+        return load
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Per run: the parts' weights (checked complete), concatenated along N, one backend prepared (or one 16-bit
+        matrix); the placeholders released."""
+        served: list[PreparedLinear | torch.Tensor] = []
+        backends: list[str] = []
+        for run in self.runs:
+            names = [self.fused.parts[i][0] for i in run]
+            lq = self.fused.parts[run[0]][1]
+            required = ("weight",) if lq is None else tuple(r for r in stored_tensors(lq) if r != "g_idx")
+            for i in run:
+                missing = [r for r in required if r not in self._loaded[i]]
+                if missing:
+                    raise FusedModuleError(
+                        f"{self.prefix}: part {self.fused.parts[i][0]} was not loaded (missing {missing}); "
+                        f"parts: {self._parts()}"
+                    )
+            if lq is None:
+                served.append(torch.cat([self._loaded[i]["weight"] for i in run], dim=0))
+                backends.append("torch")
+                continue
+            weights = []
+            for name, i in zip(names, run, strict=True):
+                try:
+                    unpacked = lq.packed_format.layout.unpack(
+                        self._loaded[i], lq.scheme, self._k, self._sizes[i], prefix=f"{name}."
+                    )
+                except FormatError as exc:
+                    raise FusedModuleError(
+                        f"{self.prefix}: part {name} does not fit this rank's {self._k} x {self._sizes[i]} slice "
+                        f"({exc}); parts: {self._parts()}"
+                    ) from exc
+                weights.append((name, unpacked))
+            weight = concat_out(weights, f"{self.prefix}[{', '.join(names)}]")
+            spec = LayerSpec.of(weight, self._dtype, bias=False, device=self._device)
+            backend = select(spec).backend
+            served.append(backend.prepare(weight, spec))
+            backends.append(backend.name)
+        self._served, self.backend_names = served, backends
+        for role in [name for name, _ in layer.named_parameters(recurse=False) if name != "bias"]:
+            delattr(layer, role)
+        self._loaded = []
+        logger.debug("%s: %s served by runs %s", self.prefix, self.fused, self.backend_names)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The runs' outputs concatenated along N, plus ``bias`` when vLLM passes it."""
+        if not self._served:
+            raise UnsupportedError(self.prefix, ("apply called before process_weights_after_loading",))
+        outs = [s(x) if not isinstance(s, torch.Tensor) else torch.nn.functional.linear(x, s) for s in self._served]
+        out = torch.cat(outs, dim=-1)
+        return out if bias is None else out + bias
+
+
 class Wna16Config(QuantizationConfig):
     """vLLM's view of a checkpoint's ``quantization_config`` (auto-round, GPTQ or AWQ), read by wna16."""
 
@@ -363,8 +530,9 @@ class Wna16Config(QuantizationConfig):
             return METHOD
         return None
 
-    def resolve(self, prefix: str) -> LayerQuant | None:
-        """How the runtime module ``prefix`` is stored (fused modules resolve their parts)."""
+    def resolve(self, prefix: str) -> LayerQuant | FusedQuant | None:
+        """How the runtime module ``prefix`` is stored (fused modules resolve their parts; mixed parts give a
+        :class:`FusedQuant`)."""
         packed: Mapping[str, tuple[str, ...]] = {
             **PACKED_MODULES,
             **{k: tuple(v) for k, v in (self.packed_modules_mapping or {}).items()},
@@ -378,6 +546,8 @@ class Wna16Config(QuantizationConfig):
         """The method of one layer: wna16's for quantized linears, vLLM's unquantized ones otherwise."""
         if isinstance(layer, LinearBase):
             layer_quant = self.resolve(prefix)
+            if isinstance(layer_quant, FusedQuant):
+                return Wna16FusedMethod(layer_quant, prefix)
             return UnquantizedLinearMethod() if layer_quant is None else Wna16LinearMethod(layer_quant, prefix)
         if isinstance(layer, ParallelLMHead):
             if self.resolve(prefix) is not None:
