@@ -284,17 +284,7 @@ class _Auditor:
         self.expect(module, group["qweight"], shapes["qweight"], (torch.int32,))
         self.expect(module, group["qzeros"], (groups, shapes["qzeros"][1]), (torch.int32,))
         self.expect(module, group["scales"], (groups, n), SCALE_DTYPES)
-        if bias is not None:
-            self.expect(module, bias, (n,), ACTIVATION_DTYPES)
-        if len(self.problems) > before:
-            return None
-        self.values(module, quant, group, bias)
-        if len(self.problems) > before:
-            return None
-        tensors = dict(group)
-        if bias is not None:
-            tensors["bias"] = bias
-        return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
+        return self.layer(module, source, quant, group, bias, (k, n, act_order), before)
 
     def values(
         self, module: str, quant: LayerQuantLike, group: Mapping[str, TensorInfo], bias: TensorInfo | None
@@ -364,6 +354,21 @@ class _Auditor:
         self.expect(module, scale, (n, groups), SCALE_DTYPES)
         if "weight_zero_point" in group:
             self.expect(module, group["weight_zero_point"], (shapes["weight_zero_point"][0], groups), (torch.int32,))
+        return self.layer(module, source, quant, group, bias, (k, n, act_order), before)
+
+    def layer(
+        self,
+        module: str,
+        source: str,
+        quant: LayerQuantLike,
+        group: Mapping[str, TensorInfo],
+        bias: TensorInfo | None,
+        shape: tuple[int, int, bool],
+        before: int,
+    ) -> CheckpointLayer | None:
+        """The last checks of a quantized module whose tensors have the layout's shapes (bias, then values); the
+        layer, or None when any check since ``before`` problems found one. ``shape`` is (K, N, act order)."""
+        k, n, act_order = shape
         if bias is not None:
             self.expect(module, bias, (n,), ACTIVATION_DTYPES)
         if len(self.problems) > before:
@@ -372,7 +377,7 @@ class _Auditor:
         if len(self.problems) > before:
             return None
         tensors = dict(group) if bias is None else {**group, "bias": bias}
-        return CheckpointLayer(module, source, scheme, layout, k, n, act_order, tensors)
+        return CheckpointLayer(module, source, quant.scheme, quant.packed_format, k, n, act_order, tensors)
 
 
 def _audit_experts(
