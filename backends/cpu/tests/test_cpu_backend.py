@@ -7,6 +7,10 @@ group or a mis-scattered column fails by an order of magnitude, not by a hair.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -210,6 +214,32 @@ def test_int8_kernel_only_where_memory_safe() -> None:
     assert isinstance(layer, Int8Linear) and layer.kernel_max_m == 0
     x = torch.randn(1, 40).to(torch.bfloat16)
     assert run(weight, torch.bfloat16, x) <= 1.0
+
+
+def test_int8_kernel_input_with_a_storage_offset() -> None:
+    """``_weight_int8pack_mm`` segfaults on a contiguous view with a storage offset; the layer hands it a copy. Run in
+    a child process so that a regression fails this test instead of killing the run."""
+    child = textwrap.dedent(
+        """
+        import torch
+        from wna16.protocol import LayerSpec
+        from wna16.quantize import quantize_rtn
+        from wna16.scheme import Scheme
+        from wna16_cpu import CpuBackend
+
+        weight = quantize_rtn(torch.randn(300, 256) / 16, Scheme(8, -1, True))
+        layer = CpuBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
+        assert layer.kernel_max_m >= 3, layer.kernel_max_m
+        for offset in range(1, 9):
+            base = torch.randn(offset + 3 * 256, dtype=torch.bfloat16)
+            x = base[offset:].view(3, 256)
+            assert x.is_contiguous() and x.storage_offset() == offset
+            assert torch.equal(layer(x), layer(x.clone()))
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
 @pytest.mark.parametrize("m", [16, 1])

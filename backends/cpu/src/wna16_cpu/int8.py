@@ -77,7 +77,10 @@ class Int8Linear:
         if x.dtype != self.dtype or x.shape[-1] != self.in_features:
             raise FormatError(f"x: got {describe(x)}, expected {self.dtype} [..., {self.in_features}]")
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).contiguous()
+        x2 = x.reshape(-1, self.in_features)
+        if not x2.is_contiguous() or x2.storage_offset():
+            # _weight_int8pack_mm segfaults on a contiguous view with a storage offset (measured, torch 2.13 AVX512)
+            x2 = x2.clone(memory_format=torch.contiguous_format)
         if x2.shape[0] == 0:
             y = x2.new_empty(0, self.out_features)
         elif x2.shape[0] <= self.kernel_max_m:
