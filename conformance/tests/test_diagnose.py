@@ -82,11 +82,11 @@ def test_exceptions_show_the_backends_own_frames() -> None:
 
 
 def test_a_failing_k_slice_is_printed_with_its_own_spec(tmp_path: Path) -> None:
-    run = run_suite(tmp_path, ["planted:BiasTwiceOnKSlices"], "-k", "tensor_parallel and w4g64asym-fp32]", workers=0)
+    run = run_suite(tmp_path, ["planted:BiasTwiceOnKSlices"], "-k", "tensor_parallel and w3g32asym-fp32]", workers=0)
     assert run.rc == 1, run.output[-3000:]
     (test,) = run.tests("bias-twice-on-k-slices").values()
     assert "|k-slice1" in run.output
     assert re.search(
-        r"slice spec: 256 -> \d+ w4g64asym float32 cpu bias shard\(k=256, n=0, adds_bias=False\)",
+        r"slice spec: 256 -> \d+ w3g32asym float32 cpu bias shard\(k=256, n=0, adds_bias=False\)",
         test["message"] + run.output,
     ), test["message"]
