@@ -139,7 +139,7 @@ def test_declared_rule_is_data_and_gives_every_reason() -> None:
 
 def test_generic_path_refuses_with_the_layer_reasons() -> None:
     spec = ExpertsSpec.of(experts(Scheme(4, 16, False)), 2, torch.bfloat16)  # the int4 kernel has no group 16
-    support = CpuBackend().check_experts(spec)
+    support = check_experts(CpuBackend(), spec)
     assert not support and any("group size 16 not supported" in r for r in support.reasons)
 
 
@@ -194,5 +194,5 @@ def test_backend_without_build_experts_is_a_clear_error() -> None:
 
     ew = experts()
     with pytest.raises(UnsupportedError, match="build_experts"):
-        Declares().prepare_experts(ew, ExpertsSpec.of(ew, 2, torch.float32))
+        prepare_experts(Declares(), ew, ExpertsSpec.of(ew, 2, torch.float32))
     assert isinstance(Declares(), Backend)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from wna16.errors import UnsupportedError
-from wna16.experts import ExpertsSpec, ExpertWeights, describe_experts
+from wna16.experts import ExpertsSpec, ExpertWeights, check_experts, describe_experts, prepare_experts
 from wna16.protocol import Backend
 from wna16.tolerance import Precision, experts_error_ratio
 from wna16_conformance.cells import Cell
@@ -87,12 +87,12 @@ def experts_spec(inputs: ExpertsInputs, dtype: torch.dtype, device: str) -> Expe
 def experts_case(backend: Backend, spec: ExpertsSpec, inputs: ExpertsInputs, key: str, multiplier: float) -> CaseResult:
     """Compute when ``check_experts`` claims the block (within ``multiplier`` times the bound), else verify the
     refusal: at least one reason, and ``prepare_experts`` raising :class:`UnsupportedError`."""
-    support = backend.check_experts(spec)
+    support = check_experts(backend, spec)
     if not support:
         if not support.reasons or not all(isinstance(r, str) and r.strip() for r in support.reasons):
             return CaseResult(key, FAILED, None, f"check_experts refused {describe_experts(spec)} without a reason")
         try:
-            backend.prepare_experts(inputs.weights.to(spec.device), spec)
+            prepare_experts(backend, inputs.weights.to(spec.device), spec)
         except UnsupportedError as exc:
             if not exc.reasons:
                 return CaseResult(key, FAILED, None, "prepare_experts raised UnsupportedError without reasons")
@@ -101,7 +101,7 @@ def experts_case(backend: Backend, spec: ExpertsSpec, inputs: ExpertsInputs, key
             return CaseResult(key, FAILED, None, f"prepare_experts raised {type(exc).__name__}: {exc}")
         return CaseResult(key, FAILED, None, "check_experts refused but prepare_experts accepted the block")
     try:
-        block = backend.prepare_experts(inputs.weights.to(spec.device), spec)
+        block = prepare_experts(backend, inputs.weights.to(spec.device), spec)
         x = inputs.x.to(spec.device)
         y = block(x, inputs.topk_ids.to(spec.device), inputs.topk_weights.to(spec.device))
     except Exception as exc:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from wna16.errors import FormatError, InputTypeError, NoBackendError, UnsupportedError, Wna16Error, describe
-from wna16.experts import PROJECTIONS, ExpertsSpec, ExpertWeights, PreparedExperts
+from wna16.experts import PROJECTIONS, ExpertsSpec, ExpertWeights, PreparedExperts, prepare_experts
 from wna16.formats import PackedFormat, PackingFormat, get_format
 from wna16.protocol import Backend, LayerSpec, PreparedLinear
 from wna16.registry import Registry, default_registry, select_experts
@@ -248,7 +248,7 @@ class QuantExperts(torch.nn.Module):
     def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Backend, bool, PreparedExperts, Any]:
         spec = self.spec(device, dtype)
         backend, support, rejected = select_experts(spec, self._requested, self._registry)
-        return backend, support.fused, backend.prepare_experts(self._weights.to(device), spec), rejected
+        return backend, support.fused, prepare_experts(backend, self._weights.to(device), spec), rejected
 
     def forward(self, x: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         """``x`` [..., H] in the block's dtype and device; ``top_k_index``/``top_k_weights`` [tokens, top_k]."""

@@ -25,7 +25,7 @@ from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
 
 if TYPE_CHECKING:  # wna16.experts builds on this module
-    from wna16.experts import ExpertsCapability, ExpertsSpec, ExpertsSupport, ExpertWeights, PreparedExperts
+    from wna16.experts import ExpertsCapability, ExpertsSpec, ExpertWeights, PreparedExperts
 
 ACTIVATION_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -267,18 +267,6 @@ class Backend(abc.ABC):
     def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
         """Repack into this backend's layout on ``spec.device``; called only for specs ``check`` accepted. Add
         ``bias`` only where ``spec.adds_bias``."""
-
-    def check_experts(self, spec: ExpertsSpec) -> ExpertsSupport:
-        """Pure data: whether this backend serves the experts block ``spec`` (fused, or through the generic path)."""
-        from wna16.experts import check_experts  # imported here: wna16.experts builds on this module
-
-        return check_experts(self, spec)
-
-    def prepare_experts(self, weights: ExpertWeights, spec: ExpertsSpec) -> PreparedExperts:
-        """Prepare every expert once; see :func:`wna16.experts.prepare_experts`."""
-        from wna16.experts import prepare_experts
-
-        return prepare_experts(self, weights, spec)
 
     def build_experts(self, weights: ExpertWeights, spec: ExpertsSpec) -> PreparedExperts:
         """Build this backend's experts kernel; called only for specs one of ``experts_capabilities`` accepted. A

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from wna16.errors import BackendLoadError, NoBackendError, UnsupportedError
-from wna16.experts import ExpertsSpec, ExpertsSupport, describe_experts
+from wna16.experts import ExpertsSpec, ExpertsSupport, check_experts, describe_experts
 from wna16.protocol import Backend, LayerSpec, Support, describe_spec
 
 ENTRY_POINT_GROUP = "wna16.backends"
@@ -245,7 +245,7 @@ def select_experts(
             rejected[entry_backend.name] = (f"disabled by {ENV_DISABLED}",)
             continue
         availability = entry_backend.available(spec.device)
-        support = entry_backend.check_experts(spec) if availability else None
+        support = check_experts(entry_backend, spec) if availability else None
         if support is None or not support:
             rejected[entry_backend.name] = (
                 (f"unavailable: {availability.reason}",) if support is None else support.reasons
