@@ -11,6 +11,7 @@ evaluated in float64 so that it is exact for fp32 scales too)::
           + C2 * u_acc * (sqrt(K) * sqrt(x^2 @ W^2^T) + |b|)  accumulation in accum_dtype (random walk, see below)
           + C3 * u_param * sqrt(sum_g (|P_g| + |Z_g|)^2       scales and zero terms rounded to param_dtype: one
                                  + x^2 @ Wmag^2^T)            shared relative error per group, plus per element
+          + u_param * |b|                                     the bias, a parameter too, rounded to param_dtype
           + C3 * eta_param * sqrt(x^2 @ 1)                    subnormal parameters (absolute spacing)
           + eta_out                                           underflow of the output dtype
 
@@ -179,7 +180,7 @@ def _model(
     acc_term = C2 * unit_roundoff(p.accum) * (math.sqrt(k) * rss + b.abs())
     per_element = (x32.square() @ oracle.mag_sq).to(torch.float64)
     shared = oracle.shared_sq(x32).to(torch.float64) if x32.shape[0] else torch.zeros_like(per_element)
-    param_term = C3 * unit_roundoff(p.param) * torch.sqrt(shared + per_element)
+    param_term = C3 * unit_roundoff(p.param) * torch.sqrt(shared + per_element) + unit_roundoff(p.param) * b.abs()
     eta_param = float(torch.finfo(p.param).smallest_normal) * float(torch.finfo(p.param).eps)
     subnormal_term = C3 * eta_param * torch.sqrt(x2.square().sum(dim=1, keepdim=True))
     eta = float(torch.finfo(p.out).smallest_normal) * float(torch.finfo(p.out).eps)  # smallest subnormal
