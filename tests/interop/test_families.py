@@ -80,7 +80,9 @@ def test_preset_remap_loads_every_layer(checkpoints: Path, family: str) -> None:
             assert bool((error <= step.t() * STEPS).all()), f"{family}/{runtime}: {error.max()}"
         for name in ckpt.unquantized:
             assert ckpt.tensor(name).numel() > 0
-    identity_presets = {"glm_image", "bagel"}  # their vLLM-Omni mappers keep every name
+    # Their vLLM-Omni models keep every name these checkpoints use: GLM-Image's and BAGEL's mappers, FLUX.1 (no mapper;
+    # attn.to_out.0 is its quantization prefix) and Qwen-Image (strips only a leading 'transformer.', absent here).
+    identity_presets = {"glm_image", "bagel", "flux", "qwen_image"}
     assert (renamed == 0) == (family in identity_presets), f"{family}: {renamed} names remapped"
 
 

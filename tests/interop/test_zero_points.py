@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import wna16
 from wna16.checkpoint.remap import Remap
+from wna16.formats import GPTQ_V1, GPTQ_V2
 from wna16.reference import dequantize
 
 ZERO0 = "ar_w4g32_asym_gptq_zero0"
@@ -35,8 +36,8 @@ def test_v1_read_as_v2_fails_the_identity_check(checkpoints: Path) -> None:
     theirs = autoround_weight(load_autoround(path, "auto").get_submodule(name), 256)
     raw = _layer_tensors(path, name)
     scheme = wna16.Scheme(4, 128, True)
-    assert torch.equal(dequantize(wna16.GPTQ_V1.unpack(raw, scheme, 256, 256)), theirs)
-    misread = wna16.GPTQ_V2.unpack(raw, wna16.Scheme(4, 128, False), 256, 256)  # zeros 7 instead of 8
+    assert torch.equal(dequantize(GPTQ_V1.unpack(raw, scheme, 256, 256)), theirs)
+    misread = GPTQ_V2.unpack(raw, wna16.Scheme(4, 128, False), 256, 256)  # zeros 7 instead of 8
     error = (dequantize(misread) - theirs).abs()
     scales = misread.scales.float().abs().t().repeat_interleave(128, dim=1)
     assert torch.equal(error, scales), "a v1/v2 mix-up shifts every weight by exactly one scale"
