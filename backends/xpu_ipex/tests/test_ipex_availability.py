@@ -47,12 +47,12 @@ def test_unserved_device_is_reported_before_any_import():
 def test_declaration_pins_the_error_model_inputs():
     """What the conformance error model reads: 4-bit, fp32 accumulation, param rounding in the activation dtype."""
     backend = IpexBackend()
-    for device in ("cpu", "xpu"):
-        spec = LayerSpec(512, 64, Scheme(4, 128, False), torch.bfloat16, act_order=True, device=device)
+    for device, dtype in (("cpu", torch.float16), ("xpu", torch.bfloat16)):  # bf16 is refused on CPU
+        spec = LayerSpec(512, 64, Scheme(4, 128, False), dtype, act_order=True, device=device)
         support = backend.check(spec)
         assert support and support.rule is not None
         assert support.rule.param_dtype is None and support.rule.accum_dtype == torch.float32
     assert (
-        backend.check(LayerSpec(512, 64, Scheme(4, 128, False), device="xpu")).priority
-        > backend.check(LayerSpec(512, 64, Scheme(4, 128, False), device="cpu")).priority
+        backend.check(LayerSpec(512, 64, Scheme(4, 128, False), torch.float16, device="xpu")).priority
+        > backend.check(LayerSpec(512, 64, Scheme(4, 128, False), torch.float16, device="cpu")).priority
     )

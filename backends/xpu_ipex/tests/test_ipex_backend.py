@@ -22,7 +22,7 @@ from wna16_ipex.ipex import IpexBackend, IpexLinear, _from_weight, gptq_tensors,
 from wna16_ipex.layout import regroup
 
 BACKEND = IpexBackend()
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [torch.float32, torch.float16]  # bf16 is refused on CPU (see test_bf16_refused_on_cpu)
 
 
 def ratio(weight, dtype, bias=None, x_shape=(3,)):
@@ -65,8 +65,15 @@ def test_bias_is_added_once_and_not_mutated():
     weight = make_weight(36, 256, 64, sym=False)
     bias = torch.randn(36)
     kept = bias.clone()
-    assert ratio(weight, torch.bfloat16, bias, x_shape=(2, 4)) <= 1.0
+    assert ratio(weight, torch.float16, bias, x_shape=(2, 4)) <= 1.0
     assert torch.equal(bias, kept)
+
+
+def test_bf16_refused_on_cpu():
+    """IPEX's CPU kernel overflows to inf on bf16 activations of magnitude 2**17: declared, so refused in check."""
+    weight = make_weight(64, 256, 128, True)
+    support = BACKEND.check(LayerSpec.of(weight, torch.bfloat16))
+    assert not support and any("bfloat16 not supported" in r for r in support.reasons), support.reasons
 
 
 def test_zero_point_zero_is_served():
