@@ -44,3 +44,13 @@ def test_row_parallel_shard_and_shard_weight_agree_with_stored_groups() -> None:
     for rank, world in ((4, 4), (-1, 4), (0, 3), (0, 0)):
         with pytest.raises(UsageError, match="row-parallel"):
             Shard.row_parallel(256, 16, rank, world)
+
+
+def test_groups_with_g_idx_counts_named_and_stored_groups() -> None:
+    from wna16.groups import groups_with_g_idx
+
+    g_idx = torch.tensor([0, 3, 1], dtype=torch.int32)
+    assert groups_with_g_idx(2, g_idx, None) == 4  # g_idx names group 3
+    assert groups_with_g_idx(2, g_idx, 6) == 6  # an act-order slice keeps every stored group
+    assert groups_with_g_idx(5, g_idx, None) == 5
+    assert groups_with_g_idx(2, torch.empty(0, dtype=torch.int32), None) == 2

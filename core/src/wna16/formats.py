@@ -28,7 +28,7 @@ from enum import Enum
 import torch
 
 from wna16.errors import FormatError, expect_tensor
-from wna16.groups import stored_groups, trivial_g_idx
+from wna16.groups import groups_with_g_idx, stored_groups, trivial_g_idx
 from wna16.packing import pack_cols, pack_rows, packed_rows, run_length, unpack_cols, unpack_rows
 from wna16.scheme import Scheme
 from wna16.weight import SCALE_DTYPES, QuantizedWeight
@@ -102,9 +102,7 @@ class GPTQFormat:
         if g_idx is not None:
             expect_tensor(g_idx, f"{prefix}g_idx", shapes["g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
-            needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
-            # A row-parallel slice under act order carries the scales of every group, used or not (wna16.partition).
-            groups = max(needed, int(scales.shape[0])) if scales.dim() == 2 else needed
+            groups = groups_with_g_idx(groups, g_idx, int(scales.shape[0]) if scales.dim() == 2 else None)
         expect_tensor(qweight, f"{prefix}qweight", shapes["qweight"], (torch.int32,))
         expect_tensor(qzeros, f"{prefix}qzeros", (groups, shapes["qzeros"][1]), (torch.int32,))
         expect_tensor(scales, f"{prefix}scales", (groups, out_features), SCALE_DTYPES)
@@ -264,8 +262,7 @@ class CompressedTensorsFormat:
         if g_idx is not None:
             expect_tensor(g_idx, f"{prefix}weight_g_idx", shapes["weight_g_idx"], (torch.int32, torch.int64))
             g_idx = g_idx.to(torch.int32)
-            needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
-            groups = max(needed, int(scale.shape[1])) if scale.dim() == 2 else needed
+            groups = groups_with_g_idx(groups, g_idx, int(scale.shape[1]) if scale.dim() == 2 else None)
         expect_tensor(packed, f"{prefix}weight_packed", shapes["weight_packed"], (torch.int32,))
         expect_tensor(scale, f"{prefix}weight_scale", (n, groups), SCALE_DTYPES)
         zero_point = tensors.get("weight_zero_point")

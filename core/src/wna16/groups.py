@@ -35,6 +35,14 @@ def stored_groups(
     return range(k_start // rows, -(-(k_start + in_features) // rows))
 
 
+def groups_with_g_idx(groups: int, g_idx: torch.Tensor, stored: int | None) -> int:
+    """How many scale groups a layer whose layout implies ``groups`` stores when it ships ``g_idx``: enough for every
+    group ``g_idx`` names, and, where the file's scales have ``stored`` groups, all of them (a row-parallel slice under
+    act order carries the scales of every group, used or not: :func:`stored_groups`)."""
+    needed = max(groups, int(g_idx.max()) + 1) if g_idx.numel() else groups
+    return needed if stored is None else max(needed, stored)
+
+
 def trivial_g_idx(in_features: int, scheme: Scheme, device: torch.device | str = "cpu") -> torch.Tensor:
     """int32 [K]: the group of each row without act order, ``arange(K) // group_size`` (what exports ship as
     ``g_idx`` when there is no act order)."""
