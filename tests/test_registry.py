@@ -3,14 +3,16 @@
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 from wna16 import BackendLoadError, Capability, LayerSpec, NoBackendError, Registry, Scheme, UnsupportedError
-from wna16.protocol import Backend, PreparedLinear
+from wna16.protocol import Backend, LazyCapabilities, PreparedLinear
 from wna16.registry import load_object
 from wna16.weight import QuantizedWeight
+from wna16_reference import ReferenceBackend
 
 GROUP = "wna16.test_backends"
 
@@ -144,3 +146,69 @@ def test_no_plugins_installed_registry_is_empty() -> None:
     with pytest.raises(NoBackendError, match="no backend is installed"):
         empty.select(spec())
     assert "wna16" in sys.modules
+
+
+class VendorRule(Backend):
+    """Serves what the reference serves, except layers whose N the (pretend) vendor library refuses: a rule that is
+    not capability data, computed by ``refusals``."""
+
+    name = "vendor-rule"
+    capabilities = (Capability(bits=frozenset({4}), dtypes=frozenset({torch.float32}), priority=60),)  # > fourbit
+    asked: ClassVar[list[LayerSpec]] = []
+
+    def refusals(self, spec: LayerSpec) -> list[str]:
+        self.asked.append(spec)
+        return [f"the vendor library refuses N={spec.out_features}"] if spec.out_features % 64 else []
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        assert spec.out_features % 64 == 0, "build must never be called for a spec refusals() refused"
+        return ReferenceBackend().build(weight, spec, bias)
+
+
+def test_computed_refusals_are_part_of_check_and_of_selection(plugins: Registry) -> None:
+    backend = VendorRule()
+    plugins.register(backend)
+    VendorRule.asked.clear()
+    assert not backend.check(spec(3)) and VendorRule.asked == []  # rules refuse first: the hook is not asked
+    refused = LayerSpec(64, 32, Scheme(4, 32, True), torch.float32)
+    support = backend.check(refused)
+    assert not support and support.reasons == ("the vendor library refuses N=32",) and support.rule is None
+    weight = QuantizedWeight.from_codes(
+        Scheme(4, 32, True), torch.zeros(64, 32, dtype=torch.int32), torch.full((2, 32), 8), torch.ones(2, 32)
+    )
+    with pytest.raises(UnsupportedError, match="refuses N=32"):
+        backend.prepare(weight, refused)
+    chosen = plugins.select(refused)  # the registry shows the computed reason like any other
+    assert chosen.backend.name == "fourbit" and chosen.rejected["vendor-rule"] == ("the vendor library refuses N=32",)
+    assert plugins.select(LayerSpec(64, 64, Scheme(4, 32, True), torch.float32)).backend.name == "vendor-rule"
+
+
+def test_lazy_capabilities_resolve_once_and_only_for_their_device() -> None:
+    resolved: list[int] = []
+
+    def resolve() -> tuple[Capability, ...]:
+        resolved.append(1)
+        return (Capability(bits=frozenset({4}), dtypes=frozenset({torch.float16}), devices=frozenset({"cuda"})),)
+
+    class Lazy(Backend):
+        name = "lazy"
+        capabilities = LazyCapabilities({"cuda"}, resolve)
+
+        def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+            raise AssertionError("not built here")
+
+    backend = Lazy()
+    cpu = LayerSpec(64, 32, Scheme(4, 32, True), torch.float16)
+    assert Lazy.device_types() == frozenset({"cuda"}) and not backend.available("cpu")
+    assert backend.check(cpu).reasons == ("device type 'cpu' not supported (supports ['cuda'])",)
+    assert resolved == [] and not Lazy.capability_declaration().resolved  # type: ignore[union-attr]
+    cuda = LayerSpec(64, 32, Scheme(4, 32, True), torch.float16, device="cuda:0")
+    assert backend.check(cuda) and backend.check(cuda) and len(backend.capabilities) == 1
+    assert resolved == [1]
+
+    class Stray(Lazy):
+        name = "stray"
+        capabilities = LazyCapabilities({"cuda"}, lambda: (Capability(bits=frozenset({4}), dtypes=frozenset()),))
+
+    with pytest.raises(TypeError, match=r"Stray.capabilities: rules \['0'\] name device types outside"):
+        Stray().check(cuda)

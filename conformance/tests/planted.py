@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from wna16.errors import UnsupportedError
 from wna16.protocol import Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 from wna16_reference import ReferenceBackend
@@ -216,6 +217,18 @@ class PrepareIgnoresCheck(Planted):
 
     def prepare(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None = None) -> PreparedLinear:
         return self.build(weight, spec, bias)
+
+
+class RefusesAfterCheck(Planted):
+    """Claims 3-bit like the reference, but its ``build`` refuses it (a vendor rule checked too late: Marlin's shape
+    rule once was): callers trusted ``check``, so this is a failure, not a refusal."""
+
+    name = "refuses-after-check"
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        if spec.scheme.bits == 3:
+            raise UnsupportedError(f"backend {self.name!r}", ["the vendor library has no 3-bit kernel"])
+        return super().build(weight, spec, bias)
 
 
 class CrashesInOneCell(Planted):
@@ -515,7 +528,7 @@ BROKEN: dict[str, Callable[[], Planted]] = {
     for cls in (
         ZeroOffByOne, LastGroupScaleReused, TileSpansGroups, CodeFlippedAtLargeK, BiasDropped, BiasTwiceOnKSlices,
         Fp16Accumulation, WrongForMultiRow, WrongFor3Bit, ClaimsG32ComputesG64, ClaimsEverythingReturnsZeros,
-        MutatesInput, PrepareIgnoresCheck,
+        MutatesInput, PrepareIgnoresCheck, RefusesAfterCheck,
         # issue 24: one per class the suite was blind to
         SplitKDropsTail, WrongAboveK8192, NTileTail, ScaleTable64, SquareScalesTransposed, WrongFor17To64Rows,
         WrongFor256Rows, RaisesOnZeroRows, AssumesDenseRows, IgnoresStorageOffset, ActivationsThroughFp16,

@@ -27,6 +27,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "ClaimsEverythingReturnsZeros": ("numerics", "w3g32sym-fp16"),
     "MutatesInput": ("numerics", "w4g128asym-fp16"),
     "PrepareIgnoresCheck": ("numerics", "w3g32sym-fp16"),
+    "RefusesAfterCheck": ("numerics", "w3g32sym-fp16"),  # issue 22: prepare refuses what check accepted
     # issue 24
     "SplitKDropsTail": ("numerics", "w4g128asym-fp16"),  # split-k class (K=3072) of the act-order twin
     "WrongAboveK8192": ("numerics", "w4g128asym-bf16"),  # k-8192 class
@@ -92,6 +93,15 @@ def test_broken_failures_carry_ratios(broken_run: SuiteRun) -> None:
         # the first failing case stops a test: a bug may show first at a small ratio (activations through fp16:
         # fp16 double rounding, 1.03) before the case that overflows
         assert ratio == "inf" or ratio > (2 if cls in NUMERIC[:5] else 1), (cls, ratio)
+
+
+def test_refusal_after_check_is_a_failure_that_says_so(broken_run: SuiteRun) -> None:
+    """A ``prepare`` refusing what ``check`` accepted fails with a message naming the contract, not as a refusal."""
+    tests = broken_run.tests(BROKEN["RefusesAfterCheck"]().name)
+    failed = [v for t, v in tests.items() if t.startswith("numerics[") and v["outcome"] == "failed"]
+    assert failed, sorted(tests)
+    assert all("check accepted" in v["message"] and "but prepare refused it" in v["message"] for v in failed)
+    assert all("Backend.refusals()" in v["message"] for v in failed)
 
 
 def test_correct_backends_pass(tmp_path: Path) -> None:

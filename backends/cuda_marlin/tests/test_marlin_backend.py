@@ -18,7 +18,18 @@ from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
 from wna16.registry import load_object
 from wna16_marlin import MarlinBackend, declared_capabilities, plan_rows, prepare_marlin, resolution
-from wna16_marlin.vllm_ops import GEMM_ROLES, REPACK_ROLES, ResolutionError, op_call, quant_types
+from wna16_marlin import backend as marlin_backend
+from wna16_marlin.backend import Resolution
+from wna16_marlin.vllm_ops import (
+    GEMM_ROLES,
+    REPACK_ROLES,
+    OpCall,
+    QuantType,
+    ResolutionError,
+    VllmMarlin,
+    op_call,
+    quant_types,
+)
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -153,6 +164,40 @@ class FakeMarlinUtils:
 def test_quant_types_keep_only_wna16_compatible_integer_types():
     got = {(t.bits, t.zero_points, t.type_id) for t in quant_types(FakeMarlinUtils, 80)}
     assert got == {(4, True, 1), (8, True, 2), (4, False, 3), (8, False, 4)}
+
+
+def k_multiple_of_128(n, k_part, k, group):
+    """vLLM's Marlin shape rule as releases before the (128, 64) tile family had it: K % 128 (and N % 64)."""
+    ok = n % 64 == 0 and k_part % 128 == 0
+    return ok, None if ok else f"input_size_per_partition = {k_part} is not divisible by min_thread_k = 128"
+
+
+def test_vllm_shape_rule_refuses_in_check_not_in_build(monkeypatch):
+    """The installed vLLM's shape rule on the padded shape is a refusal of ``check`` (MarlinBackend.refusals), so
+    ``prepare`` refuses before ``build`` and the registry sees the reason; under act order both tile families."""
+    fake = VllmMarlin(
+        version="0.test", gemm=lambda *a: torch.empty(0), gemm_call=OpCall("marlin_gemm", ()), repack=None,
+        repack_call=None, types=(QuantType(4, False, 3, "uint4b8"),), group_sizes=frozenset({-1, 32, 64, 128}),
+        min_capability=(8, 0), make_workspace=lambda device: torch.empty(0), check_shape=k_multiple_of_128,
+    )  # fmt: skip
+    monkeypatch.setattr(marlin_backend, "resolution", lambda: Resolution(fake, "", fake.version))
+    backend = MarlinBackend()
+    small = LayerSpec(64, 128, Scheme(4, -1, True), torch.float16, device="cuda:0", capability=(8, 0))
+    support = backend.check(small)  # padded to the cheaper (N % 128, K % 64) family: N=128, K=64
+    assert not support and support.reasons == (
+        "vLLM 0.test refuses the padded shape N=128, K=64: input_size_per_partition = 64 is not divisible by "
+        "min_thread_k = 128",
+    )
+    with pytest.raises(UnsupportedError, match="refuses the padded shape"):
+        backend.prepare(make_weight(128, 64, Scheme(4, -1, True)), small)  # build (which would need a GPU) not reached
+    assert backend.check(LayerSpec(256, 512, Scheme(4, 128, True), torch.float16, device="cuda", capability=(8, 0)))
+    # K=192, groups of 64: without act order the (128, 64) family pads nothing and vLLM refuses K=192; under act order
+    # the kernel's rows depend on g_idx, and either family may be chosen: one refused family refuses the spec.
+    for act_order in (False, True):
+        layer = LayerSpec(192, 128, Scheme(4, 64, True), torch.float16, act_order, device="cuda", capability=(8, 0))
+        assert any("K=192" in r for r in backend.check(layer).reasons)
+    fine = LayerSpec(256, 64, Scheme(4, 64, True), torch.float16, True, device="cuda", capability=(8, 0))
+    assert backend.check(fine)
 
 
 CASES = [

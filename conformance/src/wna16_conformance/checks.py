@@ -69,6 +69,15 @@ def refusal(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str) -> Case
     return CaseResult(key, FAILED, None, f"check refused ({'; '.join(support.reasons)}) but prepare accepted the spec")
 
 
+def late_refusal(exc: UnsupportedError, spec: LayerSpec) -> str:
+    """The failure message of a ``prepare`` that refused a spec ``check`` had accepted: callers (the registry, a
+    model being loaded) trust ``check``, so a refusal ``check`` cannot express as data belongs in ``refusals``."""
+    return (
+        f"check accepted {describe_spec(spec)} but prepare refused it ({exc}): a refusal must come from check, "
+        "through the declared capabilities or Backend.refusals()"
+    )
+
+
 def _validate_output(y: object, x: torch.Tensor, spec: LayerSpec) -> str:
     """Why ``y`` is not the tensor promised (dtype, shape, device), or ``""``."""
     if not isinstance(y, torch.Tensor):
@@ -141,6 +150,8 @@ def compute(
             if not _bitwise_equal(x, x_before):
                 return CaseResult(key, FAILED, None, "mutated its input x"), None
             outputs.append((y, y.detach().clone(), x_cpu))
+    except UnsupportedError as exc:  # check accepted this spec (compute is only called for those)
+        return CaseResult(key, FAILED, None, late_refusal(exc, spec)), None
     except Exception as exc:
         where = backend_frames(exc, backend)
         message = f"raised {type(exc).__name__}: {exc}" + (f" [at {where}]" if where else "")

@@ -104,6 +104,12 @@ def experts_case(backend: Backend, spec: ExpertsSpec, inputs: ExpertsInputs, key
         block = prepare_experts(backend, inputs.weights.to(spec.device), spec)
         x = inputs.x.to(spec.device)
         y = block(x, inputs.topk_ids.to(spec.device), inputs.topk_weights.to(spec.device))
+    except UnsupportedError as exc:
+        message = (
+            f"check_experts accepted {describe_experts(spec)} but it was refused when prepared or called ({exc}): a "
+            "refusal must come from check, through the declared capabilities or Backend.refusals()"
+        )
+        return CaseResult(key, FAILED, None, message)
     except Exception as exc:
         return CaseResult(key, FAILED, None, f"raised {type(exc).__name__}: {exc}")
     if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:

@@ -42,7 +42,7 @@ from wna16.errors import (
 from wna16.nn import QuantLinear
 from wna16.partition import Shard
 from wna16.patch import PatchReport, empty_weights, patch_model
-from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear, Support
+from wna16.protocol import Availability, Backend, Capability, LayerSpec, LazyCapabilities, PreparedLinear, Support
 from wna16.quantize import quantize_rtn
 from wna16.reference import dequantize
 from wna16.registry import Registry
@@ -68,6 +68,7 @@ __all__ = [
     "FusedModuleError",
     "InputTypeError",
     "LayerSpec",
+    "LazyCapabilities",
     "MissingShardError",
     "ModelMismatchError",
     "MoELayoutError",

@@ -6,13 +6,23 @@ The base class does the rest: ``check`` evaluates the declaration and returns *e
 refuses with :class:`UnsupportedError` before ``build`` is ever called, so a backend never computes on a spec it did
 not claim. The conformance suite reads the same declaration to decide what each backend must compute and what it
 must refuse.
+
+Two escape hatches keep that contract where plain data is not enough:
+
+- a refusal that is not capability data (a rule of the installed runtime, a shape a vendor library refuses after
+  padding) is computed by :meth:`Backend.refusals`, which ``check`` evaluates: ``check`` stays the one place a spec
+  is accepted or refused, and ``prepare`` never refuses a spec ``check`` accepted;
+- capabilities that depend on the environment (what the installed vLLM's kernel serves, the CPU's ISA) are declared
+  with :class:`LazyCapabilities`: resolved on first use and cached, so that discovering backends never imports a
+  vendor runtime or probes a device the caller did not ask about.
 """
 
 from __future__ import annotations
 
 import abc
 import difflib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -199,8 +209,57 @@ class Availability:
         return self.ok
 
 
+class LazyCapabilities:
+    """A ``capabilities`` declaration that depends on the environment, resolved on first read and cached.
+
+    ``devices`` are the device types the rules can name, declared up front: :meth:`Backend.device_types` reads them
+    without resolving, so that a backend asked about another device (a CPU layer, ``wna16 backends --device cpu``)
+    refuses it without importing its runtime or probing its device. ``resolve`` runs once per class, under a lock,
+    on the first read of ``capabilities`` (``check`` of a spec on one of ``devices``, the conformance suite, the CLI
+    asked about that device); it may import the vendor runtime and query the device. From the caller's view ``check``
+    is unchanged: pure data, the same answer every time.
+    """
+
+    def __init__(self, devices: Iterable[str], resolve: Callable[[], Iterable[Capability]]) -> None:
+        self.devices = frozenset(devices)
+        self._resolve = resolve
+        self._rules: tuple[Capability, ...] | None = None
+        self._lock = threading.Lock()
+        self._owner = "?"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._owner = owner.__qualname__
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the rules were resolved already (reading them now costs nothing)."""
+        return self._rules is not None
+
+    def rules(self) -> tuple[Capability, ...]:
+        """The rules, resolved now if this is the first read. A rule naming a device type outside ``devices`` (or
+        every device) is a bug of the declaration, refused with the class named."""
+        if self._rules is None:
+            with self._lock:
+                if self._rules is None:
+                    rules = tuple(self._resolve())
+                    stray = [
+                        r.label or str(i) for i, r in enumerate(rules) if r.devices is None or r.devices - self.devices
+                    ]
+                    if stray:
+                        raise TypeError(
+                            f"{self._owner}.capabilities: rules {stray} name device types outside the declared "
+                            f"{sorted(self.devices)}"
+                        )
+                    self._rules = rules
+        return self._rules
+
+    def __get__(self, instance: object, owner: type | None = None) -> tuple[Capability, ...]:
+        return self.rules()
+
+
 class Backend(abc.ABC):
-    """Base class of every backend. Subclasses declare ``name``/``capabilities`` and implement :meth:`build`."""
+    """Base class of every backend. Subclasses declare ``name``/``capabilities`` and implement :meth:`build`
+    (optionally :meth:`refusals` and :meth:`available`)."""
 
     name: ClassVar[str]
     capabilities: ClassVar[tuple[Capability, ...]]
@@ -224,12 +283,33 @@ class Backend(abc.ABC):
             if close:
                 raise TypeError(f"{cls.__qualname__}.{attr}: not a Backend declaration; did you mean {close[0]!r}?")
 
+    @classmethod
+    def capability_declaration(cls) -> tuple[Capability, ...] | LazyCapabilities:
+        """``capabilities`` as declared: the rules, or the :class:`LazyCapabilities` that resolves them (reading the
+        declaration resolves nothing)."""
+        declared: tuple[Capability, ...] | LazyCapabilities = next(
+            (vars(k)["capabilities"] for k in cls.__mro__ if "capabilities" in vars(k)), ()
+        )
+        return declared
+
+    @classmethod
+    def device_types(cls) -> frozenset[str] | None:
+        """The device types this backend's rules can serve (``None``: any), read without resolving a
+        :class:`LazyCapabilities` declaration."""
+        declared = cls.capability_declaration()
+        if isinstance(declared, LazyCapabilities):
+            return declared.devices
+        if any(rule.devices is None for rule in declared):
+            return None
+        return frozenset().union(*(rule.devices or () for rule in declared))
+
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Whether the backend can run on ``device`` here. The default covers pure-torch backends: the device type
-        is declared and torch can allocate on it. Backends with optional dependencies override this."""
+        is declared and torch can allocate on it. Backends with optional dependencies override this, asking about
+        the device type first (:meth:`device_types`) so that another device never imports their runtime."""
         kind = str(device).split(":", 1)[0]
-        declared = set().union(*(c.devices or {kind} for c in self.capabilities))
-        if kind not in declared:
+        declared = self.device_types()
+        if declared is not None and kind not in declared:
             return Availability(False, f"device type {kind!r} not served (serves {sorted(declared)})")
         try:
             torch.empty(0, device=device)
@@ -238,18 +318,35 @@ class Backend(abc.ABC):
         return Availability(True)
 
     def check(self, spec: LayerSpec) -> Support:
-        """Pure data: can this backend serve ``spec``? Returns every reason when it cannot."""
+        """Pure data: can this backend serve ``spec``? Returns every reason when it cannot: those of the declared
+        rules, then (for a spec a rule accepts) those :meth:`refusals` computes. A device type no rule can name is
+        refused on its own, before the rules are read (they may be resolved lazily, for that device only)."""
         problems = spec.problems()
         if problems:
             return Support(self.name, tuple(f"invalid spec: {p}" for p in problems))
+        devices = self.device_types()
+        if devices is not None and spec.device_type not in devices:
+            return Support(self.name, (f"device type {spec.device_type!r} not supported (supports {sorted(devices)})",))
         per_rule = [(rule, rule.reasons(spec)) for rule in self.capabilities]
         matching = [rule for rule, reasons in per_rule if not reasons]
         if matching:
-            return Support(self.name, (), max(matching, key=lambda r: r.priority))
+            computed = self.refusals(spec)
+            return Support(self.name, tuple(computed), None if computed else max(matching, key=lambda r: r.priority))
         if len(per_rule) == 1:
             return Support(self.name, tuple(per_rule[0][1]))
         labelled = [f"[{rule.label or i}] " + ", ".join(reasons) for i, (rule, reasons) in enumerate(per_rule)]
         return Support(self.name, tuple(labelled))
+
+    def refusals(self, spec: LayerSpec) -> list[str]:
+        """Reasons to refuse ``spec`` that the capability data cannot express (a rule of the installed vendor
+        runtime, a padded shape its kernel refuses); empty by default.
+
+        Called by :meth:`check` only for a valid spec one of the declared rules accepts, so it may assume that rule
+        (device type, bits, dtype); it sees the spec, never the tensors, and must be as pure as ``check``: the same
+        answer for the same spec. Everything that can make ``build`` refuse belongs here: the conformance suite
+        fails a backend whose ``prepare`` raises :class:`UnsupportedError` for a spec ``check`` accepted.
+        """
+        return []
 
     def prepare(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None = None) -> PreparedLinear:
         """Repack ``weight`` for ``spec`` once and return the callable that computes ``x @ W^T + b``.
@@ -265,8 +362,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
-        """Repack into this backend's layout on ``spec.device``; called only for specs ``check`` accepted. Add
-        ``bias`` only where ``spec.adds_bias``."""
+        """Repack into this backend's layout on ``spec.device``; called only for specs ``check`` accepted, which it
+        must serve (a refusal belongs in the declaration or :meth:`refusals`). Add ``bias`` only where
+        ``spec.adds_bias``."""
 
     def build_experts(self, weights: ExpertWeights, spec: ExpertsSpec) -> PreparedExperts:
         """Build this backend's experts kernel; called only for specs one of ``experts_capabilities`` accepted. A

@@ -6,8 +6,10 @@ traceback and skipped; one whose ``available``, ``check`` or ``build`` raises is
 ``wna16.registry``, once per backend and method), recorded in :attr:`Registry.faults` and skipped for that layer:
 the others still serve. Discovery runs once, under a lock: threads building layers at first use all see the full
 registry. Selection order: an explicit choice (argument, else ``WNA16_BACKEND``), else the highest priority
-among the available backends whose declaration accepts the spec (ties broken by name). ``WNA16_DISABLED_BACKENDS``
-(comma-separated names) removes backends from selection.
+among the available backends whose declaration accepts the spec (ties broken by name). ``check`` (pure data) is asked
+of every backend first and ``available`` only of those that accept the spec, best first, until one is available:
+selecting a layer never imports the runtime of a backend that cannot serve it or would lose to a better one.
+``WNA16_DISABLED_BACKENDS`` (comma-separated names) removes backends from selection.
 """
 
 from __future__ import annotations
@@ -178,28 +180,43 @@ class Registry:
             elif exclude and entry.name in exclude:
                 rejected[entry.name] = (exclude[entry.name],)
             else:
-                support, reasons = self._judge(entry.backend, spec)
+                support, reasons = self._check(entry.backend, spec)
                 if support is None:
                     rejected[entry.name] = tuple(reasons)
                 else:
                     candidates.append((support, entry.backend))
-        if not candidates:
-            raise NoBackendError(f"no backend can serve {describe_spec(spec)}", rejected)
         candidates.sort(key=lambda c: (-c[0].priority, c[1].name))
-        (support, best), others = candidates[0], candidates[1:]
-        for other_support, other in others:
-            rejected[other.name] = (f"lower priority ({other_support.priority} < {support.priority} of {best.name})",)
-        return Selection(best, support, rejected)
+        for i, (support, best) in enumerate(candidates):
+            unavailable = self._unavailable(best, spec)
+            if unavailable:
+                rejected[best.name] = (unavailable,)
+                continue
+            for other_support, other in candidates[i + 1 :]:  # not asked whether they are available: they lose
+                rejected[other.name] = (
+                    f"lower priority ({other_support.priority} < {support.priority} of {best.name})",
+                )
+            return Selection(best, support, rejected)
+        raise NoBackendError(f"no backend can serve {describe_spec(spec)}", rejected)
 
     def _judge(self, backend: Backend, spec: LayerSpec) -> tuple[Support | None, list[str]]:
-        """``(support, [])`` when ``backend`` serves ``spec`` here, else ``(None, reasons)``; a backend whose
-        ``available`` or ``check`` raises is refused with the exception as its reason."""
+        """``(support, [])`` when ``backend`` serves ``spec`` here, else ``(None, reasons)``."""
+        unavailable = self._unavailable(backend, spec)
+        if unavailable:
+            return None, [unavailable]
+        return self._check(backend, spec)
+
+    def _unavailable(self, backend: Backend, spec: LayerSpec) -> str:
+        """Why ``backend`` cannot run on the spec's device here (``""``: it can); a backend whose ``available``
+        raises is refused with the exception as its reason."""
         try:
             availability = backend.available(spec.device)
         except Exception as exc:
-            return None, [self.fault(backend.name, "available", exc)]
-        if not availability:
-            return None, [f"unavailable: {availability.reason}"]
+            return self.fault(backend.name, "available", exc)
+        return "" if availability else f"unavailable: {availability.reason}"
+
+    def _check(self, backend: Backend, spec: LayerSpec) -> tuple[Support | None, list[str]]:
+        """``(support, [])`` when ``backend``'s declaration accepts ``spec``, else ``(None, reasons)``; a backend
+        whose ``check`` raises is refused with the exception as its reason."""
         try:
             support = backend.check(spec)
         except Exception as exc:
@@ -244,12 +261,13 @@ def select_experts(
         if candidates is None and entry_backend.name in disabled:
             rejected[entry_backend.name] = (f"disabled by {ENV_DISABLED}",)
             continue
+        support = check_experts(entry_backend, spec)  # pure data first: availability may import a runtime
+        if not support:
+            rejected[entry_backend.name] = support.reasons
+            continue
         availability = entry_backend.available(spec.device)
-        support = check_experts(entry_backend, spec) if availability else None
-        if support is None or not support:
-            rejected[entry_backend.name] = (
-                (f"unavailable: {availability.reason}",) if support is None else support.reasons
-            )
+        if not availability:
+            rejected[entry_backend.name] = (f"unavailable: {availability.reason}",)
             continue
         if support.rule is not None:
             priority = support.rule.priority

@@ -80,7 +80,10 @@ class AscendBackend(Backend):
     )
 
     def available(self, device: str | torch.device = "npu") -> Availability:
-        """Needs ``torch_npu`` importable and an NPU device."""
+        """Needs ``torch_npu`` importable and an NPU device; another device type is refused before torch_npu is
+        looked for (discovery and the selection of a CPU layer never import it)."""
+        if str(device).split(":", 1)[0] not in (self.device_types() or ()):
+            return super().available(device)
         if importlib.util.find_spec("torch_npu") is None:
             return Availability(False, "torch_npu is not installed (pip install torch_npu on an Ascend host)")
         import torch_npu  # noqa: F401  (registers the npu device with torch)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear
+from wna16.protocol import Availability, Backend, Capability, LayerSpec, LazyCapabilities, PreparedLinear
 from wna16.weight import QuantizedWeight
 from wna16_cpu import isa
 from wna16_cpu.int4 import Int4Linear
@@ -123,10 +123,14 @@ class CpuBackend(Backend):
     """torch's CPU weight-only kernels and float32 BLAS: every 2/3/4/8-bit scheme, tuned for the ISA torch uses."""
 
     name = "cpu"
-    description = (
-        f"torch aten int4/int8 CPU kernels + float32 GEMM from one packed copy; {isa.describe()}; {tuning().note}"
-    )
-    capabilities = _capabilities(tuning())
+    capabilities = LazyCapabilities({"cpu"}, lambda: _capabilities(tuning()))  # the ISA is read on first use
+
+    @property
+    def description(self) -> str:  # type: ignore[override]  # read on use, like the rules: importing probes nothing
+        """What the backend runs, with the ISA it is tuned for here."""
+        return (
+            f"torch aten int4/int8 CPU kernels + float32 GEMM from one packed copy; {isa.describe()}; {tuning().note}"
+        )
 
     def available(self, device: str | torch.device = "cpu") -> Availability:
         """Available on CPU when this torch build has the three aten kernels (torch >= 2.6)."""

@@ -1,9 +1,13 @@
 """The ``marlin`` backend: wna16's canonical weights on vLLM's compiled Marlin GEMM (NVIDIA GPUs).
 
-At import the backend resolves vLLM's Marlin for ``cuda:0`` when a GPU is present (:mod:`wna16_marlin.vllm_ops`)
-and declares what that vLLM's Marlin serves there. Without a GPU, or without vLLM, it declares a conservative static
-set instead (so that ``check`` and every refusal still run on a CPU machine) and reports itself unavailable with the
-reason. vLLM is never imported on a machine without CUDA: importing it costs seconds and serves nothing.
+Nothing is probed at import. The first time the backend is asked about a CUDA device (``available("cuda")``, the
+``check`` of a CUDA spec, reading ``capabilities``) it resolves vLLM's Marlin for ``cuda:0`` when a GPU is present
+(:mod:`wna16_marlin.vllm_ops`) and declares what that vLLM's Marlin serves there. Without a GPU, or without vLLM, it
+declares a conservative static set instead (so that ``check`` and every refusal still run on a CPU machine) and
+reports itself unavailable with the reason. vLLM is never imported on a machine without CUDA: importing it costs
+seconds and serves nothing. What the installed vLLM refuses beyond its declared types and group sizes (its shape
+rule, applied to the padded shape the kernel would see) is computed in :meth:`MarlinBackend.refusals`, so that
+``check`` refuses it and ``prepare`` never does.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from functools import cache
 import torch
 
 from wna16.errors import UnsupportedError
-from wna16.protocol import Availability, Backend, Capability, LayerSpec, PreparedLinear
+from wna16.protocol import Availability, Backend, Capability, LayerSpec, LazyCapabilities, PreparedLinear
 from wna16.weight import QuantizedWeight
+from wna16_marlin.layout import padded_nk, tile_candidates
 from wna16_marlin.prepare import MarlinTensors, prepare_marlin
 from wna16_marlin.vllm_ops import MIN_CAPABILITY_FALLBACK, ResolutionError, VllmMarlin, resolve
 
@@ -106,12 +111,39 @@ def declared_capabilities(marlin: VllmMarlin | None) -> tuple[Capability, ...]:
     return tuple(rules)
 
 
+def kernel_refusals(marlin: VllmMarlin, spec: LayerSpec) -> list[str]:
+    """What the resolved vLLM refuses for ``spec`` beyond the declaration read from it (types, group sizes,
+    capability): its shape rule (``check_marlin_supports_shape``) on the padded shape the kernel would see.
+
+    The padded K is that of whole groups (prepare pads a partial last group). Under act order the rows the kernel
+    sees depend on ``g_idx`` (a group with more rows than ``group_size`` takes several runs), which may move the
+    padding to the other thread-tile family: both families must then be accepted. Both keep N, K and the group in
+    the same divisibility classes whatever the row count, which is all vLLM's shape rule reads.
+    """
+    if marlin.check_shape is None:
+        return []
+    s, out = spec.scheme, []
+    rows = s.group_rows(spec.in_features)
+    grouped = s.group_size != -1
+    whole_k = -(-spec.in_features // rows) * rows
+    group = rows if grouped else -1
+    shapes = tile_candidates(spec.out_features, whole_k, group)
+    if not spec.act_order:
+        shapes = [padded_nk(spec.out_features, whole_k, group)]
+    for n, k in shapes:
+        kernel_group = -1 if not grouped or k == rows else rows  # one scale row: the kernel's per-channel path
+        ok, why = marlin.check_shape(n, k, k, kernel_group)
+        if not ok:
+            out.append(f"vLLM {marlin.version} refuses the padded shape N={n}, K={k}: {why}")
+    return out
+
+
 class MarlinBackend(Backend):
     """vLLM's Marlin W4A16/W8A16 GEMM with the layout prepared in torch (see :mod:`wna16_marlin.prepare`)."""
 
     name = "marlin"
     description = "vLLM's compiled Marlin GEMM (NVIDIA); tile repack, scale/zero/bias permutation, act order in torch"
-    capabilities = declared_capabilities(resolution().marlin)
+    capabilities = LazyCapabilities({"cuda"}, lambda: declared_capabilities(resolution().marlin))
 
     def available(self, device: str | torch.device = "cuda") -> Availability:
         """Available on a CUDA device with vLLM's compiled Marlin and enough compute capability."""
@@ -132,22 +164,25 @@ class MarlinBackend(Backend):
             )  # fmt: skip
         return Availability(True)
 
+    def refusals(self, spec: LayerSpec) -> list[str]:
+        """The installed vLLM's shape rule on the padded shape the kernel would see.
+
+        See :func:`kernel_refusals`; none while vLLM's Marlin is not resolved here (the static declaration is then
+        all there is, and ``available`` says why)."""
+        marlin = resolution().marlin
+        return [] if marlin is None else kernel_refusals(marlin, spec)
+
     def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
-        """Prepare the Marlin tensors on ``spec.device`` and bind them to vLLM's GEMM."""
+        """Prepare the Marlin tensors on ``spec.device`` and bind them to vLLM's GEMM (``check`` refused every spec
+        vLLM's Marlin would refuse; an unavailable backend has nothing to bind to)."""
         marlin = resolution().marlin
         if marlin is None:
-            raise UnsupportedError(f"backend {self.name!r}", [resolution().reason])
+            raise UnsupportedError(f"backend {self.name!r} is unavailable", [resolution().reason])
         qtype = marlin.type_for(weight.scheme.bits, not weight.scheme.sym)
-        if qtype is None:
-            raise UnsupportedError(f"backend {self.name!r}", [f"vLLM {marlin.version} has no Marlin type for it"])
+        assert qtype is not None, "the declaration read from this vLLM lists only the types it has"
         device = torch.device(spec.device)
         used_bias = bias.to(device) if spec.adds_bias and bias is not None else None
         tensors = prepare_marlin(weight.to(device), spec.dtype, used_bias if marlin.fused_bias else None)
-        if marlin.check_shape is not None:  # vLLM's own shape rule, applied to the padded shape the kernel sees
-            group = -1 if tensors.scales.shape[0] == 1 else tensors.padded_in // tensors.scales.shape[0]
-            ok, why = marlin.check_shape(tensors.padded_out, tensors.padded_in, tensors.padded_in, group)
-            if not ok:
-                raise UnsupportedError(f"backend {self.name!r}: padded shape", [str(why)])
         return MarlinLinear(marlin, tensors, qtype.type_id, None if marlin.fused_bias else used_bias)
 
 

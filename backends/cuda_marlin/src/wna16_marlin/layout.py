@@ -120,11 +120,13 @@ def pack_zero_points(zeros: torch.Tensor, bits: int) -> torch.Tensor:
     return pack_last(interleaved, bits)
 
 
+def tile_candidates(n: int, k: int, group_size: int = -1) -> list[tuple[int, int]]:
+    """The smallest (N, K) of each thread-tile family that keeps K a multiple of ``group_size``."""
+    group = group_size if group_size > 0 else 1
+    return [(-(-n // fn) * fn, -(-k // math.lcm(fk, group)) * math.lcm(fk, group)) for fn, fk in THREAD_TILE_FAMILIES]
+
+
 def padded_nk(n: int, k: int, group_size: int = -1) -> tuple[int, int]:
     """The smallest (N, K) the thread tiles accept that keeps K a multiple of ``group_size``; of the two tile
-    families the one with the smaller padded area wins (then the smaller perimeter)."""
-    group = group_size if group_size > 0 else 1
-    candidates = [
-        (-(-n // fn) * fn, -(-k // math.lcm(fk, group)) * math.lcm(fk, group)) for fn, fk in THREAD_TILE_FAMILIES
-    ]
-    return min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
+    families (:func:`tile_candidates`) the one with the smaller padded area wins (then the smaller perimeter)."""
+    return min(tile_candidates(n, k, group_size), key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))

@@ -1,4 +1,10 @@
-"""List installed backends: distribution, availability on a device (or why not), priority and capabilities."""
+"""List installed backends: distribution, availability on a device (or why not), priority and capabilities.
+
+Listing asks each backend about ``--device`` only: capabilities a backend resolves lazily for other device types
+(:class:`wna16.protocol.LazyCapabilities`: vLLM's Marlin for ``cuda``) are not resolved, and the row says on which
+device they are; a backend that computes refusals beyond its rules (:meth:`wna16.protocol.Backend.refusals`) says
+what it computes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import textwrap
 
 import torch
 
-from wna16.protocol import Backend, Capability
+from wna16.protocol import Backend, Capability, LazyCapabilities
 from wna16.registry import default_registry
 
 
@@ -89,11 +95,31 @@ def rows(device: str) -> list[dict[str, object]]:
                 row.update(available=availability.ok, reason=availability.reason)
             except Exception as exc:  # a misbehaving plugin is listed with the fault, not a traceback of ours
                 row.update(available=False, reason=registry.fault(entry.name, "available", exc))
-            row["priority"] = max((c.priority for c in backend.capabilities), default=0)
-            row["capabilities"] = [describe_capability(c) for c in backend.capabilities]
-            row["summary"] = [_summary(c) for c in backend.capabilities]
+            row.update(_declaration(backend, device))
         out.append(row)
     return out
+
+
+def _declaration(backend: Backend, device: str) -> dict[str, object]:
+    """The capability columns of a loaded backend, without resolving rules it resolves for another device type."""
+    declared = backend.capability_declaration()
+    kind = device.split(":", 1)[0]
+    if isinstance(declared, LazyCapabilities) and not declared.resolved and kind not in declared.devices:
+        devices = sorted(declared.devices)
+        note = f"resolved on first use on {'/'.join(devices)} (wna16 backends --device {devices[0]})"
+        return {"priority": None, "capabilities": [], "resolved_on": devices, "summary": [note]}
+    rules = backend.capabilities
+    summary = [_summary(c) for c in rules]
+    row: dict[str, object] = {
+        "priority": max((c.priority for c in rules), default=0),
+        "capabilities": [describe_capability(c) for c in rules],
+    }
+    if type(backend).refusals is not Backend.refusals:
+        doc = (type(backend).refusals.__doc__ or "").strip().split("\n\n", 1)[0]
+        row["computed_refusals"] = " ".join(doc.split()) or "yes"
+        summary.append(f"+ refusals computed in check: {row['computed_refusals']}")
+    row["summary"] = summary
+    return row
 
 
 def run(args: argparse.Namespace) -> int:
