@@ -45,25 +45,23 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass(frozen=True)
 class OmniRun:
-    """What one engine produced: the latents, its start time and ``methods`` (runtime layer name -> (method class,
-    wna16 backend or ''))."""
+    """What one engine produced: the latents, its start time and ``methods``, one (runtime layer name, method class,
+    wna16 backend or '') per linear layer (Wan2.2's two experts have the same layer names)."""
 
     latents: torch.Tensor
     start_s: float
-    methods: dict[str, tuple[str, str]]
+    methods: list[tuple[str, str, str]]
 
 
-def _methods() -> dict[str, tuple[str, str]]:
+def _methods() -> list[tuple[str, str, str]]:
     from vllm.model_executor.layers.linear import LinearBase
 
-    found: dict[str, tuple[str, str]] = {}
+    found: list[tuple[str, str, str]] = []
     for obj in gc.get_objects():
         if isinstance(obj, LinearBase) and getattr(obj, "quant_method", None) is not None:
             method = obj.quant_method
-            found[str(getattr(obj, "prefix", "") or id(obj))] = (
-                type(method).__name__,
-                str(getattr(method, "backend_name", "")),
-            )
+            name = str(getattr(obj, "prefix", "") or id(obj))
+            found.append((name, type(method).__name__, str(getattr(method, "backend_name", ""))))
     return found
 
 

@@ -28,6 +28,8 @@ from conftest import HERE, PROMPT, SEED, STEPS, run_omni
 from oracle import diffusers_latents, wan_unipc_scheduler
 
 import wna16
+from wna16.checkpoint.config import read_model_config
+from wna16.checkpoint.presets import preset_for
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES
 from wna16.integrations.vllm_omni import Wna16AutoRoundConfig, quantization_config
@@ -107,18 +109,31 @@ def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: P
     diff = (run.latents - oracle).abs().max().item()
     diff_unquantized = (run.latents - unquantized).abs().max().item()
 
-    served = {prefix: backend for prefix, (method, backend) in run.methods.items() if method == "Wna16LinearMethod"}
-    unserved = [layer for layer in layers if not runtime_names(layer.split(".", 1)[1]) & set(served)]
+    served = [(prefix, backend) for prefix, method, backend in run.methods if method == "Wna16LinearMethod"]
+    served_names = {prefix for prefix, _ in served}
+    unserved: list[str] = []
+    runtime_layers = 0  # the runtime modules the checkpoint's layers land in, per component
+    for component in spec.components:
+        remap = preset_for(read_model_config(quantized / component))
+        landed: set[str] = set()
+        for layer in quantized_layers(quantized / component):
+            found = runtime_names(remap.name(layer)) & served_names
+            landed |= found
+            if not found:
+                unserved.append(f"{component}.{layer}")
+        runtime_layers += len(landed)
+    backends = sorted({backend for _, backend in served})
     record(name, {
         "max_abs_diff_vs_oracle": diff, "max_abs_diff_vs_unquantized": diff_unquantized, "bound": bound,
         "engine_start_s": round(run.start_s, 2), "quantized_checkpoint_layers": len(layers),
-        "runtime_layers_by_backend": {b: sorted(p for p, x in served.items() if x == b) for b in set(served.values())},
+        "runtime_layers_by_backend": {b: sorted(p for p, x in served if x == b) for b in backends},
     })  # fmt: skip
     print(
         f"{name}: max|diff| vs oracle {diff:.3g} (bound {bound:.3g}), vs unquantized {diff_unquantized:.3g}, "
-        f"engine start {run.start_s:.1f} s, {len(served)} runtime layers by wna16 {sorted(set(served.values()))}"
+        f"engine start {run.start_s:.1f} s, {len(served)} runtime layers by wna16 {backends}"
     )
     assert not unserved, f"quantized layers not served by wna16: {unserved}"
+    assert len(served) == runtime_layers, (served, runtime_layers)  # every expert's layers, not one expert's twice
     assert diff <= bound, (diff, bound)
     assert diff_unquantized > 10 * bound, (diff_unquantized, bound)
 
@@ -153,7 +168,7 @@ def test_vllm_omnis_own_autoround_method_as_a_peer(name: str, pipelines: Path) -
         assert "cpu_gemm_wna16" in str(exc), exc
         entry["inc"] = f"refused: {str(exc)[-200:]}"
     else:
-        methods = {method for method, _ in peer.methods.values()}
+        methods = {method for _, method, _ in peer.methods}
         assert "Wna16LinearMethod" not in methods, methods
         entry.update({"inc_engine_start_s": round(peer.start_s, 2), "inc_methods": sorted(methods),
                       "inc_max_abs_diff_vs_oracle": (peer.latents - oracle).abs().max().item(),
