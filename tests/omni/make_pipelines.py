@@ -2,8 +2,9 @@
 
 ``python make_pipelines.py OUT NAME...`` writes, per pipeline NAME, ``OUT/NAME/full`` (the fp32 pipeline as diffusers
 saves it) and ``OUT/NAME/quantized`` (the same pipeline with every transformer quantized by auto-round 0.16.1: RTN,
-``iters=0``, W4 g32 sym, one ``extra_config`` layer at 8 bits), then ``OUT/NAME/done``. Runs as a script (auto-round
-may spawn processes). Tokenizers are built from a made-up word list: the tests feed fixed prompts.
+``iters=0``, W4 g32 sym, ``extra_config`` entries at 8 or 16 bits as each pipeline says), then ``OUT/NAME/done``.
+Pipelines: FLUX.1 (``flux``), Qwen-Image (``qwen_image``), Wan2.2 T2V with two experts (``wan2_2_t2v``). Runs as a
+script (auto-round may spawn processes). Tokenizers are made up (a word list, or bytes): the tests feed fixed prompts.
 """
 
 from __future__ import annotations
@@ -156,9 +157,6 @@ def flux(out: Path) -> None:
     eight_bit = {"transformer_blocks.0.attn.to_out.0": {"bits": 8}}
     quantized_transformer = quantize_transformer(transformer, FluxPipeline, scheduler, out, eight_bit)
     _assemble(full, {"transformer": quantized_transformer}, out / "quantized")
-    # Uniform W4 g32 sym: what vLLM-Omni's own AutoRound method (INC) serves on CPU (it refuses 8-bit layers there).
-    uniform = quantize_transformer(transformer, FluxPipeline, scheduler, out / "w4")
-    _assemble(full, {"transformer": uniform}, out / "quantized_w4")
 
 
 def qwen_image(out: Path) -> None:
