@@ -12,7 +12,13 @@ What vLLM-Omni asks of a platform beyond vLLM's, and the CPU answers:
 - torch inductor: off (vLLM-Omni then runs the diffusion model eagerly).
 - autoregressive (LLM) stages: none. vLLM-Omni's AR and generation workers are GPU workers
   (``vllm_omni/worker/gpu_ar_worker.py``: ``GPUARWorker.init_device`` raises for any device type but cuda/musa);
-  asking for one raises with that reason.
+  asking for one raises with that reason. The platform is where a CPU worker would come from (vLLM-Omni asks it for
+  ``get_omni_ar_worker_cls`` in ``engine/arg_utils.py`` and ``engine/stage_init_utils.py``), and the parts compose on
+  paper: a runner ``class(GPUARModelRunner, CPUModelRunner)`` has a consistent MRO whose Omni overrides of
+  ``CPUModelRunner`` (``load_model``, ``_to_list``) call ``super()``, and vLLM's CPU platform turns async scheduling
+  off (the one path using ``torch.cuda`` streams, ``OmniAsyncGPUModelRunnerOutput``). Not built: vLLM's
+  ``CPUWorker.init_device`` constructs ``CPUModelRunner`` by name, so the worker would re-implement it, and nothing
+  short of running a thinker stage end to end would show the rest of ``GPUARModelRunner`` is CPU-safe.
 """
 
 from __future__ import annotations
