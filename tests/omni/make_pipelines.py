@@ -218,7 +218,29 @@ def wan2_2_t2v(out: Path) -> None:
     noise, after ``boundary_ratio``), a one-layer UMT5 encoder and a small Wan VAE. Each expert has its own 8-bit
     layer (its own ``extra_config``), one under a name vLLM-Omni renames (``ffn.net.0.proj`` -> ``ffn.net_0.proj``,
     ``attn1.to_out.0`` -> ``attn1.to_out``)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    experts = {"transformer": "blocks.0.ffn.net.0.proj", "transformer_2": "blocks.0.attn1.to_out.0"}
+    _wan(out, vae, experts, boundary_ratio=0.875, expand_timesteps=False)
+
+
+def wan2_2_ti2v(out: Path) -> None:
+    """Wan2.2 TI2V (5B's layout): one transformer on 48 latent channels with per-token timesteps
+    (``expand_timesteps``), Wan2.2's residual VAE (z 48, patch 2, 16x spatial); run text-only."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True, in_channels=12,
+        out_channels=12, patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+    )  # fmt: skip
+    _wan(out, vae, {"transformer": "blocks.0.ffn.net.2"}, boundary_ratio=None, expand_timesteps=True)
+
+
+def _wan(out: Path, vae: Any, experts: dict[str, str], boundary_ratio: float | None, expand_timesteps: bool) -> None:
+    """A Wan2.2 pipeline with a one-layer UMT5 encoder and one-block experts (``experts``: component -> its 8-bit
+    layer) on ``vae``'s latent channels."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(SEED)
@@ -227,31 +249,24 @@ def wan2_2_t2v(out: Path) -> None:
             vocab_size=64, d_model=HIDDEN, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8
         )
     )
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
-
-    def expert() -> Any:
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
-            text_dim=HIDDEN, freq_dim=32, ffn_dim=64, num_layers=1, rope_max_seq_len=64,
-        )  # fmt: skip
-
-    transformer, transformer_2 = expert(), expert()
+    channels = vae.config.z_dim
+    shape = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 32, "text_dim": HIDDEN,
+             "freq_dim": 32, "ffn_dim": 64, "num_layers": 1, "rope_max_seq_len": 64}  # fmt: skip
+    models = {name: WanTransformer3DModel(in_channels=channels, out_channels=channels, **shape) for name in experts}
     # diffusers' own Wan scheduler, saved for diffusers; vLLM-Omni builds its FlowUniPCMultistepScheduler instead
-    # (the oracle runs diffusers' pipeline with that scheduler: see oracle.wan_scheduler).
+    # (the oracle runs diffusers' pipeline with that scheduler: see oracle.wan_unipc_scheduler).
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     full = out / "full"
     pipe = WanPipeline(tokenizer=None, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=transformer, transformer_2=transformer_2, boundary_ratio=0.875)  # fmt: skip
+                       boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps, **models)  # fmt: skip
     pipe.save_pretrained(str(full), safe_serialization=True)
     unigram_tokenizer(full / "tokenizer", "T5Tokenizer", 512)
     _set_index(full, {"tokenizer": ["transformers", "T5TokenizerFast"]})
     quantized: dict[str, Path] = {}
-    for name, model, eight_bit in (
-        ("transformer", transformer, "blocks.0.ffn.net.0.proj"),
-        ("transformer_2", transformer_2, "blocks.0.attn1.to_out.0"),
-    ):
+    for name, eight_bit in experts.items():
         # each expert is quantized as the one transformer of a pipeline (auto-round saves it as `transformer`)
-        quantized[name] = quantize_transformer(model, WanPipeline, scheduler, out / name, {eight_bit: {"bits": 8}})
+        layer_config = {eight_bit: {"bits": 8}}
+        quantized[name] = quantize_transformer(models[name], WanPipeline, scheduler, out / name, layer_config)
     _assemble(full, quantized, out / "quantized")
 
 
@@ -270,7 +285,12 @@ def _assemble(full: Path, quantized: dict[str, Path], out: Path) -> None:
         shutil.copytree(folder, out / name)
 
 
-PIPELINES: dict[str, Callable[[Path], None]] = {"flux": flux, "qwen_image": qwen_image, "wan2_2_t2v": wan2_2_t2v}
+PIPELINES: dict[str, Callable[[Path], None]] = {
+    "flux": flux,
+    "qwen_image": qwen_image,
+    "wan2_2_t2v": wan2_2_t2v,
+    "wan2_2_ti2v": wan2_2_ti2v,
+}
 
 
 def main(root: Path, names: list[str]) -> None:

@@ -65,6 +65,14 @@ SPECS: dict[str, Spec] = {
         {"num_frames": WAN_FRAMES, "guidance_scale": 1.0},
         wan_unipc_scheduler(WAN_FLOW_SHIFT),
     ),
+    # one transformer, text only: diffusers feeds per-token timesteps (expand_timesteps), vLLM-Omni one per sample
+    "wan2_2_ti2v": Spec(
+        ("transformer",),
+        (64, 64),
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0, "extra_args": {"flow_shift": WAN_FLOW_SHIFT}},
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0},
+        wan_unipc_scheduler(WAN_FLOW_SHIFT),
+    ),
 }
 
 
