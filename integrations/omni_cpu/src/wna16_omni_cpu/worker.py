@@ -1,0 +1,34 @@
+"""vLLM-Omni's autoregressive (AR) worker on vLLM-CPU: vLLM-Omni's own AR runner over vLLM's CPU runner.
+
+vLLM-Omni's ``GPUARWorker.init_device`` (``vllm_omni/worker/gpu_ar_worker.py``) raises for device types other than
+cuda/musa, but the platform chooses the AR worker (``get_omni_ar_worker_cls``), and the runners compose:
+:class:`CpuARModelRunner` puts vLLM-Omni's ``GPUARModelRunner`` before vLLM's ``CPUModelRunner`` in one MRO. The
+Omni runners' overrides of ``CPUModelRunner`` (``load_model``, ``_to_list``) call ``super()``, so the CPU versions
+still run; ``CPUModelRunner.__init__`` builds the GPU runner with ``torch.cuda`` events and streams stubbed; vLLM's
+CPU platform turns async scheduling off, the one path of ``GPUARModelRunner`` on ``torch.cuda`` streams.
+"""
+
+from __future__ import annotations
+
+import vllm.v1.worker.cpu_worker as cpu_worker
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm_omni.worker.gpu_ar_model_runner import GPUARModelRunner
+from vllm_omni.worker.mixins import OmniWorkerMixin
+
+
+class CpuARModelRunner(GPUARModelRunner, CPUModelRunner):  # type: ignore[misc]
+    """vLLM-Omni's AR runner (thinker/talker hooks, Omni outputs) on vLLM's CPU runner."""
+
+
+class CpuARWorker(OmniWorkerMixin, cpu_worker.CPUWorker):  # type: ignore[misc]
+    """vLLM's CPU worker (threads, distributed setup, memory) running :class:`CpuARModelRunner`."""
+
+    def init_device(self) -> None:
+        """Run vLLM's CPU ``init_device``, which constructs ``CPUModelRunner`` by that module-level name: the name is
+        bound to :class:`CpuARModelRunner` for the call, so one runner is built, the AR one."""
+        saved = cpu_worker.CPUModelRunner
+        cpu_worker.CPUModelRunner = CpuARModelRunner
+        try:
+            super().init_device()
+        finally:
+            cpu_worker.CPUModelRunner = saved
