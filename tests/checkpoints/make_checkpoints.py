@@ -44,7 +44,7 @@ class Case:
     """One checkpoint: what auto-round is asked for (``format``, scheme, ``layer_config``) on which tiny model."""
 
     name: str
-    model: str  # "llama" or "flux"
+    model: str  # "llama", "qwen3_moe" or "flux"
     format: str
     bits: int
     group_size: int
@@ -143,6 +143,27 @@ def tiny_llama(bias: bool = False, seed: int = 0, hidden: int = LLAMA["hidden_si
     return model
 
 
+QWEN3_MOE: dict[str, Any] = {
+    "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "num_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": True, "decoder_sparse_step": 1,
+}  # fmt: skip
+"""The tiny Qwen3-MoE: every layer sparse, top-2 of 8 experts renormalised (as Qwen3-30B-A3B's config says), expert
+intermediate size 64 (tensor parallelism over two ranks leaves 32 rows: whole groups of 32)."""
+
+
+def tiny_qwen3_moe(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A tiny Qwen3-MoE (:data:`QWEN3_MOE`, ``overrides`` on top) with random weights; auto-round writes its experts
+    as per-expert linears ``mlp.experts.<e>.gate_proj/up_proj/down_proj``."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    # auto-round's MoE export saves the config as given: name the architecture (vLLM resolves its runner from it).
+    config = Qwen3MoeConfig(vocab_size=VOCAB, max_position_embeddings=128, architectures=["Qwen3MoeForCausalLM"],
+                            **{**QWEN3_MOE, **overrides})  # fmt: skip
+    return Qwen3MoeForCausalLM(config).eval()
+
+
 def tiny_flux_pipeline(seed: int = 0) -> Any:
     """A ``FluxPipeline`` holding only a 1+1-block FLUX transformer (inner dim 128) and a scheduler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -197,6 +218,8 @@ def make_case(case: Case, out: Path) -> None:
                 model: Any = tiny_flux_pipeline()
                 extra: dict[str, Any] = {"low_cpu_mem_usage": False}
                 tokenizer = None
+            elif case.model == "qwen3_moe":
+                model, extra, tokenizer = tiny_qwen3_moe(), {}, tiny_tokenizer()
             else:
                 model = tiny_llama(case.bias, hidden=case.hidden)
                 if case.zero_of_zero:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from make_checkpoints import tiny_tokenizer  # registered by conftest.py (tests/checkpoints/make_checkpoints.py)
-from transformers import AutoConfig, AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from make_checkpoints import tiny_qwen3_moe, tiny_tokenizer  # registered by conftest.py (tests/checkpoints/)
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from wna16 import CheckpointAuditError, load_checkpoint
 from wna16.checkpoint.files import SafetensorsFolder
@@ -21,18 +21,8 @@ from wna16.nn import QuantExperts
 from wna16.patch import empty_weights, patch_model
 from wna16.reference import dequantize
 
-EXPERTS, TOP_K, HIDDEN, MOE_INTER = 4, 2, 128, 64
+EXPERTS, TOP_K = 4, 2
 PREFIX = "model.layers.0.mlp.experts"
-
-
-def tiny_qwen3_moe() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = Qwen3MoeConfig(
-        vocab_size=128, hidden_size=HIDDEN, intermediate_size=256, moe_intermediate_size=MOE_INTER,
-        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=EXPERTS,
-        num_experts_per_tok=TOP_K, decoder_sparse_step=1, max_position_embeddings=128,
-    )  # fmt: skip
-    return Qwen3MoeForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +33,8 @@ def qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("qwen3-moe")
     with tempfile.TemporaryDirectory() as tmp:
         rounder = AutoRound(
-            tiny_qwen3_moe(), tokenizer=tiny_tokenizer(), bits=4, group_size=32, sym=True, iters=0,
+            tiny_qwen3_moe(num_hidden_layers=1, num_experts=EXPERTS, num_experts_per_tok=TOP_K, norm_topk_prob=False),
+            tokenizer=tiny_tokenizer(), bits=4, group_size=32, sym=True, iters=0,
             disable_opt_rtn=True, device_map="cpu",
         )  # fmt: skip
         rounder.quantize_and_save(tmp, format="auto_round")
