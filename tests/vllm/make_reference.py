@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -42,9 +41,6 @@ inference module for this format; tests/interop proves the dequantization equal 
 compressed-tensors' decompressor) and the MoE case (transformers 5 keeps its experts as fused 3-D parameters, which
 auto-round's per-linear modules do not replace; tests/interop proves the same dequantization equal to auto-round's)."""
 
-EXPERT_LINEAR = re.compile(r"(?P<block>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)")
-"""A per-expert linear of the checkpoint; transformers 5 stacks them into ``<block>.gate_up_proj`` [E, 2I, H] (gate
-rows first) and ``<block>.down_proj`` [E, H, I]."""
 MIXED_FUSABLE = {
     "model.layers.0.mlp.down_proj": {"bits": 8},
     "model.layers.1.self_attn.o_proj": {"bits": 16},
@@ -105,35 +101,14 @@ def maker() -> ModuleType:
 
 
 def exact_model(path: Path) -> torch.nn.Module:
-    """The float32 transformers model holding each quantized layer's exactly dequantized weight."""
+    """The float32 transformers model holding each quantized layer's exactly dequantized weight
+    (``make_checkpoints.exact_state``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    import wna16
-    from wna16.checkpoint.remap import Remap
-    from wna16.reference import dequantize
 
     config = AutoConfig.from_pretrained(path)
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    ckpt = wna16.load_checkpoint(path, Remap.IDENTITY)
-    state = {name: ckpt.tensor(name).float() for name in ckpt.unquantized}
-    experts: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
-    for name in ckpt.layers:
-        expert = EXPERT_LINEAR.fullmatch(name)
-        if expert is not None:
-            block = experts.setdefault(expert["block"], {})
-            block.setdefault(expert["proj"], {})[int(expert["expert"])] = dequantize(ckpt.weight(name))
-            continue
-        state[f"{name}.weight"] = dequantize(ckpt.weight(name))
-        bias = ckpt.bias(name)
-        if bias is not None:
-            state[f"{name}.bias"] = bias.float()
-    for block, projs in experts.items():
-        order = sorted(projs["gate_proj"])
-        state[f"{block}.gate_up_proj"] = torch.stack([torch.cat([projs["gate_proj"][e], projs["up_proj"][e]])
-                                                      for e in order])  # fmt: skip
-        state[f"{block}.down_proj"] = torch.stack([projs["down_proj"][e] for e in order])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(maker().exact_state(path), strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     return model
 
