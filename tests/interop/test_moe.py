@@ -124,9 +124,7 @@ def test_patch_model_serves_the_qwen3_omni_thinker_like_its_dequantized_model(tm
     )
 
     path = autoround_w4g32(tiny_qwen3_omni_thinker(), tmp_path / "thinker")
-    assert json.loads((path / "config.json").read_text())["quantization_config"]["block_name_to_quantize"] == (
-        "model.layers"
-    )
+    text_layers = json.loads((path / "config.json").read_text())["quantization_config"]["block_name_to_quantize"]
 
     def thinker() -> torch.nn.Module:
         config = AutoConfig.from_pretrained(path)
@@ -136,11 +134,10 @@ def test_patch_model_serves_the_qwen3_omni_thinker_like_its_dequantized_model(tm
 
     model = thinker()
     report = patch_model(model, path, dtype=torch.float32, backend="reference")
-    blocks = [f"model.layers.{i}.mlp.experts" for i in range(2)]
-    assert all(isinstance(model.get_submodule(b), QuantExperts) for b in blocks)
-    assert {n.rsplit(".", 1)[0] for n in report.layers if ".experts." in n} == {f"{b}.{e}" for b in blocks
-                                                                                for e in range(4)}  # fmt: skip
-    assert not any(n.startswith(("audio_tower.", "visual.")) for n in report.layers)
+    blocks = [name for name, module in model.named_modules() if isinstance(module, QuantExperts)]
+    assert len(blocks) == 2, blocks  # the module path of the text layers differs between transformers releases
+    assert sum(".experts." in n for n in report.layers) == 2 * 4 * 3
+    assert all(n.startswith(f"{text_layers}.") for n in report.layers), (text_layers, sorted(report.layers))
     dense = thinker()
     missing, unexpected = dense.load_state_dict(exact_state(path), strict=False, assign=True)
     assert not unexpected and not missing, (missing, unexpected)

@@ -31,6 +31,11 @@ How it fits vLLM (0.30 and 0.32):
   forces one) and prepares it; the raw tensors are then released.
 - :meth:`Wna16LinearMethod.apply` calls the prepared backend and adds the bias vLLM passes: vLLM decides which
   tensor-parallel rank adds it (row-parallel layers pass it on rank 0 only), so backends are built without bias.
+- Routed experts (vLLM's ``RoutedExperts``) whose checkpoint stores every expert as three quantized linears
+  (AutoRound's ``experts.<e>.gate_proj/up_proj/down_proj``) get :class:`Wna16ExpertsMethod`: each expert's tensors
+  are loaded (this rank's cut), one experts block is prepared through :mod:`wna16.experts` and called with the
+  router's top-k ids and weights. vLLM runs the whole MoE layer inside its own custom op (``moe_forward``), so the
+  grouping by expert (data-dependent) stays out of a compiled graph.
 
 vLLM-Omni: its models call ``apply_vllm_mapper`` with their ``hf_to_vllm_mapper`` like vLLM's. A layer whose runtime
 name carries the mapper's stage prefix (``thinker.``) resolves against the config remapped the way
