@@ -199,16 +199,17 @@ EXPERT_LINEAR = re.compile(r"(?P<block>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>g
 """A per-expert linear of a checkpoint, as auto-round writes experts."""
 
 
-def exact_state(path: Path) -> dict[str, torch.Tensor]:
+def exact_state(path: Path, **load: Any) -> dict[str, torch.Tensor]:
     """The float32 state of the checkpoint's model with every quantized layer exactly dequantized (wna16's reference;
     tests/interop proves it equal to auto-round's own modules): plain tensors as stored, ``<layer>.weight``/``.bias``
     per quantized linear, and per-expert linears stacked the way transformers 5 keeps experts, ``<block>.gate_up_proj``
-    [E, 2I, H] (gate rows first) and ``<block>.down_proj`` [E, H, I]."""
+    [E, 2I, H] (gate rows first) and ``<block>.down_proj`` [E, H, I]. ``load``: :func:`wna16.load_checkpoint`'s options
+    (default: the checkpoint's own names)."""
     import wna16
     from wna16.checkpoint.remap import Remap
     from wna16.reference import dequantize
 
-    ckpt = wna16.load_checkpoint(path, Remap.IDENTITY)
+    ckpt = wna16.load_checkpoint(path, **{"remap": Remap.IDENTITY, **load})
     state = {name: ckpt.tensor(name).float() for name in ckpt.unquantized}
     experts: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
     for name in ckpt.layers:
