@@ -196,3 +196,41 @@ def test_backend_without_build_experts_is_a_clear_error() -> None:
     with pytest.raises(UnsupportedError, match="build_experts"):
         prepare_experts(Declares(), ew, ExpertsSpec.of(ew, 2, torch.float32))
     assert isinstance(Declares(), Backend)
+
+
+def test_quant_experts_load_state_dict_round_trips_like_nn_module() -> None:
+    """state_dict -> load_state_dict gives the other block's experts (each at its own scheme, the last expert at
+    8 bits); missing keys and (strict) unexpected keys are listed or raised as ``torch.nn.Module`` does; an
+    incomplete or malformed state keeps the block as it was."""
+    reg = Registry(discover=False)
+    reg.register(ReferenceBackend())
+    source = QuantExperts(experts(seed=1, last=Scheme(8, 32, False)), 2, dtype=torch.float32, registry=reg)
+    target = QuantExperts(experts(seed=2, last=Scheme(8, 32, False)), 2, dtype=torch.float32, registry=reg)
+    x = torch.randn(6, H)
+    ids, w = routing(6, 2)
+    before, want = target(x, ids, w), source(x, ids, w)
+    assert not torch.equal(before, want)
+    state = source.state_dict()
+
+    partial = {k: v for k, v in state.items() if k != "2.up_proj.scales"}
+    result = target.load_state_dict({**partial, "9.gate_proj.qweight": torch.zeros(1), "extra": torch.zeros(1)},
+                                    strict=False)  # fmt: skip
+    assert result.missing_keys == ["2.up_proj.scales"]
+    assert result.unexpected_keys == ["9.gate_proj.qweight", "extra"]  # listed, not raised, as nn.Linear does
+    torch.testing.assert_close(target(x, ids, w), before, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "2.up_proj.scales"'):
+        target.load_state_dict(partial)
+    bad = {**state, "1.down_proj.qweight": state["1.down_proj.qweight"][:-1]}
+    with pytest.raises(RuntimeError, match=r"1\.down_proj\.qweight"):
+        target.load_state_dict(bad)
+    torch.testing.assert_close(target(x, ids, w), before, rtol=0, atol=0)
+    # Complete but with extra keys: loaded, then refused, as torch.nn.Linear loads its weight before raising.
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "9.gate_proj.qweight", "extra"'):
+        target.load_state_dict({**state, "9.gate_proj.qweight": torch.zeros(1), "extra": torch.zeros(1)})
+    torch.testing.assert_close(target(x, ids, w), want, rtol=0, atol=0)
+
+    target = QuantExperts(experts(seed=2, last=Scheme(8, 32, False)), 2, dtype=torch.float32, registry=reg)
+    target.load_state_dict({k: v.clone() for k, v in state.items()})
+    torch.testing.assert_close(target(x, ids, w), want, rtol=0, atol=0)
+    assert all(torch.equal(v, state[k]) for k, v in target.state_dict().items())
+    assert target._weights.expert(E - 1)[0].scheme == Scheme(8, 32, False)

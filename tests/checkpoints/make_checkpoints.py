@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,7 @@ class Case:
     """One checkpoint: what auto-round is asked for (``format``, scheme, ``layer_config``) on which tiny model."""
 
     name: str
-    model: str  # "llama" or "flux"
+    model: str  # "llama", "qwen3_moe" or "flux"
     format: str
     bits: int
     group_size: int
@@ -143,6 +144,92 @@ def tiny_llama(bias: bool = False, seed: int = 0, hidden: int = LLAMA["hidden_si
     return model
 
 
+QWEN3_MOE: dict[str, Any] = {
+    "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "num_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": True, "decoder_sparse_step": 1,
+}  # fmt: skip
+"""The tiny Qwen3-MoE: every layer sparse, top-2 of 8 experts renormalised (as Qwen3-30B-A3B's config says), expert
+intermediate size 64 (tensor parallelism over two ranks leaves 32 rows: whole groups of 32)."""
+
+
+def tiny_qwen3_moe(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A tiny Qwen3-MoE (:data:`QWEN3_MOE`, ``overrides`` on top) with random weights; auto-round writes its experts
+    as per-expert linears ``mlp.experts.<e>.gate_proj/up_proj/down_proj``."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    # auto-round's MoE export saves the config as given: name the architecture (vLLM resolves its runner from it).
+    config = Qwen3MoeConfig(vocab_size=VOCAB, max_position_embeddings=128, architectures=["Qwen3MoeForCausalLM"],
+                            **{**QWEN3_MOE, **overrides})  # fmt: skip
+    return Qwen3MoeForCausalLM(config).eval()
+
+
+def tiny_qwen3_omni_thinker(seed: int = 0) -> torch.nn.Module:
+    """A tiny Qwen3-Omni-MoE thinker (the flagship's MoE language model with its audio and vision towers): 2 sparse
+    text layers of top-2 of 4 experts (hidden 128, expert intermediate 64), one-layer towers. auto-round quantizes
+    the text layers (``model.layers``, experts as per-expert linears) and leaves the towers in 16 bits."""
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeThinkerConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+        Qwen3OmniMoeThinkerForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6], "interleaved": True}
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config={
+            "vocab_size": VOCAB, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "moe_intermediate_size": 64, "num_experts": 4,
+            "num_experts_per_tok": 2, "max_position_embeddings": 128, "rope_parameters": rope,
+        },
+        audio_config={
+            "num_mel_bins": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+            "d_model": 64, "output_dim": 128, "downsample_hidden_size": 32, "max_source_positions": 64,
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128,
+            "num_position_embeddings": 64, "deepstack_visual_indexes": [0],
+        },
+        architectures=["Qwen3OmniMoeThinkerForConditionalGeneration"],
+    )  # fmt: skip
+    return Qwen3OmniMoeThinkerForConditionalGeneration(config).eval()
+
+
+EXPERT_LINEAR = re.compile(r"(?P<block>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)")
+"""A per-expert linear of a checkpoint, as auto-round writes experts."""
+
+
+def exact_state(path: Path, **load: Any) -> dict[str, torch.Tensor]:
+    """The float32 state of the checkpoint's model with every quantized layer exactly dequantized (wna16's reference;
+    tests/interop proves it equal to auto-round's own modules): plain tensors as stored, ``<layer>.weight``/``.bias``
+    per quantized linear, and per-expert linears stacked the way transformers 5 keeps experts, ``<block>.gate_up_proj``
+    [E, 2I, H] (gate rows first) and ``<block>.down_proj`` [E, H, I]. ``load``: :func:`wna16.load_checkpoint`'s options
+    (default: the checkpoint's own names)."""
+    import wna16
+    from wna16.checkpoint.remap import Remap
+    from wna16.reference import dequantize
+
+    ckpt = wna16.load_checkpoint(path, **{"remap": Remap.IDENTITY, **load})
+    state = {name: ckpt.tensor(name).float() for name in ckpt.unquantized}
+    experts: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    for name in ckpt.layers:
+        expert = EXPERT_LINEAR.fullmatch(name)
+        if expert is not None:
+            block = experts.setdefault(expert["block"], {})
+            block.setdefault(expert["proj"], {})[int(expert["expert"])] = dequantize(ckpt.weight(name)).float()
+            continue
+        state[f"{name}.weight"] = dequantize(ckpt.weight(name)).float()
+        bias = ckpt.bias(name)
+        if bias is not None:
+            state[f"{name}.bias"] = bias.float()
+    for block, projs in experts.items():
+        order = sorted(projs["gate_proj"])
+        state[f"{block}.gate_up_proj"] = torch.stack([torch.cat([projs["gate_proj"][e], projs["up_proj"][e]])
+                                                      for e in order])  # fmt: skip
+        state[f"{block}.down_proj"] = torch.stack([projs["down_proj"][e] for e in order])
+    return state
+
+
 def tiny_flux_pipeline(seed: int = 0) -> Any:
     """A ``FluxPipeline`` holding only a 1+1-block FLUX transformer (inner dim 128) and a scheduler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -197,6 +284,8 @@ def make_case(case: Case, out: Path) -> None:
                 model: Any = tiny_flux_pipeline()
                 extra: dict[str, Any] = {"low_cpu_mem_usage": False}
                 tokenizer = None
+            elif case.model == "qwen3_moe":
+                model, extra, tokenizer = tiny_qwen3_moe(), {}, tiny_tokenizer()
             else:
                 model = tiny_llama(case.bias, hidden=case.hidden)
                 if case.zero_of_zero:

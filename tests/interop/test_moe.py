@@ -1,7 +1,8 @@
 """Quantized mixture-of-experts checkpoints end to end: a tiny Qwen3-MoE quantized by auto-round 0.16.1 (which writes
 the experts as per-expert linears ``mlp.experts.<e>.gate_proj/up_proj/down_proj``), audited and served by
 ``patch_model`` through transformers 5's fused experts module (``gate_up_proj`` [E, 2I, H]), replaced by one
-:class:`wna16.nn.QuantExperts`. The output must equal the same model with the exact dequantized experts."""
+:class:`wna16.nn.QuantExperts`. The output must equal the same model with the exact dequantized experts. The same for
+the flagship's architecture, a tiny Qwen3-Omni-MoE thinker (its audio and vision towers left in 16 bits)."""
 
 from __future__ import annotations
 
@@ -12,44 +13,44 @@ from pathlib import Path
 
 import pytest
 import torch
-from make_checkpoints import tiny_tokenizer  # registered by conftest.py (tests/checkpoints/make_checkpoints.py)
-from transformers import AutoConfig, AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from make_checkpoints import (  # registered by conftest.py (tests/checkpoints/make_checkpoints.py)
+    exact_state,
+    tiny_qwen3_moe,
+    tiny_qwen3_omni_thinker,
+    tiny_tokenizer,
+)
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from wna16 import CheckpointAuditError, load_checkpoint
 from wna16.checkpoint.files import SafetensorsFolder
+from wna16.checkpoint.remap import Remap
 from wna16.nn import QuantExperts
 from wna16.patch import empty_weights, patch_model
-from wna16.reference import dequantize
 
-EXPERTS, TOP_K, HIDDEN, MOE_INTER = 4, 2, 128, 64
+EXPERTS, TOP_K = 4, 2
 PREFIX = "model.layers.0.mlp.experts"
 
 
-def tiny_qwen3_moe() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = Qwen3MoeConfig(
-        vocab_size=128, hidden_size=HIDDEN, intermediate_size=256, moe_intermediate_size=MOE_INTER,
-        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=EXPERTS,
-        num_experts_per_tok=TOP_K, decoder_sparse_step=1, max_position_embeddings=128,
-    )  # fmt: skip
-    return Qwen3MoeForCausalLM(config).eval()
-
-
-@pytest.fixture(scope="session")
-def qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """auto-round's W4 g32 sym export (``auto_round:auto_gptq``) of the tiny Qwen3-MoE, pure RTN, offline."""
+def autoround_w4g32(model: torch.nn.Module, out: Path) -> Path:
+    """auto-round's W4 g32 sym export (``auto_round:auto_gptq``) of ``model`` into ``out``, pure RTN, offline."""
     from auto_round import AutoRound
 
-    out = tmp_path_factory.mktemp("qwen3-moe")
     with tempfile.TemporaryDirectory() as tmp:
         rounder = AutoRound(
-            tiny_qwen3_moe(), tokenizer=tiny_tokenizer(), bits=4, group_size=32, sym=True, iters=0,
-            disable_opt_rtn=True, device_map="cpu",
+            model, tokenizer=tiny_tokenizer(), bits=4, group_size=32, sym=True, iters=0, disable_opt_rtn=True,
+            device_map="cpu",
         )  # fmt: skip
         rounder.quantize_and_save(tmp, format="auto_round")
         src = next(p.parent for p in Path(tmp).rglob("config.json"))
         shutil.copytree(src, out, dirs_exist_ok=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3-MoE, one layer of top-2 of 4 experts, as auto-round exports it."""
+    model = tiny_qwen3_moe(num_hidden_layers=1, num_experts=EXPERTS, num_experts_per_tok=TOP_K, norm_topk_prob=False)
+    return autoround_w4g32(model, tmp_path_factory.mktemp("qwen3-moe"))
 
 
 def build(path: Path) -> torch.nn.Module:
@@ -79,25 +80,8 @@ def test_patch_model_serves_the_experts_and_equals_the_dequantized_model(qwen3_m
     assert report.layers[f"{PREFIX}.3.down_proj"].backend == "reference"
 
     dense = build(qwen3_moe)
-    checkpoint = load_checkpoint(qwen3_moe)
-    for name in checkpoint.unquantized:
-        module_name, _, attr = name.rpartition(".")
-        owner = dense.get_submodule(module_name)
-        setattr(owner, attr, torch.nn.Parameter(checkpoint.tensor(name).float(), requires_grad=False))
-    for name in checkpoint.layers:
-        if ".experts." in name:
-            continue
-        owner = dense.get_submodule(name)
-        owner.weight = torch.nn.Parameter(dequantize(checkpoint.weight(name)).float(), requires_grad=False)
-    fused = dense.get_submodule(PREFIX)
-    w = {n: dequantize(checkpoint.weight(n)).float() for n in checkpoint.layers if ".experts." in n}
-    gate_up = torch.stack(
-        [torch.cat([w[f"{PREFIX}.{e}.gate_proj"], w[f"{PREFIX}.{e}.up_proj"]]) for e in range(EXPERTS)]
-    )
-    fused.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
-    fused.down_proj = torch.nn.Parameter(torch.stack([w[f"{PREFIX}.{e}.down_proj"] for e in range(EXPERTS)]),
-                                         requires_grad=False)  # fmt: skip
-    dense.tie_weights()
+    missing, unexpected = dense.load_state_dict(exact_state(qwen3_moe), strict=False, assign=True)
+    assert not unexpected and not missing, (missing, unexpected)
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
@@ -130,3 +114,49 @@ def test_a_missing_expert_is_named_by_the_audit(qwen3_moe: Path, tmp_path: Path)
         index.write_text(json.dumps(data))
     with pytest.raises(CheckpointAuditError, match=rf"{PREFIX}\.2\.up_proj"):
         patch_model(build(tmp_path), tmp_path, dtype=torch.float32)
+
+
+def test_patch_model_serves_the_qwen3_omni_thinker_like_its_dequantized_model(tmp_path: Path) -> None:
+    """The flagship's architecture: a tiny Qwen3-Omni-MoE thinker (audio and vision towers left in 16 bits by
+    auto-round, every text layer's experts quantized) through ``patch_model``, text-only forward equal to the same
+    thinker holding the exactly dequantized weights."""
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+        Qwen3OmniMoeThinkerForConditionalGeneration as Thinker,
+    )
+
+    path = autoround_w4g32(tiny_qwen3_omni_thinker(), tmp_path / "thinker")
+
+    def thinker() -> torch.nn.Module:
+        config = AutoConfig.from_pretrained(path)
+        del config.quantization_config
+        with empty_weights():
+            return Thinker._from_config(config).eval()
+
+    # auto-round writes the thinker's original names (model.layers, audio_tower, visual); transformers 5.23 nests
+    # them (model.language_model, model.audio_tower, model.visual) and renames on load with its own conversion
+    # rules, which patch_model does not read: the remap says where each part of the checkpoint lives in this release.
+    model = thinker()
+    part = {kind: next(n for n, m in model.named_modules() if type(m).__name__.endswith(kind))
+            for kind in ("ThinkerTextModel", "AudioEncoder", "VisionEncoder")}  # fmt: skip
+    text = part["ThinkerTextModel"]
+    remap = Remap({"model.": f"{text}.", f"{text}.": f"{text}.", "audio_tower.": f"{part['AudioEncoder']}.",
+                   "visual.": f"{part['VisionEncoder']}."}, label="Qwen3-Omni thinker")  # fmt: skip
+    # Under transformers 5.23 auto-round 0.16.1 writes the config in the nested runtime names
+    # (``.*model\.language_model\.layers\.0\.mlp\.gate.*``: bits 16) beside tensors in the original ones, so the
+    # audit reads the 16-bit router gates as missing their quantized tensors: they are accepted by name.
+    gates = [r".*\.mlp\.gate"]
+    report = patch_model(model, load_checkpoint(path, remap, allow_unquantized=gates), dtype=torch.float32,
+                         backend="reference")  # fmt: skip
+    blocks = [name for name, module in model.named_modules() if isinstance(module, QuantExperts)]
+    assert blocks == [f"{text}.layers.{i}.mlp.experts" for i in range(2)], blocks
+    assert sum(".experts." in n for n in report.layers) == 2 * 4 * 3
+    assert all(n.startswith(f"{text}.layers.") for n in report.layers), sorted(report.layers)
+    dense = thinker()
+    state = exact_state(path, remap=remap, allow_unquantized=gates)  # in the runtime names
+    missing, unexpected = dense.load_state_dict(state, strict=False, assign=True)
+    assert not unexpected and not missing, (missing, unexpected)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - want).abs().max() < 1e-2 * want.abs().max()

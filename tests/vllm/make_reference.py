@@ -33,11 +33,14 @@ CASES = (
     "lc_w4g32_asym",  # the same, asymmetric (packed zero points)
     "wna16_ct_mixed",  # compressed-tensors from wna16's writer: 8-bit channel asym down_proj, 4-bit g32 asym others
     *(f"mixed_fused_{name}" for name in ("k8_regex", "v16", "up_g32")),  # issue 28: parts of a fused module disagree
+    "qwen3_moe_w4g32_asym",  # issue 20: tiny Qwen3-MoE, experts as per-expert linears (auto_round:auto_gptq, v1 zeros)
 )
-EXACT_JUDGE = frozenset({"lc_w4g128_sym", "lc_w4g32_asym", "wna16_ct_mixed"})
-"""compressed-tensors cases: transformers runs them with the exactly dequantized float32 weights (auto-round has no
+EXACT_JUDGE = frozenset({"lc_w4g128_sym", "lc_w4g32_asym", "wna16_ct_mixed", "qwen3_moe_w4g32_asym"})
+"""Cases transformers runs with the exactly dequantized float32 weights: compressed-tensors (auto-round has no
 inference module for this format; tests/interop proves the dequantization equal to auto-round's own weights and to
-compressed-tensors' decompressor)."""
+compressed-tensors' decompressor) and the MoE case (transformers 5 keeps its experts as fused 3-D parameters, which
+auto-round's per-linear modules do not replace; tests/interop proves the same dequantization equal to auto-round's)."""
+
 MIXED_FUSABLE = {
     "model.layers.0.mlp.down_proj": {"bits": 8},
     "model.layers.1.self_attn.o_proj": {"bits": 16},
@@ -73,6 +76,9 @@ def own_cases(make: ModuleType) -> dict[str, object]:
         "ar_mixed_fusable": make.Case(
             "ar_mixed_fusable", "llama", "auto_round", 4, 128, True, "auto_round:auto_gptq", layer_config=MIXED_FUSABLE
         ),
+        "qwen3_moe_w4g32_asym": make.Case(
+            "qwen3_moe_w4g32_asym", "qwen3_moe", "auto_round:auto_gptq", 4, 32, False, "auto_round:auto_gptq"
+        ),
     }
 
 
@@ -95,24 +101,14 @@ def maker() -> ModuleType:
 
 
 def exact_model(path: Path) -> torch.nn.Module:
-    """The float32 transformers model holding each quantized layer's exactly dequantized weight."""
+    """The float32 transformers model holding each quantized layer's exactly dequantized weight
+    (``make_checkpoints.exact_state``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    import wna16
-    from wna16.checkpoint.remap import Remap
-    from wna16.reference import dequantize
 
     config = AutoConfig.from_pretrained(path)
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    ckpt = wna16.load_checkpoint(path, Remap.IDENTITY)
-    state = {name: ckpt.tensor(name).float() for name in ckpt.unquantized}
-    for name in ckpt.layers:
-        state[f"{name}.weight"] = dequantize(ckpt.weight(name))
-        bias = ckpt.bias(name)
-        if bias is not None:
-            state[f"{name}.bias"] = bias.float()
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(maker().exact_state(path), strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     return model
 

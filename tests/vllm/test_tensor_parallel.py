@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from test_serve import FP32_BOUND, agreement
@@ -24,8 +25,9 @@ print("SERVED " + json.dumps({"logprobs": served.logprobs, "next_tokens": served
 """
 
 
-@pytest.mark.parametrize("case", ["ar_w4g128_sym", "act_order_w4g32_asym", "wna16_ct_mixed"])
-def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, made: Made) -> None:
+def serve_two_ranks(made: Made, case: str) -> dict[str, Any]:
+    """``run_engine`` at TP=2 on ``case`` in a child process (vLLM's multiprocessing executor, one core per rank):
+    its ``Served`` fields as JSON."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     run = subprocess.run(
         [sys.executable, "-c", WORKER, str(made.path(case)), json.dumps(made.prompts)],
@@ -33,7 +35,13 @@ def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, made: Made)
     )  # fmt: skip
     lines = [line for line in run.stdout.splitlines() if line.startswith("SERVED ")]
     assert run.returncode == 0 and lines, f"rc {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    served = json.loads(lines[-1].removeprefix("SERVED "))
+    served: dict[str, Any] = json.loads(lines[-1].removeprefix("SERVED "))
+    return served
+
+
+@pytest.mark.parametrize("case", ["ar_w4g128_sym", "act_order_w4g32_asym", "wna16_ct_mixed"])
+def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, made: Made) -> None:
+    served = serve_two_ranks(made, case)
     assert served["methods"]["model.layers.0.self_attn.o_proj"][0] == "Wna16LinearMethod"
     result = agreement(served["logprobs"], made.reference[case], served["next_tokens"], FP32_BOUND)
     print(

@@ -273,6 +273,56 @@ class QuantExperts(torch.nn.Module):
                 for key, tensor in self.weight_format.pack(weight).items():
                     destination[f"{prefix}{e}.{proj}.{key}"] = tensor
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """The per-expert checkpoint tensors ``<e>.<proj>.<role>`` that ``state_dict`` writes, each unpacked at the
+        expert's own scheme; missing and (``strict``) unexpected keys are listed as ``torch.nn.Linear`` lists them.
+        All experts are replaced together, or none: a failed unpack or re-prepare keeps the current block."""
+        own = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        current = [self._weights.expert(e) for e in range(self.num_experts)]
+        roles = {
+            f"{e}.{proj}": set(self.weight_format.expected_shapes(w.scheme, w.in_features, w.out_features))
+            for e, ws in enumerate(current)
+            for proj, w in zip(PROJECTIONS, ws, strict=True)
+        }
+        missing = [f"{prefix}{layer}.{role}" for layer, rs in roles.items() for role in sorted(rs - {"g_idx"})
+                   if f"{layer}.{role}" not in own]  # fmt: skip
+        missing_keys.extend(missing)
+        if strict:
+            unexpected_keys.extend(
+                prefix + key for key in own if key.rpartition(".")[2] not in roles.get(key.rpartition(".")[0], ())
+            )
+        if missing:  # nothing to build the block from: keep the current one, as the missing keys say
+            return
+        unpacked: list[list[QuantizedWeight]] = [[], [], []]
+        try:
+            for layer, rs in roles.items():
+                e = int(layer.split(".", 1)[0])
+                p = PROJECTIONS.index(layer.split(".", 1)[1])
+                w = current[e][p]
+                tensors = {role: own[f"{layer}.{role}"] for role in rs if f"{layer}.{role}" in own}
+                unpacked[p].append(
+                    self.weight_format.unpack(tensors, w.scheme, w.in_features, w.out_features, f"{prefix}{layer}.")
+                )
+        except FormatError as exc:
+            error_msgs.append(str(exc))
+            return
+        old = self._weights, self.backend, self.fused, self._prepared, self.rejected
+        self._weights = ExpertWeights(*(tuple(w.to("cpu") for w in ws) for ws in unpacked))
+        try:
+            self.backend, self.fused, self._prepared, self.rejected = self._build(self.device, self.dtype)
+        except Exception:
+            self._weights, self.backend, self.fused, self._prepared, self.rejected = old
+            raise
+
     def extra_repr(self) -> str:
         path = "fused" if self.fused else "per-expert"
         return (

@@ -31,6 +31,11 @@ How it fits vLLM (0.30 and 0.32):
   forces one) and prepares it; the raw tensors are then released.
 - :meth:`Wna16LinearMethod.apply` calls the prepared backend and adds the bias vLLM passes: vLLM decides which
   tensor-parallel rank adds it (row-parallel layers pass it on rank 0 only), so backends are built without bias.
+- Routed experts (vLLM's ``RoutedExperts``) whose checkpoint stores every expert as three quantized linears
+  (AutoRound's ``experts.<e>.gate_proj/up_proj/down_proj``) get :class:`Wna16ExpertsMethod`: each expert's tensors
+  are loaded (this rank's cut), one experts block is prepared through :mod:`wna16.experts` and called with the
+  router's top-k ids and weights. vLLM runs the whole MoE layer inside its own custom op (``moe_forward``), so the
+  grouping by expert (data-dependent) stays out of a compiled graph.
 
 vLLM-Omni: its models call ``apply_vllm_mapper`` with their ``hf_to_vllm_mapper`` like vLLM's. A layer whose runtime
 name carries the mapper's stage prefix (``thinker.``) resolves against the config remapped the way
@@ -56,7 +61,7 @@ from typing import Any
 
 import torch
 import vllm
-from vllm.model_executor.layers.fused_moe import RoutedExperts, UnquantizedFusedMoEMethod
+from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase, RoutedExperts, UnquantizedFusedMoEMethod
 from vllm.model_executor.layers.linear import (
     LinearBase,
     LinearMethodBase,
@@ -80,12 +85,22 @@ from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
 from wna16.checkpoint.remap import Remap
 from wna16.checkpoint.resolve import PACKED_MODULES, FusedQuant, LayerQuant, concat_out, resolve_module
 from wna16.errors import CheckpointError, ConfigError, FormatError, FusedModuleError, UnsupportedError, layer_shape
+from wna16.experts import (
+    ACTIVATIONS,
+    PROJECTIONS,
+    ExpertsSpec,
+    ExpertWeights,
+    PreparedExperts,
+    describe_experts,
+    prepare_experts,
+)
 from wna16.formats import PackingFormat
-from wna16.groups import stored_groups
+from wna16.groups import stored_groups, trivial_g_idx
 from wna16.packing import packed_rows
 from wna16.partition import Shard
 from wna16.protocol import ACTIVATION_DTYPES, LayerSpec, PreparedLinear
-from wna16.registry import select
+from wna16.registry import select, select_experts
+from wna16.weight import QuantizedWeight
 
 METHOD = "wna16"
 """The name users pass as ``quantization=``."""
@@ -165,6 +180,17 @@ def stored_tensors(layer_quant: LayerQuant) -> tuple[str, ...]:
         zero = () if layer_quant.scheme.sym else ("weight_zero_point",)
         return names + zero + (("weight_g_idx",) if layer_quant.act_order else ())
     return ("qweight", "qzeros", "scales", "g_idx")
+
+
+def column_slice(role: str, layer_quant: LayerQuant, n: int, where: str) -> tuple[int, int]:
+    """(dim, size) of one column-parallel rank's cut of the checkpoint tensor ``role`` (GPTQ or AWQ layout) of a layer
+    whose rank serves ``n`` output columns: codes and scales hold N as is, GPTQ ``qzeros`` pack it ``32 // bits`` to
+    an int32, AWQ ``qweight``/``qzeros`` 8 to an int32. The rank takes ``narrow(dim, rank * size, size)``."""
+    if role == "scales" or (role == "qweight" and layer_quant.packed_format is not PackingFormat.AWQ):
+        return 1, n
+    if layer_quant.packed_format is PackingFormat.AWQ:
+        return 1, n // 8
+    return 1, packed_rows(n, layer_quant.scheme.bits, where)
 
 
 @register_weight_loader_v2_supported_method
@@ -406,14 +432,7 @@ class Wna16FusedMethod(LinearMethodBase):
             if shard_id in ("k", "v"):
                 rank //= int(getattr(layer, "num_kv_head_replicas", 1))
             n = self._sizes[index]
-            if role == "weight":
-                dim, size = 0, n
-            elif lq is None or role == "scales" or (role == "qweight" and lq.packed_format is not PackingFormat.AWQ):
-                dim, size = 1, n
-            else:  # N-packed: GPTQ qzeros (bits per value), AWQ qweight / qzeros (8 per int32)
-                awq = lq.packed_format is PackingFormat.AWQ
-                size = n // 8 if awq else packed_rows(n, lq.scheme.bits, f"{name}.{role}")
-                dim = 1
+            dim, size = (0, n) if lq is None else column_slice(role, lq, n, f"{name}.{role}")
             if loaded.dim() <= dim or loaded.shape[dim] < (rank + 1) * size:
                 raise FusedModuleError(
                     f"{self.prefix}: part {name}.{role} has shape {list(loaded.shape)}, cannot take rank {rank}'s "
@@ -475,6 +494,198 @@ class Wna16FusedMethod(LinearMethodBase):
         outs = [s(x) if not isinstance(s, torch.Tensor) else torch.nn.functional.linear(x, s) for s in self._served]
         out = torch.cat(outs, dim=-1)
         return out if bias is None else out + bias
+
+
+EXPERT_SHARDS: dict[str, int] = {"w1": 0, "w3": 1, "w2": 2}
+"""vLLM's shard ids of an expert's linears -> their index in :data:`wna16.experts.PROJECTIONS` (gate, up, down)."""
+
+
+def row_slice(role: str, layer_quant: LayerQuant, shard: Shard, k: int, where: str) -> tuple[int, int]:
+    """(start, size) along dim 0 of one row-parallel rank's cut of the checkpoint tensor ``role`` (GPTQ or AWQ layout)
+    of a layer whose rank serves rows ``[shard.k_start, shard.k_start + k)``: GPTQ ``qweight`` packs K into int32
+    rows, AWQ ``qweight`` keeps K as is, ``qzeros``/``scales`` keep the groups :meth:`Shard.groups` says the slice
+    stores (all of them under act order), ``g_idx`` its rows."""
+    scheme = layer_quant.scheme
+    if role in ("qzeros", "scales"):
+        kept = shard.groups(scheme, k, layer_quant.act_order)
+        return kept.start, len(kept)
+    if role == "qweight" and layer_quant.packed_format is not PackingFormat.AWQ:
+        return packed_rows(shard.k_start, scheme.bits, where), packed_rows(k, scheme.bits, where)
+    return shard.k_start, k
+
+
+class Wna16ExpertsMethod(FusedMoEMethodBase):
+    """vLLM's routed experts (``RoutedExperts``) of a checkpoint that stores every expert as three quantized linears
+    (``experts.<e>.gate_proj`` / ``up_proj`` / ``down_proj``, as AutoRound writes them), served by
+    :mod:`wna16.experts`: one experts block prepared by the backend :func:`wna16.registry.select_experts` picks (its
+    own experts kernel, or the generic path over its per-expert layers), called with vLLM's routing (the top-k ids
+    and weights its router computed, renormalised as the model config says).
+
+    Each expert's tensors differ from vLLM's stacked ``w13_*``/``w2_*`` parameters in layout (and may differ in
+    scheme between experts), so one placeholder parameter per tensor name carries a loader that keeps this rank's
+    cut of each expert's tensor: tensor parallelism splits the experts' intermediate size, gate/up by columns
+    (:func:`column_slice`), down by rows (:func:`row_slice`, the groups a K-slice stores); the routed output is a
+    partial sum that vLLM's MoE runner all-reduces. Expert parallelism, biases, activations other than SiLU and
+    routing weights applied to the input are refused when the layer is built.
+    """
+
+    def __init__(self, moe: Any, experts: tuple[LayerQuant, ...], prefix: str) -> None:
+        super().__init__(moe)
+        self.experts = experts
+        self.prefix = prefix
+        self.backend_name = ""
+        self.fused = False
+        self.prepared: PreparedExperts | None = None
+        self._loaded: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._sizes = (0, 0)  # (hidden, intermediate per partition)
+        self._dtype = torch.float16
+        self._device = torch.device("cpu")
+
+    def _name(self, expert: int, projection: int) -> str:
+        return f"{self.prefix}.{expert}.{PROJECTIONS[projection]}"
+
+    def _refusals(self, layer: torch.nn.Module) -> list[str]:
+        parallel = self.moe.moe_parallel_config
+        reasons = []
+        if parallel.use_ep:
+            reasons.append(f"expert parallelism (ep_size {parallel.ep_size}) is not served: every rank holds all "
+                           "experts")  # fmt: skip
+        if str(getattr(layer.activation, "value", layer.activation)) not in ACTIVATIONS:
+            reasons.append(f"activation {layer.activation} not served (serves {list(ACTIVATIONS)})")
+        if self.moe.has_bias:
+            reasons.append("expert biases are not served")
+        if getattr(layer, "apply_router_weight_on_input", False):
+            reasons.append("routing weights applied to the experts' input are not served")
+        if self.moe.num_local_experts * 3 != len(self.experts):
+            reasons.append(f"{self.moe.num_local_experts} local experts, the config resolves {len(self.experts) // 3}")
+        return reasons
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size_per_partition: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        """One placeholder parameter per checkpoint tensor name (``w13_qweight`` for gate/up, ``w2_qweight`` for down,
+        ...), each with this method's per-expert loader."""
+        reasons = self._refusals(layer)
+        if reasons:
+            raise UnsupportedError(f"{self.prefix}: quantized experts", reasons)
+        self._sizes, self._dtype = (hidden_size, intermediate_size_per_partition), params_dtype
+        self._device = torch.empty(0).device  # vLLM builds the model under its device context
+        roles = sorted({role for lq in self.experts for role in stored_tensors(lq)})
+        for stem in ("w13", "w2"):
+            for role in roles:
+                param = torch.nn.Parameter(torch.empty(0, dtype=torch.int32), requires_grad=False)
+                set_weight_attrs(param, {"weight_loader": self._loader(layer, role)})
+                layer.register_parameter(f"{stem}_{role}", param)
+
+    def _loader(self, layer: Any, role: str) -> Any:
+        def load(
+            param: torch.nn.Parameter,
+            loaded_weight: torch.Tensor,
+            weight_name: str,
+            shard_id: str,
+            expert_id: int,
+            return_success: bool = False,
+        ) -> bool | None:
+            local = int(layer._map_global_expert_id_to_local_expert_id(expert_id))
+            if local < 0:  # not this rank's expert (kept for vLLM's contract; expert parallelism is refused)
+                return False if return_success else None
+            projection = EXPERT_SHARDS[shard_id]
+            piece = self._cut(local, projection, role, loaded_weight)
+            if piece is not None:
+                self._loaded.setdefault((local, projection), {})[role] = piece
+            return True if return_success else None
+
+        return load
+
+    def _cut(self, expert: int, projection: int, role: str, loaded: torch.Tensor) -> torch.Tensor | None:
+        """The rank's part of one expert's checkpoint tensor, on the model's device (scales in float32); ``None``
+        for a ``g_idx`` that carries nothing (:meth:`_act_order`)."""
+        lq, name = self.experts[expert * 3 + projection], self._name(expert, projection)
+        hidden, inter = self._sizes
+        parallel = self.moe.moe_parallel_config
+        rank, world = int(parallel.tp_rank), int(parallel.tp_size)
+        where = f"{name}.{role}"
+        if role == "g_idx" and not self._act_order(lq, name, loaded, hidden if projection < 2 else inter * world):
+            return None
+        if projection < 2:  # gate/up: column parallel over the intermediate size
+            dim, size = (0, hidden) if role == "g_idx" else column_slice(role, lq, inter, where)
+            start = 0 if role == "g_idx" else rank * size
+        else:  # down: row parallel over the intermediate size
+            shard = Shard.row_parallel(inter * world, hidden, rank, world)
+            problems = shard.problems(inter, hidden, lq.scheme.group_size, lq.scheme.bits, lq.act_order)
+            if problems:
+                raise UnsupportedError(f"{name}: rank {rank} of {world}", problems)
+            dim, (start, size) = 0, row_slice(role, lq, shard, inter, where)
+        if loaded.dim() <= dim or loaded.shape[dim] < start + size:
+            raise CheckpointError(
+                f"{where}: shape {list(loaded.shape)} cannot give rank {rank} of {world} the range "
+                f"[{start}, {start + size}) of dim {dim} ({lq})"
+            )
+        piece = loaded.narrow(dim, start, size)
+        dtype = torch.float32 if role == "scales" else torch.int32
+        return piece.to(self._device, dtype).contiguous()
+
+    @staticmethod
+    def _act_order(lq: LayerQuant, name: str, loaded: torch.Tensor, k: int) -> bool:
+        """Whether the expert's ``g_idx`` is kept: under act order. An export without act order may ship the trivial
+        one, which is dropped (a K-slice's kept groups are then indexed from 0); a non-trivial one under
+        ``desc_act: false`` is refused, as its K-slices would need every group's scales."""
+        if lq.act_order:
+            return True
+        if loaded.shape == (k,) and torch.equal(loaded.to(torch.int32), trivial_g_idx(k, lq.scheme, loaded.device)):
+            return False
+        raise CheckpointError(f"{name}.g_idx: not the trivial group index of {k} rows, yet the config says no act "
+                              "order")  # fmt: skip
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Each expert's three linears from this rank's loaded cuts (checked complete), one experts block prepared
+        by the selected backend; the placeholders released."""
+        hidden, inter = self._sizes
+        weights: list[list[QuantizedWeight]] = [[], [], []]
+        for e in range(self.moe.num_local_experts):
+            for p in range(3):
+                lq, name = self.experts[e * 3 + p], self._name(e, p)
+                tensors = self._loaded.get((e, p), {})
+                required = [r for r in stored_tensors(lq) if r != "g_idx" or lq.act_order]
+                missing = [r for r in required if r not in tensors]
+                if missing:
+                    raise CheckpointError(f"{name}: not loaded (missing {missing}; {lq})")
+                k, n = (hidden, inter) if p < 2 else (inter, hidden)
+                weights[p].append(lq.packed_format.layout.unpack(tensors, lq.scheme, k, n, prefix=f"{name}."))
+        experts = ExpertWeights(*(tuple(ws) for ws in weights))
+        spec = ExpertsSpec.of(experts, int(self.moe.experts_per_token), self._dtype, device=self._device)
+        backend, support, _ = select_experts(spec)
+        self.prepared = prepare_experts(backend, experts, spec)
+        self.backend_name, self.fused = backend.name, support.fused
+        for role in [name for name, _ in layer.named_parameters(recurse=False) if name.startswith(("w13_", "w2_"))]:
+            delattr(layer, role)
+        self._loaded = {}
+        logger.debug("%s: %s served by wna16 backend %r", self.prefix, describe_experts(spec), self.backend_name)
+
+    def get_fused_moe_quant_config(self, layer: torch.nn.Module) -> None:
+        """No vLLM modular kernel runs these experts: wna16's prepared block computes them."""
+        return None
+
+    def apply(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        shared_experts: Any,
+        shared_experts_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The routed experts' weighted sum for every token of ``x`` (this rank's partial sum under tensor
+        parallelism). Shared experts are run by vLLM's MoE runner, not here (no modular kernel overlaps them)."""
+        if self.prepared is None:
+            raise UnsupportedError(self.prefix, ("apply called before process_weights_after_loading",))
+        return self.prepared(x, topk_ids, topk_weights.to(x.dtype))
 
 
 class Wna16Config(QuantizationConfig):
@@ -554,12 +765,38 @@ class Wna16Config(QuantizationConfig):
                 raise UnsupportedError(prefix, ("a quantized lm_head is not served by wna16's vLLM integration",))
             return None
         if isinstance(layer, RoutedExperts):
-            if self.resolve(prefix) is not None:
-                raise UnsupportedError(
-                    prefix, ("quantized fused MoE experts are not served by wna16 (linear layers only)",)
-                )
-            return UnquantizedFusedMoEMethod(layer.moe_config)
+            experts = self.resolve_experts(prefix, int(layer.moe_config.num_experts))
+            return (
+                UnquantizedFusedMoEMethod(layer.moe_config)
+                if experts is None
+                else Wna16ExpertsMethod(layer.moe_config, experts, prefix)
+            )
         return None
+
+    def resolve_experts(self, prefix: str, num_experts: int) -> tuple[LayerQuant, ...] | None:
+        """How the experts of the routed-experts module ``prefix`` are stored, one :class:`LayerQuant` per (expert,
+        projection) in the order ``e * 3 + p`` (:data:`wna16.experts.PROJECTIONS`), or ``None`` when none is
+        quantized. Experts partly left in 16 bits, and compressed-tensors experts, are refused naming them."""
+        names = [f"{prefix}.{e}.{proj}" for e in range(num_experts) for proj in PROJECTIONS]
+        resolved = [self.resolve(name) for name in names]
+        if all(r is None for r in resolved):
+            return None
+        unquantized = [n for n, r in zip(names, resolved, strict=True) if r is None]
+        if unquantized:
+            raise UnsupportedError(
+                f"{prefix}: quantized experts",
+                (f"experts partly left unquantized are not served ({', '.join(unquantized[:6])}"
+                 f"{', ...' if len(unquantized) > 6 else ''})",),
+            )  # fmt: skip
+        layers = [r for r in resolved if isinstance(r, LayerQuant)]
+        if len(layers) != len(resolved):  # per-expert names have no fused parts: only a config naming them fused
+            raise FusedModuleError(f"{prefix}: the config resolves an expert's linear as a fused module")
+        ct = [n for n, lq in zip(names, layers, strict=True) if lq.packed_format is PackingFormat.COMPRESSED_TENSORS]
+        if ct:
+            raise UnsupportedError(
+                f"{prefix}: quantized experts", (f"compressed-tensors experts are not served ({ct[0]}, ...)",)
+            )
+        return tuple(layers)
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
         """Translate block prefixes and ``extra_config`` keys to runtime names (see :func:`runtime_remaps`).
