@@ -23,6 +23,7 @@ functional, and ``torch.library.opcheck`` (run by the conformance suite) verifie
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+
 import torch
 
 from wna16.errors import FormatError, UnsupportedError, describe
@@ -48,7 +49,8 @@ def register_kernel(name: str, device_types: Iterable[str] = (EVERY_DEVICE,)) ->
         for device in device_types:
             old = _KERNELS.get((name, device))
             if old is not None and _qualified(old) != _qualified(fn):
-                raise ValueError(f"wna16 kernel {name!r} on {device!r} is already {_qualified(old)}, not {_qualified(fn)}")
+                taken = f"wna16 kernel {name!r} on {device!r} is already {_qualified(old)}"
+                raise ValueError(f"{taken}, not {_qualified(fn)}")
             _KERNELS[name, device] = fn
         return fn
 
@@ -130,7 +132,8 @@ class PreparedOp:
         if x.dtype != self.dtype or x.dim() == 0 or x.shape[-1] != self.in_features or x.device != device:
             want = f"{str(self.dtype).removeprefix('torch.')} [..., {self.in_features}] on {device}"
             raise FormatError(f"x: got {describe(x)} on {x.device}, expected {want} (kernel {self.kernel!r})")
-        return torch.ops.wna16.linear(x, list(state), self.kernel, self.out_features, list(self.options))
+        y: torch.Tensor = torch.ops.wna16.linear(x, list(state), self.kernel, self.out_features, list(self.options))
+        return y
 
     def args(self, x: torch.Tensor) -> tuple[object, ...]:
         """The op's arguments for input ``x`` (what ``torch.library.opcheck`` takes)."""
