@@ -31,6 +31,8 @@ How it fits vLLM (0.30 and 0.32):
   forces one) and prepares it; the raw tensors are then released.
 - :meth:`Wna16LinearMethod.apply` calls the prepared backend and adds the bias vLLM passes: vLLM decides which
   tensor-parallel rank adds it (row-parallel layers pass it on rank 0 only), so backends are built without bias.
+  The prepared layer is one ``wna16::linear`` torch op (:mod:`wna16.ops`): vLLM's default, compiled mode
+  (``torch.compile(fullgraph=True)``) traces it as one node, whatever the backend's kernel does inside.
 
 vLLM-Omni: its models call ``apply_vllm_mapper`` with their ``hf_to_vllm_mapper`` like vLLM's. A layer whose runtime
 name carries the mapper's stage prefix (``thinker.``) resolves against the config remapped the way
