@@ -42,6 +42,7 @@ def measure(args: argparse.Namespace, eager: bool) -> dict[str, Any]:
         max_model_len=args.tokens + 16, max_num_seqs=max(args.batch, 1), seed=0,
     )  # fmt: skip
     start_s = time.perf_counter() - start
+    mode = llm.llm_engine.vllm_config.compilation_config.mode
     prompts = [TokensPrompt(prompt_token_ids=[(7 * i + j) % 100 + 1 for j in range(8)]) for i in range(args.batch)]
 
     def timed(tokens: int) -> float:
@@ -58,7 +59,7 @@ def measure(args: argparse.Namespace, eager: bool) -> dict[str, Any]:
         prefill, full = timed(1), timed(args.tokens)
         rates.append(args.batch * (args.tokens - 1) / max(full - prefill, 1e-9))
     return {
-        "mode": "eager" if eager else str(llm.llm_engine.vllm_config.compilation_config.mode),
+        "mode": str(getattr(mode, "name", mode)),
         "engine_start_s": round(start_s, 1),
         "decode_tokens_per_s_best": round(max(rates), 1),
         "decode_tokens_per_s_median": round(statistics.median(rates), 1),

