@@ -66,19 +66,26 @@ def reference_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], opti
     assert qweight is not None and zeros is not None and scales is not None and group is not None
     (bits,) = options
     k, n = x.shape[-1], scales.shape[1]
-    codes_per_run, words_per_run = run_length(bits)
-    chunk = chunk_rows(bits, n)
     x2 = x.reshape(-1, k).to(torch.float32)
     y = torch.zeros(x2.shape[0], n, dtype=torch.float32, device=x.device)
+    chunk = chunk_rows(bits, n)
     for start in range(0, k, chunk):
         stop = min(start + chunk, k)
-        words = qweight[start * words_per_run // codes_per_run : -(-stop * words_per_run // codes_per_run)]
-        codes = unpack_rows(words, bits).to(torch.float32)[: stop - start]
-        rows = group[start:stop]
-        y += x2[:, start:stop] @ (scales[rows].to(torch.float32) * (codes - zeros[rows].to(torch.float32)))
+        y += x2[:, start:stop] @ dequantize_rows(qweight, zeros, scales, group[start:stop], bits, start)
     if bias is not None:
         y += bias
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def dequantize_rows(
+    qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: torch.Tensor, bits: int, start: int
+) -> torch.Tensor:
+    """float32 [R, N]: the ``R = len(group)`` rows of ``W^T`` from row ``start`` (a multiple of the packing run),
+    ``scale * (code - zero)`` per element with each row's own group."""
+    codes_per_run, words_per_run = run_length(bits)
+    first, stop = start * words_per_run // codes_per_run, -(-(start + len(group)) * words_per_run // codes_per_run)
+    codes = unpack_rows(qweight[first:stop], bits).to(torch.float32)[: len(group)]
+    return scales[group].to(torch.float32) * (codes - zeros[group].to(torch.float32))
 
 
 def chunk_rows(bits: int, out_features: int) -> int:
