@@ -6,6 +6,7 @@ import torch
 from wna16 import Capability, FormatError, LayerSpec, Registry, Scheme, UnsupportedError, quantize_rtn
 from wna16.formats import GPTQ_V1
 from wna16.nn import QuantLinear
+from wna16.ops import PreparedOp
 from wna16.protocol import Backend, PreparedLinear
 from wna16.reference import dequantize
 from wna16.weight import QuantizedWeight
@@ -60,7 +61,8 @@ def test_v1_layers_save_v1() -> None:
 def test_reference_on_cpu_keeps_no_second_copy() -> None:
     m = layer()
     prepared = m._prepared
-    assert prepared.weight.qweight.data_ptr() == m._weight.qweight.data_ptr()
+    assert isinstance(prepared, PreparedOp)
+    assert prepared.state[0].data_ptr() == m._weight.qweight.data_ptr()  # qweight, as the reference binds it
 
 
 def test_to_dtype_reprepares_and_refusal_leaves_module_intact() -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from wna16.errors import UnsupportedError
+from wna16.ops import PreparedOp, register_kernel
 from wna16.protocol import Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 from wna16_reference import ReferenceBackend
@@ -49,6 +50,8 @@ class Linear:
 
 class Planted(ReferenceBackend):
     """Base of the broken backends: ``wt`` builds the (buggy) W^T; ``adds_bias`` decides about the bias."""
+
+    compile_refusal = "planted bugs of the numerics and hygiene checks are plain callables"
 
     def wt(self, weight: QuantizedWeight, spec: LayerSpec) -> torch.Tensor:
         return dequant(*parts(weight))
@@ -523,6 +526,67 @@ class FlushesSubnormalScales(Planted):
         return dequant(codes, zeros, scales, group)
 
 
+# The op contract (issue 22): bugs only the compile check sees, since eager outputs are right.
+
+OP_KERNEL = "planted.linear"
+WRITES_STATE = 1
+
+
+@register_kernel(OP_KERNEL)
+def planted_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: Sequence[int]) -> torch.Tensor:
+    """``x @ wt + b`` in float32; with the ``WRITES_STATE`` option it also writes the column sums of its output into
+    a workspace tensor of its state, although the op is declared functional."""
+    wt, bias, workspace = state
+    assert wt is not None
+    y = x.reshape(-1, x.shape[-1]).float() @ wt
+    if bias is not None:
+        y = y + bias
+    if options[0] == WRITES_STATE and workspace is not None:
+        workspace.copy_(y.sum(0))
+    return y.to(x.dtype).reshape(*x.shape[:-1], wt.shape[1])
+
+
+class OpPlanted(Planted):
+    """A correct layer through ``wna16::linear``; subclasses plant one contract bug."""
+
+    compile_refusal = ""
+    option = 0
+
+    def out_features(self, spec: LayerSpec) -> int:
+        return spec.out_features
+
+    def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
+        wt = self.wt(weight, spec).to(spec.device)
+        b = bias.float().to(spec.device) if spec.adds_bias and bias is not None else None
+        workspace = torch.zeros(spec.out_features, device=spec.device)
+        state = (wt, b, workspace)
+        return PreparedOp(OP_KERNEL, spec.in_features, self.out_features(spec), spec.dtype, state, (self.option,))
+
+
+class KernelWritesState(OpPlanted):
+    """Its kernel writes a workspace tensor of its state: a compiled graph may reorder or drop the write."""
+
+    name = "kernel-writes-state"
+    option = WRITES_STATE
+
+
+class FakeDisagrees(OpPlanted):
+    """Binds ``out_features`` padded to its 32-column tile; the kernel returns the N columns, the fake N padded: a
+    compiled model then plans for a tensor of another shape."""
+
+    name = "fake-disagrees"
+
+    def out_features(self, spec: LayerSpec) -> int:
+        return -(-(spec.out_features + 1) // 32) * 32
+
+
+class BareCallable(Planted):
+    """Right in eager, but returns a Python closure: dynamo inlines it instead of tracing one op."""
+
+    name = "bare-callable"
+    compile_refusal = ""
+
+
 BROKEN: dict[str, Callable[[], Planted]] = {
     cls.__name__: cls
     for cls in (
@@ -534,6 +598,8 @@ BROKEN: dict[str, Callable[[], Planted]] = {
         WrongFor256Rows, RaisesOnZeroRows, AssumesDenseRows, IgnoresStorageOffset, ActivationsThroughFp16,
         BiasBytesAsActivationDtype, ReusesOutputBuffer, CachesByShape, StaleGraphReplay, RoundsScalesInPlace,
         Bf16AccumReturnsZerosAtLargeK, Fp32BiasRoundedToBf16, FlushesSubnormalScales,
+        # issue 22: the op contract of compiled engines
+        KernelWritesState, FakeDisagrees, BareCallable,
     )
 }  # fmt: skip
 """Every broken backend the suite must catch (the crashing one is tested on its own, under xdist)."""

@@ -30,17 +30,20 @@ def made(request: pytest.FixtureRequest) -> Made:
 
 @pytest.fixture(scope="session")
 def serve(made: Made) -> Iterator[Serve]:
-    """``serve(case, quantization, dtype)``: the engine's results, computed once per session."""
-    cache: dict[tuple[str, str | None, str], Served] = {}
+    """``serve(case, quantization, dtype, eager=False)``: the engine's results, computed once per session."""
+    cache: dict[tuple[str, str | None, str, bool], Served] = {}
 
-    def get(case: str, quantization: str | None, dtype: str) -> Served:
-        key = (case, quantization, dtype)
+    def get(case: str, quantization: str | None, dtype: str, eager: bool = False) -> Served:
+        key = (case, quantization, dtype, eager)
         if key not in cache:
-            cache[key] = run_engine(made.path(case), made.prompts, quantization, dtype)
+            cache[key] = run_engine(made.path(case), made.prompts, quantization, dtype, eager=eager)
         return cache[key]
 
     yield get
     report = ROOT / "reports" / "vllm-engines.json"
     report.parent.mkdir(exist_ok=True)
-    starts = {f"{c} quantization={q} dtype={d}": round(s.start_s, 2) for (c, q, d), s in cache.items()}
+    starts = {
+        f"{c} quantization={q} dtype={d} {'eager' if e else s.compilation_mode}": round(s.start_s, 2)
+        for (c, q, d, e), s in cache.items()
+    }
     report.write_text(json.dumps({"vllm": VLLM_VERSION, "engine_start_s": starts}, indent=1) + "\n")

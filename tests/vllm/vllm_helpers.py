@@ -6,9 +6,11 @@ run without them fails at collection; nothing here skips.
 - ``made``: the checkpoints and ``reference.json`` of ``make_reference.py``, made once in a subprocess and cached in
   pytest's cache folder (keyed by the sources that make them and the tools' versions); ``WNA16_VLLM_CHECKPOINTS=DIR``
   uses (or fills) DIR instead.
-- ``serve``: one vLLM engine per (checkpoint, quantization, dtype), CPU, ``enforce_eager``, token-ID prompts with
+- ``serve``: one vLLM engine per (checkpoint, quantization, dtype, eager), CPU, token-ID prompts with
   ``skip_tokenizer_init``, full prompt log-probabilities; each engine is torn down before the next starts, and its start
-  time is recorded in ``reports/vllm-engines.json``.
+  time is recorded in ``reports/vllm-engines.json``. Engines run in vLLM's default mode (compiled: ``torch.compile``
+  traces the model, wna16's layers as ``wna16::linear`` ops), as users run vLLM; ``eager=True`` (``enforce_eager``) is
+  the one comparison case.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Served:
     next_tokens: list[int]
     methods: dict[str, tuple[str, str]]
     start_s: float
+    compilation_mode: str
 
 
 def _layer_methods(model: Any) -> dict[str, tuple[str, str]]:
@@ -93,9 +96,14 @@ def _dense(entry: dict[int, Any]) -> list[float]:
 
 
 def run_engine(
-    path: Path, prompts: list[list[int]], quantization: str | None, dtype: str, tensor_parallel_size: int = 1
+    path: Path,
+    prompts: list[list[int]],
+    quantization: str | None,
+    dtype: str,
+    tensor_parallel_size: int = 1,
+    eager: bool = False,
 ) -> Served:
-    """Start one engine, compute, tear it down."""
+    """Start one engine (compiled unless ``eager``), compute, tear it down."""
     from vllm import LLM, SamplingParams
     from vllm.distributed import cleanup_dist_env_and_memory
     from vllm.inputs import TokensPrompt
@@ -105,7 +113,7 @@ def run_engine(
         model=str(path),
         quantization=quantization,
         dtype=dtype,
-        enforce_eager=True,
+        enforce_eager=eager,
         skip_tokenizer_init=True,
         max_model_len=64,
         max_num_seqs=4,
@@ -114,6 +122,8 @@ def run_engine(
         tensor_parallel_size=tensor_parallel_size,
     )
     start_s = time.perf_counter() - start
+    mode = llm.llm_engine.vllm_config.compilation_config.mode
+    mode_name = str(getattr(mode, "name", mode))  # CompilationMode.NONE under enforce_eager
     try:
         methods = llm.apply_model(_layer_methods)[0]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=VOCAB, detokenize=False)
@@ -124,8 +134,8 @@ def run_engine(
         del llm
         gc.collect()
         cleanup_dist_env_and_memory()
-    return Served(logprobs, next_tokens, methods, start_s)
+    return Served(logprobs, next_tokens, methods, start_s, mode_name)
 
 
-Serve = Callable[[str, str | None, str], Served]
-"""The ``serve`` fixture: ``serve(case, quantization, dtype)``."""
+Serve = Callable[..., Served]
+"""The ``serve`` fixture: ``serve(case, quantization, dtype, eager=False)``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from wna16.errors import FormatError, UnsupportedError
 from wna16.partition import shard_bias, shard_weight
 from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
-from wna16_cpu import CpuBackend, isa
+from wna16_cpu import CpuBackend, int4, isa
 from wna16_cpu.backend import FALLBACK, TUNING, _capabilities, tuning
 from wna16_cpu.int4 import CHUNK_ROWS, Int4Linear, PackedColumns, RowLayout, _convert, kernel_group
 from wna16_cpu.int8 import Int8Linear
@@ -308,18 +309,18 @@ def test_selection_follows_the_isa() -> None:
     assert isa.isa() in CpuBackend().description
 
 
-def test_layer_follows_its_crossover() -> None:
+def test_layer_follows_its_crossover(monkeypatch: pytest.MonkeyPatch) -> None:
     weight = make_weight(32, 256, Scheme(4, 128, True), seed=4)
     layer = CpuBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
     assert isinstance(layer, Int4Linear)
     calls: list[int] = []
-    original = layer.dequantized_matmul
+    original = int4.dequantized_matmul
 
-    def spy(xp: torch.Tensor) -> torch.Tensor:
+    def spy(xp: torch.Tensor, *args: Any) -> torch.Tensor:
         calls.append(xp.shape[0])
-        return original(xp)
+        return original(xp, *args)
 
-    layer.dequantized_matmul = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(int4, "dequantized_matmul", spy)
     m = layer.kernel_max_m
     layer(torch.randn(max(m, 1), 256).to(torch.bfloat16))
     layer(torch.randn(m + 1, 256).to(torch.bfloat16))

@@ -113,7 +113,7 @@ def targets(check: str) -> list[Target]:
         return [
             Target(check, edge_cell(v, bits, d), v) for v in EDGE_VARIANTS for bits in BITS for d in DTYPES
         ]  # fmt: skip
-    if check == "hygiene":
+    if check in ("hygiene", "compile"):
         return [Target(check, _family_cell(b, g, i, j)) for i, b in enumerate(BITS) for j, g in enumerate(GROUP_SIZES)]
     if check == "tensor_parallel":
         return [
@@ -132,4 +132,4 @@ EXPERTS_VARIANTS: tuple[str, ...] = (
 )  # fmt: skip
 """Routing variants of the experts check (see :mod:`wna16_conformance.experts`)."""
 
-CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel", "experts")
+CHECKS: tuple[str, ...] = ("numerics", "edges", "hygiene", "tensor_parallel", "experts", "compile")

@@ -1,4 +1,5 @@
-"""The checks of one case, independent of pytest: compute within the bound, or refuse honestly; hygiene.
+"""The checks of one case, independent of pytest: compute within the bound, or refuse honestly; hygiene; the op
+contract that compiled engines rely on.
 
 Each function returns a :class:`CaseResult` (what the report counts) and never raises for a backend's fault: a
 backend exception, a wrong dtype or a mutated input is a failed result with a message. The caller decides how to
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from wna16.errors import UnsupportedError
+from wna16.ops import PreparedOp
 from wna16.protocol import Backend, LayerSpec, PreparedLinear, describe_spec
 from wna16.tolerance import Precision, call_ratios, error_ratio
 from wna16.weight import QuantizedWeight
@@ -235,3 +237,58 @@ def hygiene(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str, multipl
     else:
         out.append(CaseResult(f"{key}|noncontiguous", SKIPPED, None, "backend declares noncontiguous_input=False"))
     return out
+
+
+class _Calls(torch.nn.Module):
+    """The smallest model around a prepared layer: what ``torch.compile`` sees in an engine."""
+
+    def __init__(self, layer: PreparedOp) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def compiled(backend: Backend, spec: LayerSpec, inputs: Inputs, key: str) -> list[CaseResult]:
+    """The ``wna16::linear`` contract (:mod:`wna16.ops`): the prepared layer is a :class:`PreparedOp`;
+    ``torch.library.opcheck`` passes on its op call with the real prepared state (schema: nothing the op is given is
+    mutated, no output aliases an input; the fake agrees with the kernel in shape, dtype, device and strides where
+    the kernel promises them; the op traces under AOT autograd with dynamic shapes); and ``torch.compile(
+    fullgraph=True, dynamic=True)`` of a module calling the layer, with no graph break, gives bitwise the eager
+    output at two row counts (every kernel is deterministic: :func:`hygiene` requires it).
+
+    A backend that declares ``compile_refusal`` is recorded as skipped with its reason, never passed."""
+    support = backend.check(spec)
+    if not support:
+        return [refusal(backend, spec, inputs, key)]
+    if backend.compile_refusal:
+        return [CaseResult(key, SKIPPED, None, f"backend declares compile_refusal: {backend.compile_refusal}")]
+    layer = prepare(backend, spec, inputs)
+    if not isinstance(layer.fn, PreparedOp):
+        message = (
+            f"prepared layer is a {type(layer.fn).__name__}, not a wna16.ops.PreparedOp: compiled engines cannot "
+            "trace it as one op (return a PreparedOp, backends/README.md, or declare compile_refusal)"
+        )
+        return [CaseResult(key, FAILED, None, message)]
+    xs = [laid_out(x, inputs.layout, spec.device) for x in (inputs.x, inputs.later[-1])]
+    try:
+        torch.library.opcheck(torch.ops.wna16.linear.default, layer.fn.args(xs[0]))
+    except Exception as exc:
+        return [CaseResult(f"{key}|opcheck", FAILED, None, f"opcheck: {type(exc).__name__}: {exc}")]
+    out = [CaseResult(f"{key}|opcheck", PASSED)]
+    # A fresh cache for this wrapper only (one compile per test, never the recompile limit of earlier tests); a global
+    # reset would also drop what the backend itself compiled (example-compile's kernel) and make it compile again.
+    torch._dynamo.reset_code(_Calls.forward.__code__)
+    model = torch.compile(_Calls(layer.fn), fullgraph=True, dynamic=True)
+    for i, x in enumerate(xs):
+        try:
+            got = model(x)
+        except Exception as exc:
+            message = f"torch.compile(fullgraph=True) raised {type(exc).__name__}: {str(exc)[:400]}"
+            return [*out, CaseResult(f"{key}|compiled", FAILED, None, message)]
+        want = layer.fn(x)
+        if not (got.dtype == want.dtype and _bitwise_equal(got, want)):
+            message = f"compiled output differs from eager on call {i + 1} ({x.reshape(-1, x.shape[-1]).shape[0]} rows)"
+            return [*out, CaseResult(f"{key}|compiled", FAILED, None, message)]
+    return [*out, CaseResult(f"{key}|compiled", PASSED)]

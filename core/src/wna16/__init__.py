@@ -8,8 +8,8 @@ implements (:class:`Backend`, :class:`Capability`, :class:`LayerSpec`, :class:`S
 
 Read top-down: :mod:`~wna16.scheme` -> :mod:`~wna16.packing` -> :mod:`~wna16.groups` -> :mod:`~wna16.weight` ->
 :mod:`~wna16.formats` -> :mod:`~wna16.reference` (the oracle) -> :mod:`~wna16.quantize` -> :mod:`~wna16.partition`
--> :mod:`~wna16.protocol` -> :mod:`~wna16.registry` -> :mod:`~wna16.nn` -> :mod:`~wna16.checkpoint` ->
-:mod:`~wna16.integrations`.
+-> :mod:`~wna16.protocol` -> :mod:`~wna16.ops` -> :mod:`~wna16.registry` -> :mod:`~wna16.nn` ->
+:mod:`~wna16.checkpoint` -> :mod:`~wna16.integrations`.
 """
 
 from importlib.metadata import PackageNotFoundError, version

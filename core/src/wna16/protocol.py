@@ -267,6 +267,10 @@ class Backend(abc.ABC):
     experts_capabilities: ClassVar[tuple[ExpertsCapability, ...]] = ()
     """Experts blocks this backend computes at once (see :mod:`wna16.experts`); empty: the generic per-expert path
     over this backend's own layers serves them."""
+    compile_refusal: ClassVar[str] = ""
+    """Why this backend's prepared layers are not :class:`wna16.ops.PreparedOp` calls that ``torch.compile`` traces
+    (empty: they are, and the conformance suite's ``compile`` check verifies it; else it records that check as
+    skipped with this reason)."""
     conformance_filter: ClassVar[str | None] = None
     """A TOML filter file of known gaps the conformance suite applies to this backend (a path relative to the
     directory of the module defining the class, or absolute): see conformance/README.md."""
@@ -275,7 +279,9 @@ class Backend(abc.ABC):
         """Refuse a class attribute that misspells one of the declarations above (``conformance_filters``,
         ``capabilites``): a misspelt declaration would otherwise be silently ignored."""
         super().__init_subclass__(**kwargs)
-        declared = ("name", "capabilities", "description", "conformance_filter", "experts_capabilities")
+        declared = (
+            "name", "capabilities", "description", "conformance_filter", "experts_capabilities", "compile_refusal",
+        )  # fmt: skip
         for attr, value in vars(cls).items():
             if attr in declared or callable(value) or isinstance(value, (property, staticmethod, classmethod)):
                 continue

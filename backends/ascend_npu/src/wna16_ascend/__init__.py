@@ -62,6 +62,10 @@ def npu_dequantize(weight_int: torch.Tensor, scale: torch.Tensor, offset: torch.
 class AscendBackend(Backend):
     """4- and 8-bit layers on Ascend NPUs (A2/A3 series) through ``npu_weight_quant_batchmatmul``."""
 
+    compile_refusal = (
+        "its prepared layer calls torch_npu from a Python closure, not yet a wna16::linear kernel (issue 22: no NPU "
+        "here to verify one)"
+    )
     name = "ascend"
     description = "torch_npu weight-quant batch matmul (Ascend A2/A3)"
     capabilities = (

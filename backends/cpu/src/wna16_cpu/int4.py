@@ -27,12 +27,14 @@ AVX2), so that large M and fp32 can dequantize chunks of it and call BLAS instea
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from wna16.errors import FormatError, describe
+from wna16.errors import FormatError
 from wna16.groups import regroup_rows
+from wna16.ops import PreparedOp, register_kernel
 from wna16.packing import unpack_rows
 from wna16.weight import QuantizedWeight
 
@@ -87,10 +89,15 @@ class RowLayout:
 
     def scatter(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2`` [M, K] -> contiguous [M, K_padded] in kernel row order (zeros in the padding columns)."""
-        if self.dest is None:
-            return x2.contiguous()
-        out = x2.new_zeros(x2.shape[0], self.padded_features)
-        return out.index_copy_(1, self.dest, x2)
+        return scatter(x2, self.dest, self.padded_features)
+
+
+def scatter(x2: torch.Tensor, dest: torch.Tensor | None, padded_features: int) -> torch.Tensor:
+    """:meth:`RowLayout.scatter` from the layout's call-time fields (what the op's state carries)."""
+    if dest is None:
+        return x2.contiguous()
+    out = x2.new_zeros(x2.shape[0], padded_features)
+    return out.index_copy_(1, dest, x2)
 
 
 def _convert(codes: torch.Tensor) -> torch.Tensor:
@@ -235,15 +242,21 @@ def pack_int4(weight: QuantizedWeight, param_dtype: torch.dtype) -> tuple[RowLay
     return layout, packed, sz
 
 
-class Int4Linear:
-    """The prepared 2/3/4-bit layer: ``x @ W^T + b`` from one packed copy of the codes.
+KERNEL = "cpu.int4"
+"""The name of this layer's kernel for ``wna16::linear`` (:mod:`wna16.ops`)."""
+
+
+class Int4Linear(PreparedOp):
+    """The prepared 2/3/4-bit layer: ``x @ W^T + b`` from one packed copy of the codes, computed by
+    :func:`int4_linear` through ``wna16::linear``.
 
     Two paths over the same bytes and parameters: the int4 kernel (bf16; fp16 rounded to bf16 on the way in and
     out), for ``M <= kernel_max_m``; above that, and always in fp32, the layer dequantizes chunks of the packed
     columns (:class:`PackedColumns`) in ``gemm_dtype`` (bf16 on CPUs with native bf16, else float32; float32 for fp32
     layers) and calls BLAS, accumulating in float32. ``kernel_max_m`` is the measured crossover for this ISA and GEMM
     dtype, chosen by the backend. Without a known column layout (a torch build that
-    packs differently) the kernel serves every M (a scalar loop in fp32).
+    packs differently) the kernel serves every M (a scalar loop in fp32). The fields stay named (and writable, for
+    tests that force a path): the op's state and options are read from them at each call.
     """
 
     def __init__(
@@ -254,7 +267,7 @@ class Int4Linear:
         kernel_max_m: int,
         gemm_dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.in_features, self.out_features, self.dtype = weight.in_features, weight.out_features, dtype
+        super().__init__(KERNEL, weight.in_features, weight.out_features, dtype)
         self.param_dtype = torch.float32 if dtype == torch.float32 else KERNEL_DTYPE
         self.layout, self.packed, self.sz = pack_int4(weight, self.param_dtype)
         self.shifted = shifts_codes(weight)
@@ -265,43 +278,75 @@ class Int4Linear:
             self.kernel_max_m = 1 << 62
         self.bias = None if bias is None else bias.to(torch.float32)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [..., K] in the layer's dtype, any strides; returns [..., N] in the same dtype."""
-        if x.dtype != self.dtype or x.shape[-1] != self.in_features:
-            raise FormatError(f"x: got {describe(x)}, expected {self.dtype} [..., {self.in_features}]")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] == 0:
-            y = x2.new_empty(0, self.out_features)
-        elif x2.shape[0] > self.kernel_max_m:
-            y = self.dequantized_matmul(self.layout.scatter(x2))
-        else:
-            xp = self.layout.scatter(x2.to(self.sz.dtype))  # bf16, or fp32 (scalar loop) without a known layout
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, self.packed, self.layout.block_rows, self.sz)
-        if self.bias is not None:
-            y = y.to(torch.float32) + self.bias
-        return y.to(self.dtype).reshape(*lead, self.out_features)
+    @property
+    def state(self) -> tuple[torch.Tensor | None, ...]:
+        """``(packed, sz, row destinations or None, packed column order or None, float32 bias or None)``."""
+        perm = None if self.columns is None else self.columns.perm
+        return (self.packed, self.sz, self.layout.dest, perm, self.bias)
+
+    @property
+    def options(self) -> tuple[int, ...]:
+        """``(kernel block rows, kernel_max_m, codes shifted, column block, column tail, GEMM in bf16)``."""
+        block, tail = (0, 0) if self.columns is None else (self.columns.block, self.columns.tail)
+        bf16 = int(self.gemm_dtype == torch.bfloat16)
+        return (self.layout.block_rows, self.kernel_max_m, int(self.shifted), block, tail, bf16)
 
     def dequantized_matmul(self, xp: torch.Tensor) -> torch.Tensor:
-        """[M, N] in ``gemm_dtype``: ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
-        dequantized in ``gemm_dtype`` from the packed bytes and the kernel's own parameters, a chunk of at most
-        ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU multiplies bf16 natively, with
-        float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the product with the scale is
-        rounded once, and for asymmetric 4-bit the zero term adds a second rounding (both within the declared bf16
-        parameter rounding); in float32 the product is exact for bf16/fp16 scales.
-        """
-        columns = self.columns
-        assert columns is not None
-        n, kp, gk = self.out_features, self.layout.padded_features, self.layout.block_rows
-        gemm = self.gemm_dtype
-        xg = xp.to(gemm)
-        params = self.sz[:, columns.perm].to(gemm)  # [blocks, N, 2] in packed column order
-        scale, zero = params[..., 0].unsqueeze(1).contiguous(), params[..., 1].unsqueeze(1).contiguous()
-        y = xg.new_empty(xg.shape[0], n)
-        for c0, c1, block in columns.blocks(CHUNK_BYTES // (4 * kp)):
-            w = columns.centered(self.packed, kp, c0, c1, block, gemm).view(-1, gk, c1 - c0)
-            w.mul_(scale[..., c0:c1])
-            if not self.shifted:
-                w.add_(zero[..., c0:c1])
-            y[:, c0:c1] = xg @ w.view(kp, c1 - c0)
-        return torch.empty_like(y).index_copy_(1, columns.perm, y)
+        """:func:`dequantized_matmul` of this layer (``xp`` in kernel row order)."""
+        assert self.columns is not None
+        return dequantized_matmul(xp, self.packed, self.sz, self.columns, self.layout.block_rows, self.shifted,
+                                  self.gemm_dtype)  # fmt: skip
+
+
+@register_kernel(KERNEL, ["cpu"])
+def int4_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: Sequence[int]) -> torch.Tensor:
+    """``x`` [..., K] (any strides) -> [..., N] in ``x``'s dtype, from :attr:`Int4Linear.state` and ``options``:
+    the kernel up to ``kernel_max_m`` rows, the dequantize-then-GEMM path above."""
+    packed, sz, dest, perm, bias = state
+    assert packed is not None and sz is not None
+    block_rows, kernel_max_m, shifted, block, tail, bf16 = options
+    n, padded = packed.shape[0], packed.shape[1] * 2
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        y = x2.new_empty(0, n)
+    elif x2.shape[0] > kernel_max_m:
+        assert perm is not None
+        gemm = torch.bfloat16 if bf16 else torch.float32
+        columns = PackedColumns(block, tail, perm)
+        y = dequantized_matmul(scatter(x2, dest, padded), packed, sz, columns, block_rows, bool(shifted), gemm)
+    else:
+        xp = scatter(x2.to(sz.dtype), dest, padded)  # bf16, or fp32 (scalar loop) without a known layout
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, packed, block_rows, sz)
+    if bias is not None:
+        y = y.to(torch.float32) + bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def dequantized_matmul(
+    xp: torch.Tensor,
+    packed: torch.Tensor,
+    sz: torch.Tensor,
+    columns: PackedColumns,
+    block_rows: int,
+    shifted: bool,
+    gemm: torch.dtype,
+) -> torch.Tensor:
+    """[M, N] in ``gemm``: ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
+    dequantized in ``gemm`` from the packed bytes and the kernel's own parameters, a chunk of at most
+    ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU multiplies bf16 natively, with
+    float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the product with the scale is
+    rounded once, and for asymmetric 4-bit the zero term adds a second rounding (both within the declared bf16
+    parameter rounding); in float32 the product is exact for bf16/fp16 scales.
+    """
+    n, kp, gk = packed.shape[0], packed.shape[1] * 2, block_rows
+    xg = xp.to(gemm)
+    params = sz[:, columns.perm].to(gemm)  # [blocks, N, 2] in packed column order
+    scale, zero = params[..., 0].unsqueeze(1).contiguous(), params[..., 1].unsqueeze(1).contiguous()
+    y = xg.new_empty(xg.shape[0], n)
+    for c0, c1, block in columns.blocks(CHUNK_BYTES // (4 * kp)):
+        w = columns.centered(packed, kp, c0, c1, block, gemm).view(-1, gk, c1 - c0)
+        w.mul_(scale[..., c0:c1])
+        if not shifted:
+            w.add_(zero[..., c0:c1])
+        y[:, c0:c1] = xg @ w.view(kp, c1 - c0)
+    return torch.empty_like(y).index_copy_(1, columns.perm, y)

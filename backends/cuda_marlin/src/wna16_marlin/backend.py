@@ -141,6 +141,10 @@ def kernel_refusals(marlin: VllmMarlin, spec: LayerSpec) -> list[str]:
 class MarlinBackend(Backend):
     """vLLM's Marlin W4A16/W8A16 GEMM with the layout prepared in torch (see :mod:`wna16_marlin.prepare`)."""
 
+    compile_refusal = (
+        "its prepared layer calls vLLM's Marlin GEMM from a Python callable, not yet a wna16::linear kernel (issue 22: "
+        "converting it needs a CUDA run to verify)"
+    )
     name = "marlin"
     description = "vLLM's compiled Marlin GEMM (NVIDIA); tile repack, scale/zero/bias permutation, act order in torch"
     capabilities = LazyCapabilities({"cuda"}, lambda: declared_capabilities(resolution().marlin))

@@ -3,16 +3,19 @@
 What it shows a plugin author: a backend is a ``Capability`` declaration plus ``build``; the repack happens once in
 ``build`` (here: codes unpacked to int8 [N, G, group] so that the compiled function needs no bit twiddling and every
 bit width shares one graph); the call is a small function that inductor fuses (the dequantization never materialises
-in float32). Shapes are dynamic, so the compiled graph is reused across layers and batch sizes: recompiles are
-bounded by the activation dtype and the presence of a bias (6 graphs at most), and ``RECOMPILE_LIMIT`` caps them.
+in float32), registered as this backend's kernel of the ``wna16::linear`` op (:mod:`wna16.ops`), so that a model
+compiled around the layer sees one op and the layer's own compiled function runs inside it. Shapes are dynamic, so
+the compiled graph is reused across layers and batch sizes: recompiles are bounded by the activation dtype and the
+presence of a bias (6 graphs at most), and ``RECOMPILE_LIMIT`` caps them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
+from wna16.ops import PreparedOp, register_kernel
 from wna16.protocol import ACTIVATION_DTYPES, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 
@@ -33,6 +36,8 @@ def _dequant_matmul_bias(
     return _dequant_matmul(x, codes, zeros, scales) + bias
 
 
+KERNEL = "example-compile.dequant"
+
 _compiled: dict[bool, Callable[..., torch.Tensor]] = {}
 
 
@@ -43,6 +48,19 @@ def compiled(with_bias: bool) -> Callable[..., torch.Tensor]:
         fn = _dequant_matmul_bias if with_bias else _dequant_matmul
         _compiled[with_bias] = torch.compile(fn, dynamic=True)
     return _compiled[with_bias]
+
+
+@register_kernel(KERNEL, ["cpu"])
+def compiled_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: Sequence[int]) -> torch.Tensor:
+    """``x`` [..., K] -> [..., N]: the compiled dequantize-and-matmul on the state ``build`` bound (codes, zeros,
+    scales and the bias or None)."""
+    codes, zeros, scales, bias = state
+    assert codes is not None and zeros is not None and scales is not None
+    n, k = codes.shape[0], codes.shape[1] * codes.shape[2]
+    x2 = x.reshape(-1, k)
+    fn = compiled(bias is not None)
+    y = fn(x2, codes, zeros, scales) if bias is None else fn(x2, codes, zeros, scales, bias)
+    return y.reshape(*x.shape[:-1], n)
 
 
 class CompiledBackend(Backend):
@@ -74,11 +92,4 @@ class CompiledBackend(Backend):
         zeros = weight.zeros.t().to(torch.float32).reshape(n, groups, 1).contiguous()
         scales = weight.scales.t().to(torch.float32).reshape(n, groups, 1).contiguous()
         b = bias.to(spec.dtype) if spec.adds_bias and bias is not None else None
-        fn = compiled(b is not None)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            x2 = x.reshape(-1, k)
-            y = fn(x2, codes, zeros, scales) if b is None else fn(x2, codes, zeros, scales, b)
-            return y.reshape(*x.shape[:-1], n)
-
-        return forward
+        return PreparedOp(KERNEL, k, n, spec.dtype, state=(codes, zeros, scales, b))

@@ -1,21 +1,29 @@
 """The reference backend: pure torch, every scheme, clarity over speed. Copy this file to start a backend.
 
-A backend is three things: a ``name``, its ``capabilities`` as data (what it serves), and ``build``, which turns a
-canonical weight into the backend's layout once and returns the callable that computes ``x @ W^T + b``. The base
-class checks every spec against the declaration before ``build`` is called, so ``build`` never sees a spec it did
-not claim.
+A backend is four things: a ``name``, its ``capabilities`` as data (what it serves), ``build``, which turns a
+canonical weight into the backend's layout once, and a *kernel* that computes ``x @ W^T + b`` from that layout. The
+base class checks every spec against the declaration before ``build`` is called, so ``build`` never sees a spec it
+did not claim. ``build`` returns a :class:`~wna16.ops.PreparedOp`: the layout's tensors and settings bound to the
+registered kernel's name, so that a prepared layer is one call of the ``wna16::linear`` torch op, which
+``torch.compile`` and vLLM trace without looking inside (see :mod:`wna16.ops`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from wna16.ops import PreparedOp, register_kernel
 from wna16.packing import run_length, unpack_rows
 from wna16.protocol import ACTIVATION_DTYPES, Backend, Capability, LayerSpec, PreparedLinear
 from wna16.weight import QuantizedWeight
 
 CHUNK_BYTES = 32 << 20
 """Upper bound on the float32 temporaries of one dequantized chunk of rows."""
+
+KERNEL = "reference"
+"""The name this backend's kernel is registered under (unique among installed backends: prefix it with yours)."""
 
 
 class ReferenceBackend(Backend):
@@ -41,40 +49,47 @@ class ReferenceBackend(Backend):
     )
 
     def build(self, weight: QuantizedWeight, spec: LayerSpec, bias: torch.Tensor | None) -> PreparedLinear:
-        """No repacking: the canonical layout is this backend's layout. Only move it to the device."""
-        return ReferenceLinear(
-            weight.to(spec.device), bias.to(spec.device) if spec.adds_bias and bias is not None else None
-        )
+        """No repacking: the canonical layout is this backend's layout. Only move it to the device; the bias is kept
+        in float32, where the kernel adds it."""
+        w = weight.to(spec.device)
+        b = bias.to(spec.device, torch.float32) if spec.adds_bias and bias is not None else None
+        state = (w.qweight, w.zeros, w.scales, w.group_index(), b)
+        return PreparedOp(KERNEL, w.in_features, w.out_features, spec.dtype, state, options=(w.scheme.bits,))
 
 
-class ReferenceLinear:
-    """The prepared layer: ``x @ W^T + b`` with ``W`` dequantized one chunk of input rows at a time."""
+@register_kernel(KERNEL)  # pure torch: every device type
+def reference_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: Sequence[int]) -> torch.Tensor:
+    """``x @ W^T + b`` with ``W^T`` dequantized one chunk of input rows at a time, ``scale * (code - zero)`` per
+    element in float32. ``state`` is what :meth:`ReferenceBackend.build` bound: ``qweight`` (canonical, packed along
+    K), ``zeros`` and ``scales`` [G, N], the group of each input row [K] and the float32 bias or None."""
+    qweight, zeros, scales, group, bias = state
+    assert qweight is not None and zeros is not None and scales is not None and group is not None
+    (bits,) = options
+    k, n = x.shape[-1], scales.shape[1]
+    x2 = x.reshape(-1, k).to(torch.float32)
+    y = torch.zeros(x2.shape[0], n, dtype=torch.float32, device=x.device)
+    chunk = chunk_rows(bits, n)
+    for start in range(0, k, chunk):
+        stop = min(start + chunk, k)
+        y += x2[:, start:stop] @ dequantize_rows(qweight, zeros, scales, group[start:stop], bits, start)
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None) -> None:
-        self.weight = weight
-        self.bias = None if bias is None else bias.to(torch.float32)
-        self.group = weight.group_index()  # [K]: the group of each input row
-        codes_per_run, words_per_run = run_length(weight.scheme.bits)
-        rows = CHUNK_BYTES // (4 * weight.out_features)
-        self.chunk_rows = max(codes_per_run, rows // codes_per_run * codes_per_run)
-        self.words_per_code = words_per_run / codes_per_run
 
-    def dequantize_rows(self, start: int, stop: int) -> torch.Tensor:
-        """float32 [stop - start, N]: rows ``start:stop`` of ``W^T``, i.e. ``scale * (code - zero)`` per element."""
-        w = self.weight
-        words = w.qweight[int(start * self.words_per_code) : int(stop * self.words_per_code)]
-        codes = unpack_rows(words, w.scheme.bits).to(torch.float32)
-        group = self.group[start:stop]
-        zeros = w.zeros[group].to(torch.float32)
-        scales = w.scales[group].to(torch.float32)
-        return scales * (codes - zeros)
+def dequantize_rows(
+    qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: torch.Tensor, bits: int, start: int
+) -> torch.Tensor:
+    """float32 [R, N]: the ``R = len(group)`` rows of ``W^T`` from row ``start`` (a multiple of the packing run),
+    ``scale * (code - zero)`` per element with each row's own group."""
+    codes_per_run, words_per_run = run_length(bits)
+    first, stop = start * words_per_run // codes_per_run, -(-(start + len(group)) * words_per_run // codes_per_run)
+    codes = unpack_rows(qweight[first:stop], bits).to(torch.float32)[: len(group)]
+    return scales[group].to(torch.float32) * (codes - zeros[group].to(torch.float32))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        y = torch.zeros(x2.shape[0], self.weight.out_features, dtype=torch.float32, device=x.device)
-        for start in range(0, self.weight.in_features, self.chunk_rows):
-            stop = min(start + self.chunk_rows, self.weight.in_features)
-            y += x2[:, start:stop] @ self.dequantize_rows(start, stop)
-        if self.bias is not None:
-            y += self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.weight.out_features)
+
+def chunk_rows(bits: int, out_features: int) -> int:
+    """Input rows dequantized at a time: whole packing runs (so a chunk starts on a word), about ``CHUNK_BYTES`` of
+    float32, at least one run."""
+    codes_per_run, _ = run_length(bits)
+    return max(codes_per_run, CHUNK_BYTES // (4 * out_features) // codes_per_run * codes_per_run)

@@ -71,11 +71,4 @@ class RocmBackend(Backend):
         reason = runtime.unavailable_reason(device)
         if reason:
             raise UnsupportedError(f"backend {self.name!r} cannot run on {spec.device}", [reason])
-        return TritonLinear(
-            repack(weight, device),
-            bias if spec.adds_bias else None,
-            spec.dtype,
-            device,
-            runtime.kernels(),
-            runtime.gpu_target(device),
-        )
+        return TritonLinear(repack(weight, device), bias if spec.adds_bias else None, spec.dtype)

@@ -102,6 +102,10 @@ def lowp_mode_name(dtype: torch.dtype) -> str:
 class IpexBackend(Backend):
     """IPEX weight-only linear (4-bit, GPTQ tensors), XPU first, CPU as a correct but slow fallback."""
 
+    compile_refusal = (
+        "its prepared layer is IPEX's prepacked module (opaque state, not tensors a wna16::linear kernel can take); "
+        "not converted yet (issue 22)"
+    )
     name = "ipex"
     description = "intel-extension-for-pytorch IPEXWeightOnlyQuantizedLinear (GPTQ int4), XPU and CPU"
     # On CPUs without AVX512-FP16 IPEX dequantizes the whole weight per call: rank it just above the reference.

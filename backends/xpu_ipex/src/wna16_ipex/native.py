@@ -101,6 +101,10 @@ def _op_has_xpu_kernel() -> bool:
 class XpuNativeBackend(Backend):
     """torch's XPU int4 weight-only matmul (oneDNN), for torch builds with XPU support and no IPEX."""
 
+    compile_refusal = (
+        "its prepared layer calls torch's XPU int4 op from a Python callable, not yet a wna16::linear kernel "
+        "(issue 22: no XPU here to verify one)"
+    )
     name = "xpu-native"
     description = "torch.ops.aten._weight_int4pack_mm_with_scales_and_zeros (oneDNN int4 on Intel XPU)"
     capabilities = (_rule(),)

@@ -31,6 +31,8 @@ How it fits vLLM (0.30 and 0.32):
   forces one) and prepares it; the raw tensors are then released.
 - :meth:`Wna16LinearMethod.apply` calls the prepared backend and adds the bias vLLM passes: vLLM decides which
   tensor-parallel rank adds it (row-parallel layers pass it on rank 0 only), so backends are built without bias.
+  The prepared layer is one ``wna16::linear`` torch op (:mod:`wna16.ops`): vLLM's default, compiled mode
+  (``torch.compile(fullgraph=True)``) traces it as one node, whatever the backend's kernel does inside.
 - Routed experts (vLLM's ``RoutedExperts``) whose checkpoint stores every expert as three quantized linears
   (AutoRound's ``experts.<e>.gate_proj/up_proj/down_proj``) get :class:`Wna16ExpertsMethod`: each expert's tensors
   are loaded (this rank's cut), one experts block is prepared through :mod:`wna16.experts` and called with the
