@@ -72,24 +72,34 @@ def kernel_for(name: str, device_type: str) -> KernelFn:
     return fn
 
 
-@torch.library.custom_op(
-    "wna16::linear",
-    mutates_args=(),
-    schema="(Tensor x, Tensor?[] state, str kernel, SymInt out_features, int[] options) -> Tensor",
-)
+SCHEMA = "linear(Tensor x, Tensor?[] state, str kernel, SymInt out_features, int[] options) -> Tensor"
+
+# Module-level for the life of the process: a dropped Library object unregisters what it defined.
+_LIBRARY = torch.library.Library("wna16", "FRAGMENT")  # type: ignore[no-untyped-call]
+_LIBRARY.define(SCHEMA)  # type: ignore[no-untyped-call]
+
+
 def linear(
     x: torch.Tensor, state: list[torch.Tensor | None], kernel: str, out_features: int, options: list[int]
 ) -> torch.Tensor:
-    """``x @ W^T + b`` by the kernel registered under ``kernel`` for ``x``'s device type."""
+    """``x @ W^T + b`` by the kernel registered under ``kernel`` for ``x``'s device type.
+
+    Registered through ``torch.library.Library`` (not the ``custom_op`` decorator): a call goes from the dispatcher
+    straight to this function, without ``custom_op``'s autograd and dynamo-disabling wrappers, which cost Python time
+    on every decode step and import ``torch._dynamo`` (and with it the Triton package) on the first eager call.
+    """
     return kernel_for(kernel, x.device.type)(x, state, options)
 
 
-@linear.register_fake
 def _linear_fake(
     x: torch.Tensor, state: list[torch.Tensor | None], kernel: str, out_features: int, options: list[int]
 ) -> torch.Tensor:
     """The output without computing: ``x``'s leading shape, ``out_features`` columns, ``x``'s dtype and device."""
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+_LIBRARY.impl("linear", linear, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+torch.library.register_fake("wna16::linear", _linear_fake, lib=_LIBRARY)
 
 
 class PreparedOp:
