@@ -61,6 +61,20 @@ def test_groups_and_act_order(group: int, act_order: bool) -> None:
     assert ratio(weight, torch.bfloat16, x) <= 1.0
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_wrapped_zero_points(bits: int) -> None:
+    """True zeros 0 and 2**bits (a GPTQ v1 stored zero of 2**bits - 1): the latter is one past the kernel's signed
+    zeros and goes through the per-group correction."""
+    gen = torch.Generator().manual_seed(bits)
+    k, n, group = 256, 24, 64
+    codes = torch.randint(0, 1 << bits, (k, n), generator=gen)
+    zeros = torch.where(torch.arange(4 * n).reshape(4, n) % 2 == 0, 0, 1 << bits)
+    weight = QuantizedWeight.from_codes(Scheme(bits, group, False), codes, zeros, torch.rand(4, n, generator=gen) / 8)
+    layer = AutoRoundLibBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
+    assert isinstance(layer, AutoRoundLibLinear) and layer.correction is not None
+    assert ratio(weight, torch.bfloat16, torch.randn(3, k).to(torch.bfloat16)) <= 1.0
+
+
 def test_noncontiguous_input_and_empty_batch() -> None:
     weight = make_weight(24, 256, Scheme(8, 64, False), seed=5)
     x = torch.randn(256, 3, 2).to(torch.float16).permute(1, 2, 0)

@@ -144,14 +144,17 @@ class AutoRoundLibLinear:
             codes[rows.dest, n0 : n0 + CHUNK_COLUMNS] = chunk.to(torch.int8)
             del chunk
         self.asym = not s.sym
-        zeros = weight.zeros[blocks] - half
-        if self.asym and int(zeros.max()) > 127:
-            raise UnsupportedError(
-                f"{weight.name}: zero point {int(zeros.max()) + half} of {s} does not fit auto-round-lib's int8 zeros",
-                [f"zero point {int(zeros.max()) + half} > {127 + half}"],
-            )
-        zp = zeros.to(torch.int8).contiguous() if self.asym else torch.empty(0, dtype=torch.int8)
         scales = weight.scales.to(torch.float32)[blocks].contiguous()
+        zeros = weight.zeros[blocks]
+        self.correction: torch.Tensor | None = None
+        wrapped = zeros == (1 << s.bits)  # a GPTQ v1 wrap: the true zero 2**bits is one past the signed range
+        if self.asym and bool(wrapped.any()):
+            # W = (q - 2**bits) * s = (q - (2**bits - 1)) * s - s: the kernel gets 2**bits - 1, each call adds
+            # -s times the group's activation sum (a [M, B] @ [B, N] product in float32).
+            zeros = torch.where(wrapped, (1 << s.bits) - 1, zeros)
+            self.correction = torch.where(wrapped, -scales, 0.0).contiguous()
+        zeros = zeros - half
+        zp = zeros.to(torch.int8).contiguous() if self.asym else torch.empty(0, dtype=torch.int8)
         self.weight_type = f"int{s.bits}"
         self.blob = THREADS.repack(
             kernel.repack_quantized_weight,
@@ -193,6 +196,8 @@ class AutoRoundLibLinear:
             SCALE,
             self.asym,
         )
+        if self.correction is not None:
+            y += xf.view(m, -1, self.group).sum(-1) @ self.correction
         return y.to(self.dtype).reshape(*lead, self.out_features)
 
 
