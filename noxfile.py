@@ -44,6 +44,7 @@ CPU_DISTRIBUTIONS = [
     "backends/xpu_ipex",
     "backends/rocm",
     "backends/ascend_npu",
+    "backends/autoround_lib",
     "conformance",
 ]
 
@@ -178,6 +179,7 @@ def tests(session: nox.Session) -> None:
         "backends/cuda_marlin/tests/test_marlin_layout_vllm.py",
         "backends/cuda_marlin/tests/test_marlin_cuda.py",
         "backends/xpu_ipex/tests/test_ipex_backend.py",
+        "backends/autoround_lib/tests/test_autoround_lib_backend.py",
     ]
     ignore = [f"--ignore={path}" for path in elsewhere]
     run_in(session, python, "-m", "pytest", *paths, "-n", "2", "-m", marks, *ignore, *session.posargs)
@@ -510,6 +512,29 @@ def ipex_tests(session: nox.Session, python: Path) -> None:
     run_in(session, python, "-m", "pytest", tests, "-q", "-p", "no:cacheprovider", env={"WNA16_REQUIRE_IPEX": "1"})
 
 
+# auto-round-lib (Intel's CPU/XPU weight-only kernels): its own environment, so that the shared CPU one (and every
+# session on it) keeps choosing among the in-tree backends only. Torch stays pinned through a constraints file: the
+# wheel requires torch >= 2.13 and pip would otherwise be free to pull another (CUDA) torch.
+AUTOROUND_LIB = os.environ.get("WNA16_AUTOROUND_LIB", "auto-round-lib==0.16.0")
+
+
+def autoround_lib_env(session: nox.Session) -> Path:
+    """torch 2.13 CPU, auto-round-lib, core, the reference and cpu backends (its tests compare selection with cpu),
+    the autoround-lib backend and the suite."""
+    constraints = ROOT / ".nox" / "autoround-lib-constraints.txt"
+    constraints.parent.mkdir(exist_ok=True)
+    constraints.write_text(shlex.split(TORCH)[0] + "\n")
+    dists = ("core", "backends/reference", "backends/cpu", "backends/autoround_lib", "conformance")
+    editable = [a for d in dists for a in ("-e", str(ROOT / d))]
+    return shared_env(session, "autoround-lib", ["-c", str(constraints), AUTOROUND_LIB, *editable, *TEST_DEPS])
+
+
+def autoround_lib_tests(session: nox.Session, python: Path) -> None:
+    """The autoround-lib backend's own tests (oracle, thread-count guard, selection against cpu)."""
+    tests = str(ROOT / "backends" / "autoround_lib" / "tests")
+    run_in(session, python, "-m", "pytest", tests, "-n", "2", "-q", "-p", "no:cacheprovider")
+
+
 # OPENBLAS_NUM_THREADS=1: the Triton interpreter runs every tl.dot through numpy, whose OpenBLAS threads, spinning
 # against two xdist workers on two cores, made one M=80 call take 2.6 s instead of 0.14 s (measured).
 TRITON_INTERPRETER = {"TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -537,6 +562,10 @@ class Target:
 
 
 TARGETS: tuple[Target, ...] = (
+    Target("conformance-autoround-lib",
+           "The suite against `autoround-lib` (auto-round-lib's CPU kernels, torch 2.13), then the backend's tests.",
+           (Suite("autoround-lib", workers=2, min_passed=1000, no_skips=True),),
+           autoround_lib_env, ("cpu",), after=autoround_lib_tests),
     Target("conformance-ipex", "The suite against `ipex` on CPU (torch 2.8 + IPEX 2.8), then the backend's tests.",
            (Suite("ipex", min_passed=100, no_skips=True),), ipex_cpu_env, ("cpu",), after=ipex_tests),
     Target("conformance-rocm-interpreter",

@@ -10,17 +10,21 @@ cache (a model with many layers does not find its weights in cache):
 - ``stream``: a read-only float32 ``amax`` over a buffer of 8x the LLC; ``roofline`` = the layer's resident bytes
   (packed codes + parameters) / the best stream bandwidth of the run at the same thread count.
 - ``reference`` (4096x4096 w4 sym, M = 1 only: it is 100x slower): the reference backend.
-- ``auto_round_lib``: when the module ``auto_round_kernel`` imports; otherwise the report says it is absent.
+- ``autoround_lib``: the ``autoround-lib`` backend (auto-round-lib's CPU kernel behind wna16) when it is available,
+  otherwise the report says why. Its kernel partitions work for OpenMP's initial thread count and the backend gives
+  every call that many threads, so one-thread cells measure it only when the process starts with
+  ``OMP_NUM_THREADS=1`` (else the column is left out and the report says so).
 
 On a shared machine wall time measures the load as much as the code: for one thread the report uses *thread CPU
 time* (``time.thread_time``: time actually on a core), for all threads the wall time, both the median over rounds,
 and records the load average at start and end. Ratios are per round, then the median.
 
-    python ci/bench/bench_cpu.py [--full] [--json reports/bench_cpu.json]
+    OMP_NUM_THREADS=1 python ci/bench/bench_cpu.py [--full | --quick] [--json reports/bench_cpu.json]
 
 The default set (a few minutes on 2 loaded cores): 4096x4096 every bits x sym, bf16 and fp16, M in {1, 4, 16, 64,
 128, 512}, one thread; w4 sym for 4096x11008 and 11008x4096; all threads for 4096x4096 w4 sym. ``--full`` runs every
-shape x scheme at both thread counts.
+shape x scheme at both thread counts; ``--quick`` only 4096x4096, one thread, w4 sym, w2 asym and w8 asym, M in {1,
+16, 128} (what a loaded shared machine can measure in minutes).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ import torch.nn.functional as F
 
 from wna16 import LayerSpec, QuantizedWeight, Scheme, quantize_rtn
 from wna16.reference import dequantize
+from wna16_autoround_lib import AutoRoundLibBackend
+from wna16_autoround_lib.backend import THREADS as AUTOROUND_THREADS
 from wna16_cpu import CpuBackend, isa
 from wna16_cpu.int4 import Int4Linear
 from wna16_cpu.int8 import Int8Linear
@@ -116,16 +122,25 @@ def make_weight(k: int, n: int, scheme: Scheme) -> QuantizedWeight:
     return quantize_rtn(torch.randn(n, k, generator=gen) * 0.02, scheme, scale_dtype=torch.float16)
 
 
-def auto_round_lib() -> str | None:
-    try:
-        import auto_round_kernel  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return None
-    return "installed but not wired into this benchmark yet"
+def auto_round_lib(threads: int) -> str | None:
+    """Why the ``autoround-lib`` column is left out at ``threads`` threads, or None when it is measured."""
+    available = AutoRoundLibBackend().available("cpu")
+    if not available:
+        return available.reason
+    if AUTOROUND_THREADS.pool > threads:
+        return f"its kernel runs {AUTOROUND_THREADS.pool} threads here: start with OMP_NUM_THREADS={threads}"
+    return None
 
 
 def bench_cell(
-    k: int, n: int, scheme: Scheme, dtype_name: str, threads: int, cache: int, stream: torch.Tensor
+    k: int,
+    n: int,
+    scheme: Scheme,
+    dtype_name: str,
+    threads: int,
+    cache: int,
+    stream: torch.Tensor,
+    ms: tuple[int, ...] = MS,
 ) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     dtype = DTYPES[dtype_name]
@@ -140,20 +155,21 @@ def bench_cell(
     dense = dequantize(weight).to(dtype)
     denses = [dense] + [dense.clone() for _ in range(max(1, math.ceil(4 * cache / (dense.numel() * 2))) - 1)]
     stream_bytes = stream.numel() * stream.element_size()
+    peer = None if auto_round_lib(threads) else AutoRoundLibBackend().prepare(weight, spec)
+    peers = [] if peer is None else copies(peer, max(1, math.ceil(4 * cache / resident_bytes(peer))))
     clock = time.thread_time if threads == 1 else time.perf_counter
     rows = []
-    for m in MS:
+    for m in ms:
         x = torch.randn(m, k).to(dtype)
         path = "kernel" if m <= layer.kernel_max_m else "gemm"
-        samples = interleaved(
-            {
-                "cpu": lambda i, x=x: layers[i % len(layers)](x),
-                "dense": lambda i, x=x: F.linear(x, denses[i % len(denses)]),
-                "stream": lambda i: torch.amax(stream),
-            },
-            ROUNDS,
-            clock,
-        )
+        methods: dict[str, Callable[[int], object]] = {
+            "cpu": lambda i, x=x: layers[i % len(layers)](x),
+            "dense": lambda i, x=x: F.linear(x, denses[i % len(denses)]),
+            "stream": lambda i: torch.amax(stream),
+        }
+        if peers:
+            methods["autoround_lib"] = lambda i, x=x: peers[i % len(peers)](x)
+        samples = interleaved(methods, ROUNDS, clock)
         cpu, dense_s, stream_s = samples["cpu"], samples["dense"], samples["stream"]
         roofline = layer_bytes * min(stream_s) / stream_bytes
         row: dict[str, Any] = {
@@ -168,6 +184,11 @@ def bench_cell(
             "roofline_fraction": roofline / min(cpu),
             "clock": "thread_time" if threads == 1 else "wall",
         }  # fmt: skip
+        if peers:
+            arl = samples["autoround_lib"]
+            row["autoround_lib_ms"] = statistics.median(arl) * 1e3
+            row["autoround_lib_x_dense"] = statistics.median(d / a for d, a in zip(dense_s, arl, strict=True))
+            row["cpu_x_autoround_lib"] = statistics.median(a / c for a, c in zip(arl, cpu, strict=True))
         if (k, n, str(scheme), m) == (4096, 4096, "w4g128sym", 1) and dtype_name == "bf16":
             ref = ReferenceBackend().prepare(weight, spec)
             t0 = clock()
@@ -177,8 +198,17 @@ def bench_cell(
     return rows
 
 
-def plan(full: bool, all_threads: int) -> list[tuple[int, int, Scheme, str, int]]:
+QUICK_SCHEMES = ("w4g128sym", "w2g128asym", "w8g128asym")
+QUICK_MS = (1, 16, 128)
+
+
+def plan(full: bool, all_threads: int, quick: bool = False) -> list[tuple[int, int, Scheme, str, int]]:
     w4 = Scheme(4, GROUP, True)
+    if quick:
+        chosen = [s for s in SCHEMES if str(s) in QUICK_SCHEMES]
+        return [
+            (4096, 4096, s, d, 1) for s in sorted(chosen, key=lambda s: QUICK_SCHEMES.index(str(s))) for d in DTYPES
+        ]
     cells = []
     for threads in sorted({1, all_threads}):
         for k, n in SHAPES:
@@ -194,13 +224,16 @@ def plan(full: bool, all_threads: int) -> list[tuple[int, int, Scheme, str, int]
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| threads | K x N | scheme | dtype | M | path | cpu ms | dense ms | x dense | roofline ms | % roofline |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| threads | K x N | scheme | dtype | M | path | cpu ms | dense ms | autoround-lib ms | x dense | "
+        "x autoround-lib | roofline ms | % roofline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        arl = f"{r['autoround_lib_ms']:.2f}" if "autoround_lib_ms" in r else "-"
+        vs = f"{r['cpu_x_autoround_lib']:.2f}" if "cpu_x_autoround_lib" in r else "-"
         lines.append(
             f"| {r['threads']} | {r['k']}x{r['n']} | {r['scheme']} | {r['dtype']} | {r['m']} | {r['path']} | "
-            f"{r['cpu_ms']:.2f} | {r['dense_ms']:.2f} | {r['x_dense']:.2f} | {r['roofline_ms']:.2f} | "
+            f"{r['cpu_ms']:.2f} | {r['dense_ms']:.2f} | {arl} | {r['x_dense']:.2f} | {vs} | {r['roofline_ms']:.2f} | "
             f"{100 * r['roofline_fraction']:.0f}% |"
         )
     return "\n".join(lines)
@@ -237,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="reports/bench_cpu.json", help="where to write the JSON report")
     parser.add_argument("--full", action="store_true", help="every shape x scheme at both thread counts")
+    parser.add_argument("--quick", action="store_true", help="4096x4096, one thread, three schemes, M 1/16/128")
     parser.add_argument("--render", metavar="JSON", help="print the README tables of an earlier report and exit")
     args = parser.parse_args(argv)
     if args.render:
@@ -257,18 +291,21 @@ def main(argv: list[str] | None = None) -> int:
         "all_threads": all_threads,
         "llc_mib": cache >> 20,
         "load_average_start": load_start,
-        "peers": {"auto_round_lib": auto_round_lib() or "not installed"},
+        "peers": {"autoround_lib": {t: auto_round_lib(t) or "measured" for t in sorted({1, all_threads})}},
+        "mode": "quick" if args.quick else "full" if args.full else "default",
         "goals": GOALS,
         "rows": [],
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = report["rows"]
-    for k, n, scheme, dtype_name, threads in plan(args.full, all_threads):
-        rows += bench_cell(k, n, scheme, dtype_name, threads, cache, stream)
-        last = rows[-len(MS) :]
+    ms = QUICK_MS if args.quick else MS
+    for k, n, scheme, dtype_name, threads in plan(args.full, all_threads, args.quick):
+        rows += bench_cell(k, n, scheme, dtype_name, threads, cache, stream, ms)
+        last = rows[-len(ms) :]
         print(f"# {threads}t {k}x{n} {scheme} {dtype_name}: " + ", ".join(
-            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']})" for r in last), file=sys.stderr, flush=True)  # fmt: skip
+            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']}) arl x{r.get('autoround_lib_x_dense', float('nan')):.2f}"
+            for r in last), file=sys.stderr, flush=True)  # fmt: skip
         report.update(load_average_end=os.getloadavg()[0], seconds=round(time.perf_counter() - started, 1))
         path.write_text(json.dumps(report, indent=2) + "\n")  # after every cell: a partial run keeps its rows
     print(f"# CPU backend benchmark: {report['cpu']}, ISA {report['isa']}, torch {report['torch']}, "

@@ -259,8 +259,6 @@ def test_int8_full_range_codes_are_exact(m: int) -> None:
     [
         (Scheme(4, 16, True), 32, 256, "group size 16 not supported"),
         (Scheme(3, 48, True), 32, 288, "group size 48 not supported"),
-        (Scheme(4, 128, True), 40, 256, "out_features 40 is not a multiple of 16"),
-        (Scheme(2, 128, False), 24, 256, "out_features 24 is not a multiple of 16"),
     ],
 )
 def test_refusals(scheme: Scheme, n: int, k: int, needle: str) -> None:
@@ -271,6 +269,26 @@ def test_refusals(scheme: Scheme, n: int, k: int, needle: str) -> None:
     weight = make_weight(n, k, scheme)
     with pytest.raises(UnsupportedError):
         CpuBackend().prepare(weight, spec)
+
+
+@pytest.mark.parametrize(("bits", "sym", "n"), [(4, True, 40), (4, False, 1), (2, False, 24), (3, True, 1043)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int4_any_out_features(bits: int, sym: bool, n: int, dtype: torch.dtype) -> None:
+    """N % 16 != 0 (the kernel's own limit): zero-weight columns up to the next multiple of 16, sliced off. Both
+    paths, act order and a bias; N = 1043 spans a repack chunk and a partial column block."""
+    weight = make_weight(n, 256, Scheme(bits, 64, sym), act_order=True, seed=n)
+    spec = LayerSpec.of(weight, dtype, bias=True)
+    assert CpuBackend().check(spec)
+    bias = torch.randn(n)
+    layer = CpuBackend().prepare(weight, spec, bias)
+    assert isinstance(layer, Int4Linear) and layer.packed.shape[0] == -(-n // 16) * 16
+    x = torch.randn(2, 3, 256).to(dtype)
+    precision = Precision.for_backend(CpuBackend(), spec)
+    for max_m in (0, 1 << 20):
+        layer.kernel_max_m = max_m if dtype != torch.float32 else -1
+        y = layer(x)
+        assert y.shape == (2, 3, n) and y.is_contiguous() and y.dtype == dtype
+        assert error_ratio(y, x, weight, precision, bias) <= 1.0
 
 
 def test_refuses_other_devices() -> None:

@@ -85,7 +85,6 @@ def _int4(dtype: torch.dtype, priority: int, label: str, precision: torch.dtype 
         devices=frozenset({"cpu"}),
         param_dtype=precision,
         accum_dtype=precision or torch.float32,
-        n_multiple=16,
         act_order=True,  # rows sorted by group once at load, x's columns scattered per call
         k_slices=True,
         priority=priority,

@@ -58,6 +58,15 @@ to ``CHUNK_ROWS * K * 4`` bytes instead of ``N * K * 4``."""
 INNER_K_TILES = 2
 """``innerKTiles`` argument of the CPU repack; the CPU layout does not depend on it (checked for 1..16)."""
 
+N_MULTIPLE = 16
+"""The kernel (and its repack) take only N a multiple of 16: other layers get zero-weight output columns up to the
+next multiple (at most 15, code 8 with scale 0), packed with the rest and sliced off the product."""
+
+
+def padded_columns(n: int) -> int:
+    """``n`` rounded up to :data:`N_MULTIPLE`: the output columns a layer of ``n`` stores and computes."""
+    return -(-n // N_MULTIPLE) * N_MULTIPLE
+
 
 def kernel_group(group_rows: int) -> int:
     """The largest kernel block size dividing ``group_rows`` (rows per scheme group); 32 when none does, in which
@@ -128,7 +137,8 @@ class PackedColumns:
 
     @classmethod
     def of(cls, n: int) -> PackedColumns | None:
-        """The layout for ``n`` columns (a multiple of 16), or None when this torch build packs differently."""
+        """The layout for ``n`` columns (a multiple of 16: :func:`padded_columns`), or None when this torch build
+        packs differently."""
         block = _column_block()
         return None if block is None else _columns(n, block)
 
@@ -215,30 +225,40 @@ def shifts_codes(weight: QuantizedWeight) -> bool:
 
 def pack_int4(weight: QuantizedWeight, param_dtype: torch.dtype) -> tuple[RowLayout, torch.Tensor, torch.Tensor]:
     """Lay out a 2-, 3- or 4-bit canonical weight (on CPU) for the kernel: its row layout, the packed bytes
-    ``[N, K_padded / 2]`` (codes in kernel row order, code 8 in the padding), repacked ``CHUNK_ROWS`` output columns at
-    a time, and ``sz`` [K_padded / gk, N, 2] in ``param_dtype``."""
+    ``[N', K_padded / 2]`` (codes in kernel row order, code 8 in the padding), repacked ``CHUNK_ROWS`` output columns
+    at a time, and ``sz`` [K_padded / gk, N', 2] in ``param_dtype``, where ``N' = padded_columns(N)``: the padding
+    columns hold code 8 and scale 0 (weight exactly 0) and are written chunk by chunk like the others, so the only
+    copy of the codes is still the packed one."""
     if weight.scheme.bits not in (2, 3, 4):
         raise FormatError(
             f"{weight.name}: the int4 CPU kernel takes 2-, 3- or 4-bit codes, got a {weight.scheme} weight"
         )
     k, n = weight.in_features, weight.out_features
+    n_padded = padded_columns(n)
     layout = RowLayout.of(weight.group_index(), weight.num_groups, kernel_group(weight.scheme.group_rows(k)))
-    packed = torch.empty(n, layout.padded_features // 2, dtype=torch.uint8)
-    step = CHUNK_ROWS if _column_block() is not None else n
+    packed = torch.empty(n_padded, layout.padded_features // 2, dtype=torch.uint8)
+    step = CHUNK_ROWS if _column_block() is not None else n_padded
     shifted = shifts_codes(weight)
-    for n0 in range(0, n, step):
-        codes, _ = kernel_codes(weight, n0, n0 + step)
-        if layout.dest is not None:
-            padded = torch.full((codes.shape[0], layout.padded_features), CENTER, dtype=torch.int32)
-            codes = padded.index_copy_(1, layout.dest, codes)
-        packed[n0 : n0 + step] = _convert(codes)
+    for n0 in range(0, n_padded, step):
+        stop = min(n0 + step, n_padded)
+        codes, _ = kernel_codes(weight, n0, min(stop, n))
+        if layout.dest is not None or stop > n:  # padding rows of x, padding output columns: code 8
+            padded = torch.full((stop - n0, layout.padded_features), CENTER, dtype=torch.int32)
+            rows = padded[: codes.shape[0]]
+            if layout.dest is None:
+                rows.copy_(codes)
+            else:
+                rows.index_copy_(1, layout.dest, codes)
+            codes = padded
+        packed[n0:stop] = _convert(codes)
         del codes
     scales = weight.scales.to(torch.float32)[layout.block_group]  # [blocks, N]
     if shifted:
         zero = torch.zeros_like(scales)
     else:
         zero = (CENTER - weight.zeros.to(torch.float32)[layout.block_group]) * scales
-    sz = torch.stack([scales.to(param_dtype), zero.to(param_dtype)], dim=-1).contiguous()
+    sz = torch.stack([scales.to(param_dtype), zero.to(param_dtype)], dim=-1)
+    sz = torch.nn.functional.pad(sz, (0, 0, 0, n_padded - n)).contiguous()  # padding columns: scale 0, zero 0
     return layout, packed, sz
 
 
@@ -271,7 +291,7 @@ class Int4Linear(PreparedOp):
         self.param_dtype = torch.float32 if dtype == torch.float32 else KERNEL_DTYPE
         self.layout, self.packed, self.sz = pack_int4(weight, self.param_dtype)
         self.shifted = shifts_codes(weight)
-        self.columns = PackedColumns.of(self.out_features)
+        self.columns = PackedColumns.of(padded_columns(self.out_features))
         self.kernel_max_m = -1 if self.param_dtype == torch.float32 else kernel_max_m
         self.gemm_dtype = torch.float32 if self.param_dtype == torch.float32 else gemm_dtype
         if self.columns is None:
@@ -286,10 +306,11 @@ class Int4Linear(PreparedOp):
 
     @property
     def options(self) -> tuple[int, ...]:
-        """``(kernel block rows, kernel_max_m, codes shifted, column block, column tail, GEMM in bf16)``."""
+        """``(kernel block rows, kernel_max_m, codes shifted, column block, column tail, GEMM in bf16, N)``: ``N``
+        without the zero columns that pad the packed weight to the kernel's multiple of 16."""
         block, tail = (0, 0) if self.columns is None else (self.columns.block, self.columns.tail)
         bf16 = int(self.gemm_dtype == torch.bfloat16)
-        return (self.layout.block_rows, self.kernel_max_m, int(self.shifted), block, tail, bf16)
+        return (self.layout.block_rows, self.kernel_max_m, int(self.shifted), block, tail, bf16, self.out_features)
 
     def dequantized_matmul(self, xp: torch.Tensor) -> torch.Tensor:
         """:func:`dequantized_matmul` of this layer (``xp`` in kernel row order)."""
@@ -304,7 +325,7 @@ def int4_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: 
     the kernel up to ``kernel_max_m`` rows, the dequantize-then-GEMM path above."""
     packed, sz, dest, perm, bias = state
     assert packed is not None and sz is not None
-    block_rows, kernel_max_m, shifted, block, tail, bf16 = options
+    block_rows, kernel_max_m, shifted, block, tail, bf16, out_features = options
     n, padded = packed.shape[0], packed.shape[1] * 2
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
@@ -317,9 +338,10 @@ def int4_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: 
     else:
         xp = scatter(x2.to(sz.dtype), dest, padded)  # bf16, or fp32 (scalar loop) without a known layout
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, packed, block_rows, sz)
+    y = y[:, :out_features]  # without the padding columns: a view, copied at most once below
     if bias is not None:
         y = y.to(torch.float32) + bias
-    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+    return y.to(x.dtype).contiguous().reshape(*x.shape[:-1], out_features)
 
 
 def dequantized_matmul(
@@ -331,7 +353,7 @@ def dequantized_matmul(
     shifted: bool,
     gemm: torch.dtype,
 ) -> torch.Tensor:
-    """[M, N] in ``gemm``: ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
+    """[M, N'] in ``gemm`` (N' = the packed columns, padding included): ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
     dequantized in ``gemm`` from the packed bytes and the kernel's own parameters, a chunk of at most
     ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU multiplies bf16 natively, with
     float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the product with the scale is
