@@ -353,12 +353,12 @@ def dequantized_matmul(
     shifted: bool,
     gemm: torch.dtype,
 ) -> torch.Tensor:
-    """[M, N'] in ``gemm`` (N' = the packed columns, padding included): ``xp @ W^T`` (``xp`` in kernel row order) with ``W = (q - 8) * scale + zero``
-    dequantized in ``gemm`` from the packed bytes and the kernel's own parameters, a chunk of at most
-    ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU multiplies bf16 natively, with
-    float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the product with the scale is
-    rounded once, and for asymmetric 4-bit the zero term adds a second rounding (both within the declared bf16
-    parameter rounding); in float32 the product is exact for bf16/fp16 scales.
+    """[M, N'] in ``gemm`` (N' = the packed columns, padding included): ``xp @ W^T`` (``xp`` in kernel row order)
+    with ``W = (q - 8) * scale + zero`` dequantized in ``gemm`` from the packed bytes and the kernel's own
+    parameters, a chunk of at most ``CHUNK_BYTES / 4 / K`` columns at a time, then a GEMM (bf16 where the CPU
+    multiplies bf16 natively, with float32 accumulation; float32 elsewhere). ``q - 8`` is exact in both; in bf16 the
+    product with the scale is rounded once, and for asymmetric 4-bit the zero term adds a second rounding (both
+    within the declared bf16 parameter rounding); in float32 the product is exact for bf16/fp16 scales.
     """
     n, kp, gk = packed.shape[0], packed.shape[1] * 2, block_rows
     xg = xp.to(gemm)
