@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from oracle import load_dequantized
 from safetensors.torch import load_file
+
+from wna16.errors import UnmatchedNamesError
+from wna16.integrations.vllm_omni import component_config
 
 HERE = Path(__file__).parent
 LOGPROB_BOUND = 1e-4
@@ -70,3 +75,18 @@ def test_the_thinker_stage_serves_an_autoround_checkpoint_with_wna16(tmp_path: P
     assert served["tokens"] == tokens, (served, tokens)
     assert diff <= LOGPROB_BOUND, (served, logprobs)
     assert diff_full > 100 * LOGPROB_BOUND, (served, unquantized)
+    check_unmatched_names(quantized, tmp_path / "misnamed")
+
+
+def check_unmatched_names(quantized: Path, misnamed: Path) -> None:
+    """The thinker checkpoint's names pass wna16's check through the Qwen2.5-Omni preset (``thinker.model.`` ->
+    ``thinker.language_model.model.``, as vLLM-Omni's mapper); an ``extra_config`` key naming no module is refused
+    with :class:`UnmatchedNamesError` naming it and the closest runtime names, before any engine work."""
+    assert component_config(quantized) is not None
+    shutil.copytree(quantized, misnamed)
+    data = json.loads((misnamed / "config.json").read_text())
+    data["quantization_config"]["extra_config"] = {"thinker.model.layers.0.mlp.down_projj": {"bits": 8}}
+    (misnamed / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UnmatchedNamesError, match=r"down_projj.*closest runtime names: "
+                       r"'thinker\.language_model\.model\.layers\.0\.mlp\.down_proj'"):  # fmt: skip
+        component_config(misnamed)
