@@ -23,11 +23,16 @@ class CpuARModelRunner(GPUARModelRunner, CPUModelRunner):  # type: ignore[misc]
 class CpuARWorker(OmniWorkerMixin, cpu_worker.CPUWorker):  # type: ignore[misc]
     """vLLM's CPU worker (threads, distributed setup, memory) running :class:`CpuARModelRunner`."""
 
+    model_runner_cls = CpuARModelRunner
+    """The runner this worker builds, declared as vLLM-Omni's workers declare theirs: a stage that hands payloads on
+    (``custom_process_next_stage_input_func``, e.g. the Qwen2.5-Omni thinker) is refused unless this class is an
+    ``OmniConnectorModelRunnerMixin`` (``vllm_omni/worker/omni_connector_validation.py``)."""
+
     def init_device(self) -> None:
         """Run vLLM's CPU ``init_device``, which constructs ``CPUModelRunner`` by that module-level name: the name is
-        bound to :class:`CpuARModelRunner` for the call, so one runner is built, the AR one."""
+        bound to :class:`CpuARModelRunner` for the call, so one runner is built, :attr:`model_runner_cls`."""
         saved = cpu_worker.CPUModelRunner
-        cpu_worker.CPUModelRunner = CpuARModelRunner
+        cpu_worker.CPUModelRunner = self.model_runner_cls
         try:
             super().init_device()
         finally:

