@@ -130,7 +130,7 @@ def test_wrong_zero_offset_is_caught():
     tensors = gptq_tensors(layout, sym=False)
     tensors["zero_points"] = pack_cols(layout.zeros & 0xF, 4)  # no "- 1"
     module = _from_weight(tensors, torch.float32, torch.device("cpu"), None)
-    layer = IpexLinear(module, layout.row_order("cpu"), 32, torch.float32)
+    layer = IpexLinear(module, layout.row_order("cpu"), 256, 32, torch.float32, torch.float32)
     x = torch.randn(3, 256)
     rule = BACKEND.check(spec).rule
     assert rule is not None

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import secrets
+import weakref
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib import metadata
 from types import ModuleType
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from wna16.errors import UnsupportedError
+from wna16.ops import PreparedOp, register_kernel
 from wna16.packing import pack_cols, pack_rows
 from wna16.protocol import (
     ACTIVATION_DTYPES,
@@ -102,10 +106,6 @@ def lowp_mode_name(dtype: torch.dtype) -> str:
 class IpexBackend(Backend):
     """IPEX weight-only linear (4-bit, GPTQ tensors), XPU first, CPU as a correct but slow fallback."""
 
-    compile_refusal = (
-        "its prepared layer is IPEX's prepacked module (opaque state, not tensors a wna16::linear kernel can take); "
-        "not converted yet (issue 22)"
-    )
     name = "ipex"
     description = "intel-extension-for-pytorch IPEXWeightOnlyQuantizedLinear (GPTQ int4), XPU and CPU"
     # On CPUs without AVX512-FP16 IPEX dequantizes the whole weight per call: rank it just above the reference.
@@ -140,7 +140,8 @@ class IpexBackend(Backend):
         dev = torch.device(spec.device)
         module = _from_weight(tensors, compute, dev, bias if spec.adds_bias else None)
         correction = None if correction is None else correction.to(dev)
-        return IpexLinear(module, layout.row_order(dev), weight.out_features, compute, correction)
+        order = layout.row_order(dev)
+        return IpexLinear(module, order, weight.in_features, weight.out_features, spec.dtype, compute, correction)
 
 
 def split_zero_sixteen(layout: Regrouped) -> tuple[Regrouped, torch.Tensor | None]:
@@ -205,7 +206,16 @@ def _from_weight(
     return module
 
 
-class IpexLinear:
+KERNEL = "ipex.woq"
+"""The name of this backend's kernel in ``wna16::linear`` (:mod:`wna16.ops`)."""
+
+_MODULES: dict[int, torch.nn.Module] = {}
+"""IPEX's prepacked modules by handle. IPEX keeps its prepacked weight in a module (a ScriptObject context, not
+tensors), so the op carries a handle to it: a random 62-bit integer, never reused, dropped with its layer. A compiled
+graph reloaded in another process finds no module under its handle and gets a typed error, never another layer."""
+
+
+class IpexLinear(PreparedOp):
     """The prepared layer: gather ``x`` into kernel row order if regrouped, run IPEX, drop the padded columns, and
     add the zero-16 correction (in float32, before the single rounding to the activation dtype) where there is one."""
 
@@ -213,22 +223,51 @@ class IpexLinear:
         self,
         module: torch.nn.Module,
         order: RowOrder,
+        in_features: int,
         out_features: int,
+        dtype: torch.dtype,
         compute: torch.dtype,
         correction: torch.Tensor | None = None,
     ) -> None:
+        super().__init__(KERNEL, in_features, out_features, dtype)
         self.module = module
         self.order = order
-        self.out_features = out_features
         self.compute = compute
         self.correction = correction
+        self.handle = secrets.randbits(62)
+        _MODULES[self.handle] = module
+        weakref.finalize(self, _MODULES.pop, self.handle, None)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self.order.gather_input(x.reshape(-1, x.shape[-1])).to(self.compute).contiguous()
-        y: torch.Tensor = self.module(x2)[:, : self.out_features]
-        if self.correction is not None:
-            sums = torch.zeros(x2.shape[0], self.order.groups, dtype=torch.float32, device=x2.device)
-            row_group = torch.arange(self.order.kernel_in_features, device=x2.device) // self.order.rows
-            sums.index_add_(1, row_group, x2.to(torch.float32))
-            y = y + sums @ self.correction
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    @property
+    def state(self) -> tuple[torch.Tensor | None, ...]:
+        """``(row gather or None, zero-16 correction or None)``."""
+        return (self.order.gather, self.correction)
+
+    @property
+    def options(self) -> tuple[int, ...]:
+        """``(module handle, N, compute dtype index in ACTIVATION_DTYPES, rows per group, groups, kernel K)``."""
+        order = self.order
+        compute = ACTIVATION_DTYPES.index(self.compute)
+        return (self.handle, self.out_features, compute, order.rows, order.groups, order.kernel_in_features)
+
+
+@register_kernel(KERNEL, ["cpu", "xpu"])
+def ipex_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: Sequence[int]) -> torch.Tensor:
+    """``x`` [..., K] -> [..., N] in ``x``'s dtype through the IPEX module under the handle in ``options``."""
+    gather, correction = state
+    handle, out_features, compute, rows, groups, kernel_in_features = options
+    module = _MODULES.get(handle)
+    if module is None:
+        raise UnsupportedError(
+            f"wna16 kernel {KERNEL!r}", [f"no IPEX module under handle {handle} in this process (a graph compiled "
+                                        "in another process, or a layer already freed)"]
+        )  # fmt: skip
+    order = RowOrder(gather, rows, groups, kernel_in_features)
+    x2 = order.gather_input(x.reshape(-1, x.shape[-1])).to(ACTIVATION_DTYPES[compute]).contiguous()
+    y: torch.Tensor = module(x2)[:, :out_features]
+    if correction is not None:
+        sums = torch.zeros(x2.shape[0], groups, dtype=torch.float32, device=x2.device)
+        row_group = torch.arange(kernel_in_features, device=x2.device) // rows
+        sums.index_add_(1, row_group, x2.to(torch.float32))
+        y = y + sums @ correction
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
