@@ -564,7 +564,8 @@ class Target:
 TARGETS: tuple[Target, ...] = (
     Target("conformance-autoround-lib",
            "The suite against `autoround-lib` (auto-round-lib's CPU kernels, torch 2.13), then the backend's tests.",
-           (Suite("autoround-lib", workers=2, min_passed=1000, no_skips=True),),
+           # One OpenMP thread per worker: two workers x two spinning OpenMP threads on two cores stalled a run.
+           (Suite("autoround-lib", workers=2, env={"OMP_NUM_THREADS": "1"}, min_passed=1000, no_skips=True),),
            autoround_lib_env, ("cpu",), after=autoround_lib_tests),
     Target("conformance-ipex", "The suite against `ipex` on CPU (torch 2.8 + IPEX 2.8), then the backend's tests.",
            (Suite("ipex", min_passed=100, no_skips=True),), ipex_cpu_env, ("cpu",), after=ipex_tests),
