@@ -138,7 +138,11 @@ class PreparedOp:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
-        device = next((t.device for t in state if t is not None), x.device)
+        device = x.device  # the first tensor of the state's device (a plain loop: torch 2.8's dynamo has no next())
+        for t in state:
+            if t is not None:
+                device = t.device
+                break
         if x.dtype != self.dtype or x.dim() == 0 or x.shape[-1] != self.in_features or x.device != device:
             want = f"{str(self.dtype).removeprefix('torch.')} [..., {self.in_features}] on {device}"
             raise FormatError(f"x: got {describe(x)} on {x.device}, expected {want} (kernel {self.kernel!r})")
