@@ -3,6 +3,7 @@ declaration (check_experts) of fused and generic paths, selection, and the Quant
 
 import pytest
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from wna16 import FormatError, NoBackendError, Registry, Scheme, UnsupportedError, quantize_rtn
 from wna16.experts import (
@@ -15,6 +16,7 @@ from wna16.experts import (
     prepare_experts,
 )
 from wna16.nn import QuantExperts
+from wna16.ops import ExpertsOp
 from wna16.protocol import Backend
 from wna16.reference import dequantize
 from wna16.registry import select_experts
@@ -234,3 +236,33 @@ def test_quant_experts_load_state_dict_round_trips_like_nn_module() -> None:
     torch.testing.assert_close(target(x, ids, w), want, rtol=0, atol=0)
     assert all(torch.equal(v, state[k]) for k, v in target.state_dict().items())
     assert target._weights.expert(E - 1)[0].scheme == Scheme(8, 32, False)
+
+
+def test_experts_op_keeps_the_data_dependent_routing_out_of_a_fullgraph_compile() -> None:
+    """vLLM traces its MoE layers with ``fullgraph=True``: the generic path's grouping by expert (``.tolist()`` of the
+    routing) cannot be traced, so the vLLM method calls the block through ``wna16::experts``: one opaque node, the
+    eager result bitwise, and a typed error for a handle this process does not hold."""
+    ew = experts()
+    spec = ExpertsSpec.of(ew, 2, torch.float32)
+    block = prepare_experts(ReferenceBackend(), ew, spec)
+    op = ExpertsOp(block)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, i, w: op(x, i, w) * 2, backend=backend, fullgraph=True, dynamic=True)
+    for m in (3, 7):
+        x = torch.randn(m, H)
+        ids, w = routing(m, 2, seed=m)
+        assert torch.equal(compiled(x, ids, w), block(x, ids, w) * 2)
+    targets = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert len(graphs) == 1 and targets.count(torch.ops.wna16.experts) == 1, targets
+    with pytest.raises(UnsupportedError, match="handle"):
+        torch.ops.wna16.experts(torch.randn(1, H), *routing(1, 2), -1)
+    torch._dynamo.reset()
+    bare = torch.compile(lambda x, i, w: block(x, i, w), fullgraph=True, dynamic=True)
+    with pytest.raises(GuardOnDataDependentSymNode):  # what the op avoids: the routing traced with fullgraph
+        bare(torch.randn(3, H), *routing(3, 2))

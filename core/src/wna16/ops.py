@@ -22,6 +22,8 @@ functional, and ``torch.library.opcheck`` (run by the conformance suite) verifie
 
 from __future__ import annotations
 
+import secrets
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -152,3 +154,51 @@ class PreparedOp:
     def args(self, x: torch.Tensor) -> tuple[object, ...]:
         """The op's arguments for input ``x`` (what ``torch.library.opcheck`` takes)."""
         return (x, list(self.state), self.kernel, self.out_features, list(self.options))
+
+
+EXPERTS_SCHEMA = "experts(Tensor x, Tensor topk_ids, Tensor topk_weights, int block) -> Tensor"
+_LIBRARY.define(EXPERTS_SCHEMA)  # type: ignore[no-untyped-call]
+
+ExpertsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""A prepared experts block (:data:`wna16.experts.PreparedExperts`): ``(x, topk_ids, topk_weights) -> y``."""
+
+_BLOCKS: dict[int, ExpertsFn] = {}
+
+
+def experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, block: int) -> torch.Tensor:
+    """The experts block registered under ``block`` (:class:`ExpertsOp`) applied to ``x`` with its routing."""
+    fn = _BLOCKS.get(block)
+    if fn is None:
+        reason = f"no experts block under handle {block} in this process (a graph compiled in another process?)"
+        raise UnsupportedError("wna16::experts", [reason])
+    return fn(x, topk_ids, topk_weights)
+
+
+def _experts_fake(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, block: int) -> torch.Tensor:
+    """The block's output without computing: an experts block maps the hidden size to itself."""
+    return x.new_empty(x.shape)
+
+
+_LIBRARY.impl("experts", experts, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+torch.library.register_fake("wna16::experts", _experts_fake, lib=_LIBRARY)
+
+
+class ExpertsOp:
+    """A prepared experts block behind the ``wna16::experts`` op, for compiled engines.
+
+    Routing is data-dependent (which experts got tokens, how many): traced by a compiler, it specialises on values
+    or fails (vLLM traces its MoE layers with ``fullgraph=True``). The op keeps the block opaque. Its state is a
+    Python object (per-expert layers of any backend), so the op carries a handle to it: a random 62-bit integer,
+    never reused and dropped with this object; a graph reloaded in another process gets a typed error, never
+    another block.
+    """
+
+    def __init__(self, block: ExpertsFn) -> None:
+        self.block = block
+        self.handle = secrets.randbits(62)
+        _BLOCKS[self.handle] = block
+        weakref.finalize(self, _BLOCKS.pop, self.handle, None)
+
+    def __call__(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = torch.ops.wna16.experts(x, topk_ids, topk_weights, self.handle)
+        return y

@@ -36,8 +36,8 @@ How it fits vLLM (0.30 and 0.32):
 - Routed experts (vLLM's ``RoutedExperts``) whose checkpoint stores every expert as three quantized linears
   (AutoRound's ``experts.<e>.gate_proj/up_proj/down_proj``) get :class:`Wna16ExpertsMethod`: each expert's tensors
   are loaded (this rank's cut), one experts block is prepared through :mod:`wna16.experts` and called with the
-  router's top-k ids and weights. vLLM runs the whole MoE layer inside its own custom op (``moe_forward``), so the
-  grouping by expert (data-dependent) stays out of a compiled graph.
+  router's top-k ids and weights through the ``wna16::experts`` op (:class:`wna16.ops.ExpertsOp`): vLLM traces its
+  MoE layers into the compiled graph, and the grouping by expert is data-dependent, so the block stays opaque.
 
 vLLM-Omni: its models call ``apply_vllm_mapper`` with their ``hf_to_vllm_mapper`` like vLLM's. A layer whose runtime
 name carries the mapper's stage prefix (``thinker.``) resolves against the config remapped the way
@@ -92,12 +92,12 @@ from wna16.experts import (
     PROJECTIONS,
     ExpertsSpec,
     ExpertWeights,
-    PreparedExperts,
     describe_experts,
     prepare_experts,
 )
 from wna16.formats import PackingFormat
 from wna16.groups import stored_groups, trivial_g_idx
+from wna16.ops import ExpertsOp
 from wna16.packing import packed_rows
 from wna16.partition import Shard
 from wna16.protocol import ACTIVATION_DTYPES, LayerSpec, PreparedLinear
@@ -537,7 +537,7 @@ class Wna16ExpertsMethod(FusedMoEMethodBase):
         self.prefix = prefix
         self.backend_name = ""
         self.fused = False
-        self.prepared: PreparedExperts | None = None
+        self.prepared: ExpertsOp | None = None
         self._loaded: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._sizes = (0, 0)  # (hidden, intermediate per partition)
         self._dtype = torch.float16
@@ -663,7 +663,7 @@ class Wna16ExpertsMethod(FusedMoEMethodBase):
         experts = ExpertWeights(*(tuple(ws) for ws in weights))
         spec = ExpertsSpec.of(experts, int(self.moe.experts_per_token), self._dtype, device=self._device)
         backend, support, _ = select_experts(spec)
-        self.prepared = prepare_experts(backend, experts, spec)
+        self.prepared = ExpertsOp(prepare_experts(backend, experts, spec))  # opaque to vLLM's compiled graph
         self.backend_name, self.fused = backend.name, support.fused
         for role in [name for name, _ in layer.named_parameters(recurse=False) if name.startswith(("w13_", "w2_"))]:
             delattr(layer, role)
