@@ -165,3 +165,28 @@ def test_registry_order_against_cpu() -> None:
     assert pick(4, torch.bfloat16) == "cpu"
     assert pick(8, torch.bfloat16) == "autoround-lib"
     assert pick(4, torch.float32) == "autoround-lib"
+
+
+@pytest.mark.parametrize("rows", [255, 256, 300, 600])
+def test_narrow_layers_at_a_few_hundred_rows_return(rows: int) -> None:
+    """auto-round-lib's woqgemm never returned for N = 10 at M = 255-300 (one thread): the layer calls it 128 rows at
+    a time. In a child process with a timeout, so a regression fails instead of hanging the run."""
+    child = textwrap.dedent(
+        f"""
+        import torch
+        from wna16 import LayerSpec, Scheme, quantize_rtn
+        from wna16.reference import dequantize
+        from wna16_autoround_lib import AutoRoundLibBackend
+        w = quantize_rtn(torch.randn(10, 256), Scheme(2, 32, False))
+        x = torch.randn({rows}, 256)
+        y = AutoRoundLibBackend().prepare(w, LayerSpec.of(w, torch.float32))(x)
+        ref = x.double() @ dequantize(w).double().t()
+        assert (y.double() - ref).abs().max() < 1e-3 * ref.abs().max()
+        print("ok")
+        """
+    )
+    env = {"PATH": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert done.returncode == 0 and done.stdout.startswith("ok"), (done.returncode, done.stderr[-2000:])

@@ -61,6 +61,11 @@ PRIORITY = 3
 float32 kernel for 2/3/4-bit bf16/fp16 at every M measured), above its dequantize + GEMM rules (2: fp32 activations
 and 8-bit, 3-7x slower than this kernel at M = 1) and the reference (0). Measured on AVX512-BF16 only (README)."""
 
+MAX_ROWS = 128
+"""Rows per library call. auto-round-lib 0.16.0's woqgemm never returns for some narrow layers at 200 < M < 300
+(probed, one thread: M = 255, 256, 300 with N = 10 or 16, K = 256, 2-bit g32; found by the conformance suite, whose
+workers hung); every shape probed with M <= 200 returned. Larger M is computed 128 rows at a time."""
+
 CHUNK_COLUMNS = 1024
 """Output columns unpacked at a time at load: bounds the int32 codes to ``K * CHUNK_COLUMNS * 4`` bytes."""
 
@@ -202,9 +207,12 @@ def woqgemm_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], option
         xf = x2.new_zeros(m, kernel_rows, dtype=torch.float32).index_copy_(1, dest, x2.float())
     else:
         xf = x2.to(torch.float32).contiguous()
-    y: torch.Tensor = THREADS.call(
-        kernel.woqgemm, xf, blob, bias, n, kernel_rows, group, COMPUTE, f"int{bits}", SCALE, bool(asym)
-    )
+    pieces = [
+        THREADS.call(kernel.woqgemm, xf[r : r + MAX_ROWS], blob, bias, n, kernel_rows, group, COMPUTE, f"int{bits}",
+                     SCALE, bool(asym))
+        for r in range(0, m, MAX_ROWS)
+    ]  # fmt: skip
+    y = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     if correction is not None:
         y += xf.view(m, -1, group).sum(-1) @ correction
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
