@@ -19,7 +19,7 @@ from wna16.tolerance import Precision, error_ratio
 from wna16_autoround_lib import AutoRoundLibBackend
 from wna16_autoround_lib.backend import THREADS, AutoRoundLibLinear, import_kernel
 
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DTYPES = (torch.bfloat16, torch.float16)
 
 
 def make_weight(n: int, k: int, scheme: Scheme, *, act_order: bool = False, seed: int = 0) -> QuantizedWeight:
@@ -84,18 +84,19 @@ def test_noncontiguous_input_and_empty_batch() -> None:
     assert layer(torch.empty(0, 256, dtype=torch.float16)).shape == (0, 24)
 
 
-def test_k_slices_add_up() -> None:
+def test_k_slices_are_each_within_their_bound() -> None:
+    """Row-parallel K-slices (act order, partial groups per slice): each slice is its own layer, within its bound
+    (the bias only on the rank that adds it); bf16 outputs of the slices are then summed by the engine."""
     full = make_weight(32, 512, Scheme(3, 64, False), act_order=True, seed=7)
     bias = torch.randn(32)
-    x = torch.randn(2, 512)
-    total = torch.zeros(2, 32, dtype=torch.float64)
+    x = torch.randn(2, 512).to(torch.bfloat16)
+    precision = Precision.of(AutoRoundLibBackend.capabilities[0], torch.bfloat16)
     for rank, k0 in enumerate((0, 256)):
         shard = Shard(512, 32, k_start=k0, adds_bias=rank == 0)
-        part = shard_weight(full, shard, 256, 32)
-        spec = LayerSpec.of(part, torch.float32, bias=True, shard=shard)
-        total += AutoRoundLibBackend().prepare(part, spec, shard_bias(bias, shard, 32))(x[:, k0 : k0 + 256]).double()
-    precision = Precision.of(AutoRoundLibBackend.capabilities[0], torch.float32)
-    assert error_ratio(total, x, full, precision, bias) <= 2.0
+        part, part_bias = shard_weight(full, shard, 256, 32), shard_bias(bias, shard, 32)
+        spec = LayerSpec.of(part, torch.bfloat16, bias=True, shard=shard)
+        y = AutoRoundLibBackend().prepare(part, spec, part_bias)(x[:, k0 : k0 + 256])
+        assert error_ratio(y, x[:, k0 : k0 + 256], part, precision, part_bias if rank == 0 else None) <= 1.0
 
 
 def test_thread_count_is_kept_and_fewer_threads_stay_correct() -> None:
@@ -113,13 +114,13 @@ def test_thread_count_is_kept_and_fewer_threads_stay_correct() -> None:
         from wna16_autoround_lib.backend import THREADS
 
         weight = quantize_rtn(torch.randn(512, 256), Scheme(4, 128, True))
-        layer = AutoRoundLibBackend().prepare(weight, LayerSpec.of(weight, torch.float32))
+        layer = AutoRoundLibBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
         assert torch.get_num_threads() == 1, torch.get_num_threads()
-        x = torch.randn(3, 256)
+        x = torch.randn(3, 256).to(torch.bfloat16)
         ref = x.double() @ dequantize(weight).double().t()
         y = layer(x)
         assert torch.get_num_threads() == 1
-        assert (y.double() - ref).abs().max() < 1e-3 * ref.abs().max(), "columns left unwritten"
+        assert (y.double() - ref).abs().max() < 1e-2 * ref.abs().max(), "columns left unwritten"
         print("ok", THREADS.pool)
         """
     )
@@ -134,9 +135,9 @@ def test_unguarded_call_leaves_columns_unwritten() -> None:
     """The guard is needed: the same call with the pool's threads withheld returns zeros in whole column blocks
     (when the pool has more than one thread), or is correct (one-thread pool). Keeps the fact checked."""
     weight = make_weight(256, 256, Scheme(4, 128, True), seed=1)
-    layer = AutoRoundLibBackend().prepare(weight, LayerSpec.of(weight, torch.float32))
+    layer = AutoRoundLibBackend().prepare(weight, LayerSpec.of(weight, torch.bfloat16))
     assert isinstance(layer, AutoRoundLibLinear)
-    x = torch.randn(2, 256)
+    x = torch.randn(2, 256).to(torch.bfloat16)
     guarded = layer(x)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -144,8 +145,8 @@ def test_unguarded_call_leaves_columns_unwritten() -> None:
         kernel = import_kernel()
         assert not isinstance(kernel, str)
         raw = kernel.woqgemm(
-            x, layer.blob, layer.bias, 256, layer.kernel_rows, layer.group, "fp32", "int4", "fp32", False
-        )
+            x.float(), layer.blob, layer.bias, 256, layer.kernel_rows, layer.group, "fp32", "int4", "fp32", False
+        ).to(torch.bfloat16)
     finally:
         torch.set_num_threads(before)
     if THREADS.pool > 1:
@@ -155,7 +156,8 @@ def test_unguarded_call_leaves_columns_unwritten() -> None:
 
 
 def test_registry_order_against_cpu() -> None:
-    """Declared priority: below the cpu backend's int4 kernels (bf16, fp16), above its GEMM rules (8-bit, fp32)."""
+    """Declared priority: below the cpu backend's int4 kernels (bf16, fp16), above its GEMM rules (8-bit); float32
+    activations are not declared (the cpu backend serves them)."""
     from wna16_cpu import CpuBackend
 
     registry = Registry(discover=False)
@@ -164,7 +166,7 @@ def test_registry_order_against_cpu() -> None:
     pick = lambda bits, dtype: registry.select(LayerSpec(256, 64, Scheme(bits, 128, True), dtype)).backend.name  # noqa: E731
     assert pick(4, torch.bfloat16) == "cpu"
     assert pick(8, torch.bfloat16) == "autoround-lib"
-    assert pick(4, torch.float32) == "autoround-lib"
+    assert pick(4, torch.float32) == "cpu"
 
 
 @pytest.mark.parametrize("rows", [255, 256, 300, 600])
@@ -178,10 +180,10 @@ def test_narrow_layers_at_a_few_hundred_rows_return(rows: int) -> None:
         from wna16.reference import dequantize
         from wna16_autoround_lib import AutoRoundLibBackend
         w = quantize_rtn(torch.randn(10, 256), Scheme(2, 32, False))
-        x = torch.randn({rows}, 256)
-        y = AutoRoundLibBackend().prepare(w, LayerSpec.of(w, torch.float32))(x)
+        x = torch.randn({rows}, 256).to(torch.bfloat16)
+        y = AutoRoundLibBackend().prepare(w, LayerSpec.of(w, torch.bfloat16))(x)
         ref = x.double() @ dequantize(w).double().t()
-        assert (y.double() - ref).abs().max() < 1e-3 * ref.abs().max()
+        assert (y.double() - ref).abs().max() < 1e-2 * ref.abs().max()
         print("ok")
         """
     )
