@@ -60,6 +60,17 @@ def build(path: Path) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config).eval()
 
 
+def assert_same_logits(model: torch.nn.Module, dense: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model`` (patched) gives the logits of ``dense`` loaded with ``state`` (the exact dequantization), fp32."""
+    missing, unexpected = dense.load_state_dict(state, strict=False, assign=True)
+    assert not unexpected and not missing, (missing, unexpected)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - want).abs().max() < 1e-2 * want.abs().max()
+
+
 def test_autoround_writes_per_expert_linears_and_the_audit_covers_them(qwen3_moe: Path) -> None:
     names = set(SafetensorsFolder(qwen3_moe).tensors)
     for e in range(EXPERTS):
@@ -79,14 +90,7 @@ def test_patch_model_serves_the_experts_and_equals_the_dequantized_model(qwen3_m
     assert isinstance(experts, QuantExperts) and experts.top_k == TOP_K and experts.num_experts == EXPERTS
     assert report.layers[f"{PREFIX}.3.down_proj"].backend == "reference"
 
-    dense = build(qwen3_moe)
-    missing, unexpected = dense.load_state_dict(exact_state(qwen3_moe), strict=False, assign=True)
-    assert not unexpected and not missing, (missing, unexpected)
-    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert (got - want).abs().max() < 1e-2 * want.abs().max()
+    assert_same_logits(model, build(qwen3_moe), exact_state(qwen3_moe))
 
 
 def test_patch_model_bf16_on_the_registry_choice(qwen3_moe: Path) -> None:
@@ -151,12 +155,4 @@ def test_patch_model_serves_the_qwen3_omni_thinker_like_its_dequantized_model(tm
     assert blocks == [f"{text}.layers.{i}.mlp.experts" for i in range(2)], blocks
     assert sum(".experts." in n for n in report.layers) == 2 * 4 * 3
     assert all(n.startswith(f"{text}.layers.") for n in report.layers), sorted(report.layers)
-    dense = thinker()
-    state = exact_state(path, remap=remap, allow_unquantized=gates)  # in the runtime names
-    missing, unexpected = dense.load_state_dict(state, strict=False, assign=True)
-    assert not unexpected and not missing, (missing, unexpected)
-    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        got, want = model(input_ids=ids).logits, dense(input_ids=ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert (got - want).abs().max() < 1e-2 * want.abs().max()
+    assert_same_logits(model, thinker(), exact_state(path, remap=remap, allow_unquantized=gates))  # runtime names
