@@ -6,14 +6,12 @@ auto-round's own exact modules (the judge of make_reference.py). vLLM's own INC 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from test_serve import FP32_BOUND, _check, agreement
-from vllm_helpers import HERE, Made, Serve
+from test_tensor_parallel import serve_two_ranks
+from vllm_helpers import Made, Serve
 
 import wna16.integrations.vllm as plugin
 from wna16.checkpoint.resolve import FusedQuant
@@ -60,26 +58,10 @@ def test_vllm_serves_the_mixed_fused_module_like_transformers(case: str, made: M
     _check(agreement(served.logprobs, made.reference[case], served.next_tokens, FP32_BOUND), FP32_BOUND, case)
 
 
-WORKER = """
-import json, sys
-from pathlib import Path
-from vllm_helpers import run_engine
-served = run_engine(Path(sys.argv[1]), json.loads(sys.argv[2]), "wna16", "float32", tensor_parallel_size=2)
-print("SERVED " + json.dumps({"logprobs": served.logprobs, "next_tokens": served.next_tokens,
-                              "methods": served.methods}))
-"""
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_serve_their_slice_of_every_part(case: str, made: Made) -> None:
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    run = subprocess.run(
-        [sys.executable, "-c", WORKER, str(made.path(case)), json.dumps(made.prompts)],
-        cwd=HERE, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    lines = [line for line in run.stdout.splitlines() if line.startswith("SERVED ")]
-    assert run.returncode == 0 and lines, f"rc {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    served = json.loads(lines[-1].removeprefix("SERVED "))
+    """Eager engines: the compiled TP=2 path is test_tensor_parallel's (the slicing under test does not change)."""
+    served = serve_two_ranks(made, case, eager=True)
     assert served["methods"][CASES[case][0]][0] == "Wna16FusedMethod"
     result = agreement(served["logprobs"], made.reference[case], served["next_tokens"], FP32_BOUND)
     _check(result, FP32_BOUND, f"{case} TP=2")

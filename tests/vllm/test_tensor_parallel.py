@@ -19,18 +19,22 @@ WORKER = """
 import json, sys
 from pathlib import Path
 from vllm_helpers import run_engine
-served = run_engine(Path(sys.argv[1]), json.loads(sys.argv[2]), "wna16", "float32", tensor_parallel_size=2)
+served = run_engine(Path(sys.argv[1]), json.loads(sys.argv[2]), "wna16", "float32", tensor_parallel_size=2,
+                    eager=sys.argv[3] == "eager")
 print("SERVED " + json.dumps({"logprobs": served.logprobs, "next_tokens": served.next_tokens,
-                              "methods": served.methods, "start_s": served.start_s}))
+                              "methods": served.methods, "start_s": served.start_s,
+                              "compilation_mode": served.compilation_mode}))
 """
 
 
-def serve_two_ranks(made: Made, case: str) -> dict[str, Any]:
+def serve_two_ranks(made: Made, case: str, eager: bool = False) -> dict[str, Any]:
     """``run_engine`` at TP=2 on ``case`` in a child process (vLLM's multiprocessing executor, one core per rank):
-    its ``Served`` fields as JSON."""
+    its ``Served`` fields as JSON. Compiled unless ``eager``: compiling costs each rank about a minute on CPU, so
+    only some TP tests pay it (the sharding under test is the same either way)."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    mode = "eager" if eager else "compiled"
     run = subprocess.run(
-        [sys.executable, "-c", WORKER, str(made.path(case)), json.dumps(made.prompts)],
+        [sys.executable, "-c", WORKER, str(made.path(case)), json.dumps(made.prompts), mode],
         cwd=HERE, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     lines = [line for line in run.stdout.splitlines() if line.startswith("SERVED ")]
@@ -39,9 +43,12 @@ def serve_two_ranks(made: Made, case: str) -> dict[str, Any]:
     return served
 
 
-@pytest.mark.parametrize("case", ["ar_w4g128_sym", "act_order_w4g32_asym", "wna16_ct_mixed"])
-def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, made: Made) -> None:
-    served = serve_two_ranks(made, case)
+@pytest.mark.parametrize(("case", "eager"), [("ar_w4g128_sym", False), ("act_order_w4g32_asym", True),
+                                             ("wna16_ct_mixed", True)])  # fmt: skip
+def test_two_ranks_serve_the_checkpoint_like_transformers(case: str, eager: bool, made: Made) -> None:
+    """One compiled engine (the ranks trace ``wna16::linear``), two eager ones (the same sharding, a minute less)."""
+    served = serve_two_ranks(made, case, eager)
+    assert (served["compilation_mode"] == "NONE") == eager, served["compilation_mode"]
     assert served["methods"]["model.layers.0.self_attn.o_proj"][0] == "Wna16LinearMethod"
     result = agreement(served["logprobs"], made.reference[case], served["next_tokens"], FP32_BOUND)
     print(
