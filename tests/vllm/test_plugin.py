@@ -338,14 +338,16 @@ def misnamed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_checkpoint_names_are_checked_before_the_model_is_built(misnamed: dict[str, Path]) -> None:
     """The hook vLLM calls while building its config compares the config as written with the checkpoint's own module
     names (safetensors headers): the written checkpoint passes, a misspelt key or block is refused naming the file,
-    the bad name and the closest checkpoint names."""
+    the bad name and the closest checkpoint names. A key naming a fused module vLLM builds from the checkpoint's parts
+    (``qkv_proj``) names a module."""
 
-    def hook(case: str) -> None:
+    def hook(case: str, **edit: Any) -> None:
         path = misnamed[case]
         config = json.loads((path / "config.json").read_text())["quantization_config"]
-        plugin.Wna16Config.from_config(config).maybe_update_config(str(path), revision=None)
+        plugin.Wna16Config.from_config({**config, **edit}).maybe_update_config(str(path), revision=None)
 
     hook("good")
+    hook("good", extra_config={"model.layers.0.self_attn.qkv_proj": {"bits": 4}})
     with pytest.raises(UnmatchedNamesError) as raised:
         hook("extra")
     assert list(raised.value.unmatched) == [DOWN_8BIT + "j"] and raised.value.space == "checkpoint"

@@ -15,6 +15,10 @@ How it fits vLLM (0.30 and 0.32):
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
   / ``awq`` / ``compressed-tensors`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM
   picks its own method (INC, GPTQ-Marlin, AWQ, compressed-tensors, ...) exactly as without the plugin.
+- Names are checked before any engine work: :meth:`Wna16Config.maybe_update_config`, which vLLM calls while it builds
+  its config, refuses ``block_name_to_quantize`` entries and ``extra_config`` keys that name no module of the
+  checkpoint (:class:`~wna16.errors.UnmatchedNamesError`, with the closest checkpoint names). vLLM's pydantic
+  ``VllmConfig`` hands it to the caller as a ``ValidationError`` carrying the message (the error is its context).
 - Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
   block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
   ``qkv_proj`` / ``gate_up_proj`` resolve their parts). Unquantized layers get vLLM's ``UnquantizedLinearMethod``.
@@ -93,6 +97,7 @@ from wna16.checkpoint.resolve import (
     LayerQuant,
     check_names,
     concat_out,
+    fused_groups,
     resolve_module,
     tensor_modules,
 )
@@ -793,7 +798,8 @@ class Wna16Config(QuantizationConfig):
         (:meth:`apply_vllm_mapper`) and its weights: a misnamed key would otherwise leave its layer resolved with the
         wrong scheme (or, for a block, every layer unquantized) and the load would die on vLLM's bare shape
         ``AssertionError`` or ``KeyError``. The config still holds the checkpoint's names here, and so do the
-        tensors (:func:`checkpoint_tensor_names`): one name space, no remap.
+        tensors (:func:`checkpoint_tensor_names`): one name space, no remap. The fused modules vLLM will build from
+        the checkpoint's parts (``qkv_proj`` from ``q/k/v_proj``) count too: a config may name them.
         """
         names = checkpoint_tensor_names(model_name, revision)
         if names is None:
@@ -801,7 +807,8 @@ class Wna16Config(QuantizationConfig):
                            model_name)  # fmt: skip
             return
         where = f"{model_name}: {config_file(hf_config)}: quantization_config"
-        check_names(self.quant, tensor_modules(names), where=where, space="checkpoint")
+        modules = tensor_modules(names)
+        check_names(self.quant, modules | set(fused_groups(modules)), where=where, space="checkpoint")
 
     def resolve(self, prefix: str) -> LayerQuant | FusedQuant | None:
         """How the runtime module ``prefix`` is stored (fused modules resolve their parts; mixed parts give a
