@@ -808,7 +808,7 @@ class Wna16Config(QuantizationConfig):
             return
         where = f"{model_name}: {config_file(hf_config)}: quantization_config"
         modules = tensor_modules(names)
-        check_names(self.quant, modules | set(fused_groups(modules)), where=where, space="checkpoint")
+        check_names(self.quant, modules | set(fused_groups(sorted(modules))), where=where, space="checkpoint")
 
     def resolve(self, prefix: str) -> LayerQuant | FusedQuant | None:
         """How the runtime module ``prefix`` is stored (fused modules resolve their parts; mixed parts give a
