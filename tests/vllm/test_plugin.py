@@ -341,10 +341,13 @@ def test_checkpoint_names_are_checked_before_the_model_is_built(misnamed: dict[s
     the bad name and the closest checkpoint names. A key naming a fused module vLLM builds from the checkpoint's parts
     (``qkv_proj``) names a module."""
 
+    from transformers import AutoConfig
+
     def hook(case: str, **edit: Any) -> None:
         path = misnamed[case]
-        config = json.loads((path / "config.json").read_text())["quantization_config"]
-        plugin.Wna16Config.from_config({**config, **edit}).maybe_update_config(str(path), revision=None)
+        hf_config = AutoConfig.from_pretrained(path)  # what vLLM passes: it carries the quantization_config
+        config = {**hf_config.quantization_config, **edit}
+        plugin.Wna16Config.from_config(config).maybe_update_config(str(path), hf_config=hf_config, revision=None)
 
     hook("good")
     hook("good", extra_config={"model.layers.0.self_attn.qkv_proj": {"bits": 4}})
@@ -352,7 +355,9 @@ def test_checkpoint_names_are_checked_before_the_model_is_built(misnamed: dict[s
         hook("extra")
     assert list(raised.value.unmatched) == [DOWN_8BIT + "j"] and raised.value.space == "checkpoint"
     assert raised.value.unmatched[DOWN_8BIT + "j"][0] == DOWN_8BIT
-    assert str(raised.value).startswith(f"{misnamed['extra']}: quantization_config.json or ")
+    assert str(raised.value).startswith(f"{misnamed['extra']}: config.json: quantization_config: ")
+    # a model config without quantization_config: vLLM read one of the method's own files
+    assert plugin.config_file(None) == "quantization_config.json or quantize_config.json or quant_config.json"
     with pytest.raises(UnmatchedNamesError) as raised:
         hook("block")
     assert (
