@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from wna16.checkpoint import QuantConfig, check_names, unmatched_names
+from wna16.checkpoint import QuantConfig, check_names, read_quant_config, tensor_modules, unmatched_names
+from wna16.checkpoint.files import SafetensorsFolder
 from wna16.checkpoint.presets import WAN2_2
 from wna16.errors import ConfigError, UnmatchedNamesError
 
@@ -67,3 +71,30 @@ def test_a_prefix_matches_on_dotted_boundaries_only() -> None:
     unmatched = unmatched_names(cfg, FLUX_RUNTIME)
     assert list(unmatched) == ["transformer_block"]
     assert unmatched["transformer_block"][0] == "transformer_blocks"
+
+
+EMBEDDED = Path(__file__).parent.parent / "checkpoints" / "embedded" / "tiny-llama-w4g128-auto_round"
+
+
+def test_a_checkpoint_config_is_checked_against_the_checkpoints_own_module_names() -> None:
+    """vLLM's engine path (``Wna16Config.maybe_update_config``) compares the config as written with the modules that
+    hold the checkpoint's tensors (:func:`tensor_modules` of the safetensors headers): one name space, no remap. The
+    auto-round checkpoint's own config passes; a misspelt ``extra_config`` key or block is named with the closest
+    checkpoint names."""
+    modules = tensor_modules(SafetensorsFolder(EMBEDDED))
+    assert "model.layers.0.mlp.down_proj" in modules and "model.embed_tokens" in modules
+    assert not any(m.endswith((".qweight", ".weight")) for m in modules)
+    written = read_quant_config(EMBEDDED)
+    check_names(written, modules, space="checkpoint")
+    raw = json.loads((EMBEDDED / "quantization_config.json").read_text())
+    misnamed = QuantConfig.from_dict(
+        {**raw, "block_name_to_quantize": "model.layer", "extra_config": {"model.layers.0.mlp.down_projj": {"bits": 8}}}
+    )
+    with pytest.raises(UnmatchedNamesError) as raised:
+        check_names(misnamed, modules, where="ckpt/config.json: quantization_config", space="checkpoint")
+    error = raised.value
+    assert error.space == "checkpoint" and set(error.unmatched) == {"model.layer", "model.layers.0.mlp.down_projj"}
+    assert error.unmatched["model.layer"][0] == "model.layers"
+    assert error.unmatched["model.layers.0.mlp.down_projj"][0] == "model.layers.0.mlp.down_proj"
+    assert str(error).startswith("ckpt/config.json: quantization_config: names that match no checkpoint module: ")
+    assert "'model.layer' (closest checkpoint names: 'model.layers'" in str(error)

@@ -31,9 +31,13 @@ wna16's backend vs transformers' SDPA and dense matmul): ~1e-6 on log-probabilit
 thinker differs by ~1e-2 (asserted below), so the bound separates the two by two orders of magnitude."""
 
 
-def _script(*args: str) -> str:
-    done = subprocess.run([sys.executable, str(HERE / "thinker_stage.py"), *args], capture_output=True, text=True,
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(HERE / "thinker_stage.py"), *args], capture_output=True, text=True,
                           timeout=1200, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+
+
+def _script(*args: str) -> str:
+    done = _run(*args)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -81,7 +85,10 @@ def test_the_thinker_stage_serves_an_autoround_checkpoint_with_wna16(tmp_path: P
 def check_unmatched_names(quantized: Path, misnamed: Path) -> None:
     """The thinker checkpoint's names pass wna16's check through the Qwen2.5-Omni preset (``thinker.model.`` ->
     ``thinker.language_model.model.``, as vLLM-Omni's mapper); an ``extra_config`` key naming no module is refused
-    with :class:`UnmatchedNamesError` naming it and the closest runtime names, before any engine work."""
+    with :class:`UnmatchedNamesError` naming it and the closest runtime names, before any engine work. The stage
+    itself (``Omni(...)`` with ``quantization: wna16``) refuses the same checkpoint while vLLM builds the stage's
+    config (``Wna16Config.maybe_update_config``, checkpoint names), naming the key and the closest checkpoint name,
+    instead of dying at load on a bare shape ``AssertionError``."""
     assert component_config(quantized) is not None
     shutil.copytree(quantized, misnamed)
     data = json.loads((misnamed / "config.json").read_text())
@@ -90,3 +97,8 @@ def check_unmatched_names(quantized: Path, misnamed: Path) -> None:
     with pytest.raises(UnmatchedNamesError, match=r"down_projj.*closest runtime names: "
                        r"'thinker\.language_model\.model\.layers\.0\.mlp\.down_proj'"):  # fmt: skip
         component_config(misnamed)
+    done = _run("serve", str(misnamed))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "THINKER " not in done.stdout, output[-4000:]
+    assert ("names that match no checkpoint module: 'thinker.model.layers.0.mlp.down_projj' (closest checkpoint "
+            "names: 'thinker.model.layers.0.mlp.down_proj'") in output, output[-4000:]  # fmt: skip

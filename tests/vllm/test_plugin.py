@@ -4,9 +4,11 @@ platforms, per-layer methods, and the checkpoints vLLM's own INC path refuses on
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from vllm_helpers import Made
 
 import wna16.integrations.vllm as plugin
 from wna16.checkpoint.resolve import FusedQuant, LayerQuant
-from wna16.errors import ConfigError, UnsupportedError
+from wna16.errors import ConfigError, UnmatchedNamesError, UnsupportedError
 
 AUTO_ROUND = {"quant_method": "auto-round", "bits": 4, "group_size": 128, "sym": True, "data_type": "int",
               "packing_format": "auto_round:auto_gptq", "block_name_to_quantize": "model.layers"}  # fmt: skip
@@ -299,3 +301,94 @@ def test_a_part_never_loaded_is_a_typed_error_naming_module_and_parts(tp_group: 
         for name, tensor in GPTQ_V1.pack(wide).items():
             getattr(layer, name).weight_loader(getattr(layer, name), tensor, 1)
         layer.quant_method.process_weights_after_loading(layer)
+
+
+DOWN_8BIT = "model.layers.0.mlp.down_proj"
+"""The layer the misnamed checkpoints store at 8 bits beside 4-bit g128 ones: under a misnamed key vLLM would build it
+at 4 bits and die loading its 8-bit tensors."""
+
+
+@pytest.fixture(scope="module")
+def misnamed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny LLaMA written by wna16 (4-bit g128 on ``model.layers``, :data:`DOWN_8BIT` at 8 bits) as written
+    (``good``), with its ``extra_config`` key misspelt (``extra``) and with its block name misspelt (``block``)."""
+    from make_reference import maker
+
+    from wna16.checkpoint.write import quantization_config, write_checkpoint
+
+    root = tmp_path_factory.mktemp("misnamed")
+    model = maker().tiny_llama()
+    model.config.architectures = ["LlamaForCausalLM"]
+    qc = quantization_config(bits=4, group_size=128, sym=True, packing_format="auto_round:auto_gptq",
+                             block_name_to_quantize=("model.layers",),
+                             extra_config={DOWN_8BIT: {"bits": 8}})  # fmt: skip
+    write_checkpoint(root / "good", model.state_dict(), qc, model_config=model.config.to_dict())
+    edits = {
+        "extra": {"extra_config": {DOWN_8BIT + "j": {"bits": 8}}},
+        "block": {"block_name_to_quantize": "model.layer"},
+    }
+    for case, edit in edits.items():
+        shutil.copytree(root / "good", root / case)
+        config = json.loads((root / case / "config.json").read_text())
+        config["quantization_config"].update(edit)
+        (root / case / "config.json").write_text(json.dumps(config))
+    return {case: root / case for case in ("good", *edits)}
+
+
+def test_checkpoint_names_are_checked_before_the_model_is_built(misnamed: dict[str, Path]) -> None:
+    """The hook vLLM calls while building its config compares the config as written with the checkpoint's own module
+    names (safetensors headers): the written checkpoint passes, a misspelt key or block is refused naming the file,
+    the bad name and the closest checkpoint names. A key naming a fused module vLLM builds from the checkpoint's parts
+    (``qkv_proj``) names a module."""
+
+    from transformers import AutoConfig
+
+    def hook(case: str, **edit: Any) -> None:
+        path = misnamed[case]
+        hf_config = AutoConfig.from_pretrained(path)  # what vLLM passes: it carries the quantization_config
+        config = {**hf_config.quantization_config, **edit}
+        plugin.Wna16Config.from_config(config).maybe_update_config(str(path), hf_config=hf_config, revision=None)
+
+    hook("good")
+    hook("good", extra_config={"model.layers.0.self_attn.qkv_proj": {"bits": 4}})
+    with pytest.raises(UnmatchedNamesError) as raised:
+        hook("extra")
+    assert list(raised.value.unmatched) == [DOWN_8BIT + "j"] and raised.value.space == "checkpoint"
+    assert raised.value.unmatched[DOWN_8BIT + "j"][0] == DOWN_8BIT
+    assert str(raised.value).startswith(f"{misnamed['extra']}: config.json: quantization_config: ")
+    # a model config without quantization_config: vLLM read one of the method's own files
+    assert plugin.config_file(None) == "quantization_config.json or quantize_config.json or quant_config.json"
+    with pytest.raises(UnmatchedNamesError) as raised:
+        hook("block")
+    assert (
+        list(raised.value.unmatched) == ["model.layer"] and raised.value.unmatched["model.layer"][0] == "model.layers"
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "bad", "close"), [("extra", DOWN_8BIT + "j", DOWN_8BIT), ("block", "model.layer", "model.layers")]
+)
+def test_a_misnamed_checkpoint_is_refused_before_any_engine_work(
+    case: str, bad: str, close: str, misnamed: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LLM(model=path, quantization="wna16")``, with the engine core in its own process (vLLM's default), is
+    refused in the caller's process while vLLM builds its config, before the engine core starts: the message names
+    ``config.json``, the misspelt name and the closest checkpoint name. vLLM builds its ``VllmConfig`` as a pydantic
+    dataclass, which turns the ``ValueError`` raised there (:class:`UnmatchedNamesError` is a ``ConfigError``, a
+    ``ValueError``) into a ``ValidationError`` carrying wna16's message; the typed error is its context. Without the
+    check (vLLM 0.32, measured) the engine core starts, builds the model with the wrong scheme and dies loading the
+    weights, and the caller gets ``RuntimeError: Engine core initialization failed`` naming nothing: the worker logs a
+    bare ``AssertionError`` (the 8-bit ``down_proj`` into 4-bit parameters) or ``AttributeError:
+    'MergedColumnParallelLinear' object has no attribute 'data'`` (the misspelt block: every layer unquantized)."""
+    from pydantic import ValidationError
+    from vllm import LLM
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    path = misnamed[case]
+    with pytest.raises(ValidationError) as raised:
+        LLM(model=str(path), quantization="wna16", dtype="float32", skip_tokenizer_init=True, max_model_len=64)
+    (detail,) = raised.value.errors()
+    error = detail["ctx"]["error"]
+    assert isinstance(error, UnmatchedNamesError) and list(error.unmatched) == [bad]
+    assert str(error).startswith(f"{path}: config.json: quantization_config: names that match no checkpoint module: ")
+    assert f"{bad!r} (closest checkpoint names: {close!r}" in str(raised.value)

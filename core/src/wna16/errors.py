@@ -68,16 +68,19 @@ class MoELayoutError(ConfigError):
 class UnmatchedNamesError(ConfigError):
     """``block_name_to_quantize`` entries or ``extra_config`` keys name no module of the runtime model: those layers
     would stay silently unquantized and loading would fail later on a missing tensor. Carries each unmatched name
-    with the closest runtime names (``unmatched``: name -> closest)."""
+    with the closest module names (``unmatched``: name -> closest). ``space`` says whose names were compared:
+    ``runtime`` (the model's modules, the config remapped to them) or ``checkpoint`` (the modules holding the
+    checkpoint's tensors, the config as written: what the engine path of vLLM checks before it builds the model)."""
 
-    def __init__(self, source: str, unmatched: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, source: str, unmatched: Mapping[str, Sequence[str]], space: str = "runtime") -> None:
         self.source = source
+        self.space = space
         self.unmatched: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in unmatched.items()}
         described = "; ".join(
-            f"{name!r} (closest runtime names: {', '.join(repr(c) for c in close) or 'none'})"
+            f"{name!r} (closest {space} names: {', '.join(repr(c) for c in close) or 'none'})"
             for name, close in self.unmatched.items()
         )
-        super().__init__(f"{source}: names that match no runtime module: {described}")
+        super().__init__(f"{source}: names that match no {space} module: {described}")
 
 
 class CheckpointError(Wna16Error):

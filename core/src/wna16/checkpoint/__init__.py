@@ -24,6 +24,7 @@ API (stable; other modules of this package and later issues build on it)::
     check_moe_name(name)       # MoELayoutError for fused-experts names (experts, experts.gate_up_proj)
     check_names(config, runtime_module_names)   # UnmatchedNamesError: config names matching no runtime module, with
                                                 # the closest runtime names; unmatched_names(...) -> {name: closest}
+    tensor_modules(tensor_names) -> set[str]   # a checkpoint's module names from its tensor names (headers only)
 
     from wna16.checkpoint.remap import Remap
     Remap(prefixes={}, substrings={}, stage_prefix="", label="custom"); Remap.from_mapper(prefixes, substrings)
@@ -62,6 +63,7 @@ from wna16.checkpoint.resolve import (
     fuse,
     fused_parts,
     resolve_module,
+    tensor_modules,
     unmatched_names,
 )
 
@@ -82,5 +84,6 @@ __all__ = [
     "read_model_config",
     "read_quant_config",
     "resolve_module",
+    "tensor_modules",
     "unmatched_names",
 ]

@@ -45,7 +45,9 @@ builds the fused weight from the parts' weights.
 Names that match nothing: a ``block_name_to_quantize`` entry or an ``extra_config`` key naming no module of the
 runtime model (a wrong remap, a renamed model class) would leave its layers silently unquantized, and loading would
 fail later on a missing ``weight``. :func:`unmatched_names` / :func:`check_names` find them before any loading, with
-the closest runtime names, for every runtime (vLLM-Omni, vLLM, ``patch_model``) that knows its module names.
+the closest runtime names, for every runtime (vLLM-Omni, vLLM, ``patch_model``) that knows its module names. vLLM's
+engine path compares the config as written with the checkpoint's own module names (:func:`tensor_modules` of its
+safetensors headers) before it builds the model: both are in checkpoint name space, so no remap is involved.
 """
 
 from __future__ import annotations
@@ -474,9 +476,17 @@ def check_names(
     module_names: Iterable[str],
     packed_modules: Mapping[str, Sequence[str]] = PACKED_MODULES,
     where: str | None = None,
+    space: str = "runtime",
 ) -> None:
-    """Raise :class:`~wna16.errors.UnmatchedNamesError` naming every config name that matches no runtime module
-    (see :func:`unmatched_names`), before any weight is loaded."""
+    """Raise :class:`~wna16.errors.UnmatchedNamesError` naming every config name that matches no module of
+    ``module_names`` (see :func:`unmatched_names`), before any weight is loaded. ``space`` names the kind of module
+    names compared (``runtime``, or ``checkpoint`` for :func:`tensor_modules` of the checkpoint's tensors)."""
     unmatched = unmatched_names(config, module_names, packed_modules)
     if unmatched:
-        raise UnmatchedNamesError(where or config.source, unmatched)
+        raise UnmatchedNamesError(where or config.source, unmatched, space)
+
+
+def tensor_modules(tensor_names: Iterable[str]) -> set[str]:
+    """The modules holding the tensors ``tensor_names`` (``model.layers.0.mlp.down_proj`` for its ``.qweight``):
+    the module names of a checkpoint, read from its safetensors headers alone."""
+    return {name.rsplit(".", 1)[0] for name in tensor_names if "." in name}

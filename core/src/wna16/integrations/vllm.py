@@ -15,6 +15,10 @@ How it fits vLLM (0.30 and 0.32):
 - It takes over only when asked. :meth:`Wna16Config.override_quantization_method` claims an ``auto-round`` / ``gptq``
   / ``awq`` / ``compressed-tensors`` checkpoint only when the user passed ``quantization="wna16"``; otherwise vLLM
   picks its own method (INC, GPTQ-Marlin, AWQ, compressed-tensors, ...) exactly as without the plugin.
+- Names are checked before any engine work: :meth:`Wna16Config.maybe_update_config`, which vLLM calls while it builds
+  its config, refuses ``block_name_to_quantize`` entries and ``extra_config`` keys that name no module of the
+  checkpoint (:class:`~wna16.errors.UnmatchedNamesError`, with the closest checkpoint names). vLLM's pydantic
+  ``VllmConfig`` hands it to the caller as a ``ValidationError`` carrying the message (the error is its context).
 - Per layer, the checkpoint's ``quantization_config`` decides (:meth:`wna16.checkpoint.config.QuantConfig.resolve`:
   block prefixes, exact and regex ``extra_config`` keys, GPTQ ``dynamic``, ``modules_to_not_convert``; fused
   ``qkv_proj`` / ``gate_up_proj`` resolve their parts). Unquantized layers get vLLM's ``UnquantizedLinearMethod``.
@@ -59,6 +63,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,9 +89,27 @@ from vllm.model_executor.parameter import (
 from vllm.model_executor.utils import set_weight_attrs
 
 from wna16.checkpoint.config import CONFIG_FILES, QUANT_METHODS, QuantConfig
+from wna16.checkpoint.files import SafetensorsFolder
 from wna16.checkpoint.remap import Remap
-from wna16.checkpoint.resolve import PACKED_MODULES, FusedQuant, LayerQuant, concat_out, resolve_module
-from wna16.errors import CheckpointError, ConfigError, FormatError, FusedModuleError, UnsupportedError, layer_shape
+from wna16.checkpoint.resolve import (
+    PACKED_MODULES,
+    FusedQuant,
+    LayerQuant,
+    check_names,
+    concat_out,
+    fused_groups,
+    resolve_module,
+    tensor_modules,
+)
+from wna16.errors import (
+    CheckpointError,
+    ConfigError,
+    FormatError,
+    FusedModuleError,
+    MissingShardError,
+    UnsupportedError,
+    layer_shape,
+)
 from wna16.experts import (
     ACTIVATIONS,
     PROJECTIONS,
@@ -171,6 +194,29 @@ def runtime_remaps(mapper: object) -> tuple[Remap, Remap]:
     prefixes, substrings = ({str(k): "" if v is None else str(v) for k, v in r.items()} for r in rules)
     staged = Remap.from_mapper(prefixes, substrings, label=f"vLLM-Omni {label}")
     return Remap(prefixes, substrings, "", f"vLLM {label}"), staged
+
+
+def checkpoint_tensor_names(model: str, revision: str | None = None) -> list[str] | None:
+    """The tensor names of the checkpoint vLLM will load, from its safetensors headers only; ``None`` when it has no
+    safetensors weights (vLLM also loads pickle files). A local folder is read by wna16
+    (:class:`~wna16.checkpoint.files.SafetensorsFolder`: the index's shards, headers validated); a Hub id by vLLM
+    (``get_safetensors_params_metadata``: the Hub's headers, or the local cache)."""
+    if Path(model).is_dir():
+        try:
+            return list(SafetensorsFolder(model))
+        except MissingShardError:
+            return None
+    from vllm.transformers_utils.config import get_safetensors_params_metadata
+
+    return list(get_safetensors_params_metadata(model, revision=revision)) or None
+
+
+def config_file(hf_config: Any) -> str:
+    """Which file vLLM read the ``quantization_config`` from: ``config.json`` when the model config carries it, else
+    one of :meth:`Wna16Config.get_config_filenames` (vLLM's ``get_quant_config`` order)."""
+    if getattr(hf_config, "quantization_config", None) is not None:
+        return "config.json"
+    return " or ".join(Wna16Config.get_config_filenames())
 
 
 def stored_tensors(layer_quant: LayerQuant) -> tuple[str, ...]:
@@ -742,6 +788,27 @@ class Wna16Config(QuantizationConfig):
         if user_quant == METHOD and method in QUANT_METHODS:
             return METHOD
         return None
+
+    def maybe_update_config(self, model_name: str, hf_config: Any = None, revision: str | None = None) -> None:
+        """Refuse ``block_name_to_quantize`` entries and ``extra_config`` keys that name no module of the checkpoint
+        (:class:`~wna16.errors.UnmatchedNamesError`, with the closest checkpoint names), before any engine work.
+
+        vLLM (0.30 and 0.32) calls this while it builds its ``VllmConfig`` (``_get_quantization_config``), in the
+        user's process, before the engine core starts and before the model, its mapper
+        (:meth:`apply_vllm_mapper`) and its weights: a misnamed key would otherwise leave its layer resolved with the
+        wrong scheme (or, for a block, every layer unquantized) and the load would die on vLLM's bare shape
+        ``AssertionError`` or ``KeyError``. The config still holds the checkpoint's names here, and so do the
+        tensors (:func:`checkpoint_tensor_names`): one name space, no remap. The fused modules vLLM will build from
+        the checkpoint's parts (``qkv_proj`` from ``q/k/v_proj``) count too: a config may name them.
+        """
+        names = checkpoint_tensor_names(model_name, revision)
+        if names is None:
+            logger.warning("%s: no safetensors weights to read names from; quantization_config names not checked",
+                           model_name)  # fmt: skip
+            return
+        where = f"{model_name}: {config_file(hf_config)}: quantization_config"
+        modules = tensor_modules(names)
+        check_names(self.quant, modules | set(fused_groups(sorted(modules))), where=where, space="checkpoint")
 
     def resolve(self, prefix: str) -> LayerQuant | FusedQuant | None:
         """How the runtime module ``prefix`` is stored (fused modules resolve their parts; mixed parts give a

@@ -44,7 +44,7 @@ from wna16.checkpoint.config import QuantConfig, read_model_config, read_quant_c
 from wna16.checkpoint.files import SafetensorsFolder
 from wna16.checkpoint.presets import preset_for
 from wna16.checkpoint.remap import Remap
-from wna16.checkpoint.resolve import check_names
+from wna16.checkpoint.resolve import check_names, tensor_modules
 from wna16.errors import ConfigError
 from wna16.integrations.vllm import Wna16Config
 
@@ -108,7 +108,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 def runtime_module_names(folder: Path, remap: Remap) -> set[str]:
     """The runtime names of every module holding a tensor of the component (from the safetensors headers only)."""
-    return {remap.name(name.rsplit(".", 1)[0]) for name in SafetensorsFolder(folder) if "." in name}
+    return {remap.name(module) for module in tensor_modules(SafetensorsFolder(folder))}
 
 
 def component_config(folder: str | os.PathLike[str], remap: Remap | None = None) -> QuantizationConfig | None:
