@@ -1,10 +1,13 @@
-"""The Qwen2.5-Omni thinker (an LLM stage) through vLLM-Omni's stage pipeline with wna16, on CPU.
+"""Omni thinkers (LLM stages) through vLLM-Omni's stage pipeline with wna16, on CPU.
 
-A tiny thinker quantized by auto-round 0.16.1 (RTN: W4 g32 sym on ``thinker.model.layers``, one 8-bit
-``extra_config`` layer) is served by ``Omni(...)`` with the registered ``qwen2_5_omni_thinker_only`` pipeline and
-``quantization: wna16`` (thinker_stage.py, one engine start, fp32). Its checkpoint names (``thinker.model.layers...``)
-reach wna16 through vLLM-Omni's ``hf_to_vllm_mapper`` (``Wna16Config.apply_vllm_mapper``). The judge: transformers'
-own thinker with every quantized layer replaced by wna16's oracle dequantization (fp32), greedy, full forward per step.
+Tiny thinkers quantized by auto-round 0.16.1 (RTN: W4 g32 sym on ``thinker.model.layers``, one 8-bit
+``extra_config`` layer) are served by ``Omni(...)`` with the registered ``<model_type>_thinker_only`` pipeline and
+``quantization: wna16`` (thinker_stage.py, one engine start per test, fp32): Qwen2.5-Omni (dense) and Qwen3-Omni-MoE
+(its routed experts stored as per-expert linears, one expert's ``down_proj`` at 8 bits, served by wna16's
+``Wna16ExpertsMethod`` inside vLLM's ``RoutedExperts``). Their checkpoint names (``thinker.model.layers...``) reach
+wna16 through vLLM-Omni's ``hf_to_vllm_mapper`` (``Wna16Config.apply_vllm_mapper``). The judge: transformers' own
+model with every quantized layer replaced by wna16's oracle dequantization (fp32, experts written into
+transformers' fused expert parameters), greedy, full thinker forward per step.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from oracle import load_dequantized
-from safetensors.torch import load_file
 
 from wna16.errors import UnmatchedNamesError
 from wna16.integrations.vllm_omni import component_config
@@ -38,16 +41,16 @@ def _script(*args: str) -> str:
     return done.stdout
 
 
-def transformers_greedy(full: Path, quantized: Path | None) -> tuple[list[int], list[float]]:
-    """Greedy tokens and log-probabilities of transformers' thinker: the full model's weights, with the quantized
-    checkpoint's layers dequantized by wna16's oracle (and its other tensors as written) when ``quantized`` is given."""
+def transformers_greedy(full: Path, quantized: Path | None, layers: int = 0) -> tuple[list[int], list[float]]:
+    """Greedy tokens and log-probabilities of transformers' thinker (the class ``full``'s config names): the full
+    model's weights, with the quantized checkpoint's ``layers`` quantized layers dequantized by wna16's oracle (and its
+    other tensors as written) when ``quantized`` is given."""
     from thinker_stage import NEW_TOKENS, PROMPT
-    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig.from_pretrained(full)).float().eval()
-    model.load_state_dict(load_file(full / "model.safetensors"))
+    (architecture,) = json.loads((full / "config.json").read_text())["architectures"]
+    model = getattr(transformers, architecture).from_pretrained(full, dtype=torch.float32).eval()
     if quantized is not None:
-        assert load_dequantized(model, quantized) == 7  # q, k, v, o, gate, up, down of the one layer
+        assert load_dequantized(model, quantized) == layers
     ids, logprobs = list(PROMPT), []
     with torch.no_grad():
         for _ in range(NEW_TOKENS):
@@ -59,23 +62,33 @@ def transformers_greedy(full: Path, quantized: Path | None) -> tuple[list[int], 
     return ids[len(PROMPT) :], logprobs
 
 
-def test_the_thinker_stage_serves_an_autoround_checkpoint_with_wna16(tmp_path: Path) -> None:
-    _script("make", str(tmp_path))
+def serve_and_judge(tmp_path: Path, model: str, layers: int) -> None:
+    """Make ``model``'s tiny checkpoints, serve the quantized one through its thinker-only stage, and require the
+    served greedy tokens and log-probabilities to equal the oracle's and to differ from the unquantized model's."""
+    _script("make", str(tmp_path), model)
     full, quantized = tmp_path / "full", tmp_path / "quantized"
     config = json.loads((quantized / "config.json").read_text())["quantization_config"]
     assert config["block_name_to_quantize"] == "thinker.model.layers" and config["autoround_version"] == "0.16.1"
     (line,) = [ln for ln in _script("serve", str(quantized)).splitlines() if ln.startswith("THINKER ")]
     served = json.loads(line.removeprefix("THINKER "))
-    tokens, logprobs = transformers_greedy(full, quantized)
+    tokens, logprobs = transformers_greedy(full, quantized, layers)
     diff = max(abs(a - b) for a, b in zip(served["logprobs"], logprobs, strict=True))
     _, unquantized = transformers_greedy(full, None)
     diff_full = max(abs(a - b) for a, b in zip(served["logprobs"], unquantized, strict=True))
-    print(f"thinker stage: start {served['start_s']:.1f} s, max |dlogprob| {diff:.2e} vs oracle, {diff_full:.2e} vs "
-          f"unquantized")  # fmt: skip
+    print(f"{model} thinker stage: start {served['start_s']:.1f} s, max |dlogprob| {diff:.2e} vs oracle, "
+          f"{diff_full:.2e} vs unquantized")  # fmt: skip
     assert served["tokens"] == tokens, (served, tokens)
     assert diff <= LOGPROB_BOUND, (served, logprobs)
     assert diff_full > 100 * LOGPROB_BOUND, (served, unquantized)
-    check_unmatched_names(quantized, tmp_path / "misnamed")
+
+
+def test_the_thinker_stage_serves_an_autoround_checkpoint_with_wna16(tmp_path: Path) -> None:
+    serve_and_judge(tmp_path, "qwen2_5_omni", 7)  # q, k, v, o, gate, up, down of the one layer
+    check_unmatched_names(tmp_path / "quantized", tmp_path / "misnamed")
+
+
+def test_the_qwen3_omni_moe_thinker_stage_serves_autoround_experts_with_wna16(tmp_path: Path) -> None:
+    serve_and_judge(tmp_path, "qwen3_omni_moe", 4 + 4 * 3)  # q, k, v, o and 4 experts' gate, up, down
 
 
 def check_unmatched_names(quantized: Path, misnamed: Path) -> None:
