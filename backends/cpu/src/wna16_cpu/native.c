@@ -222,12 +222,53 @@ int wna16_native_linear(const float *x, int64_t m, int64_t kp, const uint8_t *co
     return 0;
 }
 
-/* w [kp, (b1 - b0) * 16] = dequantized W^T of column blocks b0 .. b1, float32 (out_bf16 = 0) or bf16 (rounded once). */
+#if WNA16_AVX512BF16
+/* Rows k and k + 1 of one unpacked (k, k + 1) word-pair vector, scaled, stored as float32 or bf16. */
+static inline void store_pair(__m512i w, __m512 s, __m512 z, void *out, int64_t at, int64_t width, int out_bf16) {
+    __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u)));
+    even = _mm512_fmadd_ps(even, s, z);
+    odd = _mm512_fmadd_ps(odd, s, z);
+    if (out_bf16) {
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), (__m256i)_mm512_cvtneps_pbh(even));
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + at + width), (__m256i)_mm512_cvtneps_pbh(odd));
+    } else {
+        _mm512_storeu_ps((float *)out + at, even);
+        _mm512_storeu_ps((float *)out + at + width, odd);
+    }
+}
+#endif
+
+/* w [kp, (b1 - b0) * 16] = dequantized W^T of column blocks b0 .. b1, float32 (out_bf16 = 0) or bf16 (rounded once):
+ * code * scale + zs, exact in float32 for fp16/bf16 scales. */
 void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, const float *zs, int64_t kp, int64_t np,
                           int64_t gk, int64_t b0, int64_t b1, void *out, int out_bf16) {
     const int64_t width = (b1 - b0) * COLS;
     for (int64_t b = b0; b < b1; b++) {
         const uint8_t *base = codes + (bits8 ? b * kp * COLS : b * kp * COLS / 2);
+#if WNA16_AVX512BF16
+        uint16_t t[32] = {0};
+        for (int c = 0; c < 16; c++) t[c] = bf16_bits((float)(c - 8));
+        const __m512i lut = _mm512_loadu_si512(t), low = _mm512_set1_epi16(15);
+        for (int64_t k = 0; k < kp; k += 4) {
+            const int64_t g = k / gk, at = k * width + (b - b0) * COLS;
+            const __m512 s = _mm512_loadu_ps(scale + g * np + b * COLS);
+            const __m512 z = zs ? _mm512_loadu_ps(zs + g * np + b * COLS) : _mm512_setzero_ps();
+            if (bits8) {
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *p = base + (k / 2 + h) * 32;
+                    __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+                    __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+                    store_pair((__m512i)_mm512_cvtne2ps_pbh(f1, f0), s, z, out, at + 2 * h * width, width, out_bf16);
+                }
+            } else {
+                __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(base + (k / 4) * 32)));
+                store_pair(_mm512_permutexvar_epi16(_mm512_and_si512(w, low), lut), s, z, out, at, width, out_bf16);
+                store_pair(_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), lut), s, z, out, at + 2 * width, width,
+                           out_bf16);
+            }
+        }
+#else
         for (int64_t k = 0; k < kp; k++) {
             const int64_t g = k / gk;
             const float *s = scale + g * np + b * COLS, *z = zs ? zs + g * np + b * COLS : NULL;
@@ -248,5 +289,6 @@ void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, c
             else
                 memcpy((float *)out + at, w, sizeof w);
         }
+#endif
     }
 }
