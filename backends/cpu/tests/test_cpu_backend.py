@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 import torch
 
-from wna16.protocol import LazyCapabilities
 from wna16 import LayerSpec, QuantizedWeight, Registry, Scheme, Shard, quantize_rtn
 from wna16.errors import FormatError, UnsupportedError
 from wna16.partition import shard_bias, shard_weight
+from wna16.protocol import LazyCapabilities
 from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
 from wna16_cpu import CpuBackend, int4, isa
-from wna16_cpu.backend import FALLBACK, TUNING, NATIVE, _capabilities, tuning
+from wna16_cpu.backend import FALLBACK, NATIVE, TUNING, _capabilities, tuning
 from wna16_cpu.int4 import CHUNK_ROWS, Int4Linear, PackedColumns, RowLayout, _convert, kernel_group
 from wna16_cpu.int8 import Int8Linear
 from wna16_reference import ReferenceBackend

@@ -146,9 +146,10 @@ def _capabilities(t: Tuning) -> tuple[Capability, ...]:
                 torch.float16,
                 f"{NATIVE}fp16 {where}: x = bf16 hi + lo, kernel to M={mh}, then fp32 GEMM",
                 torch.float32,
-            ),  # fmt: skip
+            ),
         )
-    return native_rules + (
+    return (
+        *native_rules,
         _int4(torch.bfloat16, t.int4_priority, f"int4-bf16 {where}: kernel to M={m4}, then {gemm} GEMM", None),
         _int4(torch.float16, fp16, f"int4-fp16 {where}: via bf16, kernel to M={m4}", torch.bfloat16),
         _int4(torch.float32, GEMM_PRIORITY, "int4-fp32: float32 GEMM", None),
