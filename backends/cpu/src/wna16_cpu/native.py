@@ -80,30 +80,38 @@ def _signatures(lib: ctypes.CDLL) -> Library:
     return Library(Path(lib._name), bool(lib.wna16_native_isa()), linear, dequant)
 
 
+def _version(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"{cc} --version failed: {e}") from e
+
+
+def cached_path(cc: str, flags: tuple[str, ...], directory: Path | None = None) -> Path:
+    """Where the build of ``native.c`` with compiler ``cc`` and ``flags`` is cached (in ``directory``, by default
+    :func:`cache_dir`): the name is a hash of the source, the flags and the compiler's version line."""
+    key = hashlib.sha256(b"\0".join([source(), " ".join(flags).encode(), _version(cc).encode()])).hexdigest()[:24]
+    return (directory or cache_dir()) / f"native-{key}.so"
+
+
 def build(flags: tuple[str, ...] = FLAGS, directory: Path | None = None) -> Library:
-    """Load the kernel built with ``flags``, compiling it first when the cache has no loadable copy; raises
-    :class:`Unavailable` with the reason when there is no compiler or the build or load fails."""
+    """Load the kernel built with ``flags``, compiling it first when the cache (``directory``, by default
+    :func:`cache_dir`) has no loadable copy; raises :class:`Unavailable` with the reason when there is no compiler
+    or the build or load fails."""
     cc = compiler()
     if cc is None:
         raise Unavailable("no C compiler found ($CC, sysconfig CC, cc, gcc)")
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise Unavailable(f"{cc} --version failed: {e}") from e
-    src = source()
-    key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), version.encode()])).hexdigest()[:24]
-    where = directory or cache_dir()
-    target = where / f"native-{key}.so"
+    target = cached_path(cc, flags, directory)
     if target.exists():
         try:
             return _signatures(ctypes.CDLL(str(target)))
         except OSError:
             target.unlink(missing_ok=True)  # corrupt or truncated: rebuilt below
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=where) as tmp:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             c_file, so_file = Path(tmp) / "native.c", Path(tmp) / "native.so"
-            c_file.write_bytes(src)
+            c_file.write_bytes(source())
             done = subprocess.run(
                 [cc, *flags, "-o", str(so_file), str(c_file)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
             )
