@@ -180,3 +180,20 @@ def test_without_a_compiler_the_torch_paths_serve(no_compiler: None) -> None:
     assert error_ratio(layer(x), x, weight, Precision.for_backend(backend, spec)) <= 1.0
     with pytest.raises(native.Unavailable, match="no C compiler"):
         NativeLinear(weight, torch.bfloat16, None, 1)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_threads_split_columns_only(bits: int) -> None:
+    """Threads take disjoint column blocks (``torch.get_num_threads()`` of them), so the product is bit for bit the
+    one-thread product, including a block count that does not divide evenly."""
+    weight = make_weight(16 * 7, 256, Scheme(bits, 64, False), seed=11)
+    layer = NativeLinear(weight, torch.float16, None, 1 << 30)
+    x = torch.randn(5, 256).to(torch.float16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = layer(x)
+        torch.set_num_threads(3)
+        assert torch.equal(layer(x), one)
+    finally:
+        torch.set_num_threads(before)
