@@ -3,10 +3,10 @@ first use, cache the shared object per user, load it with :mod:`ctypes`.
 
 Why compiled here and not shipped: the kernel is built with ``-march=native`` so that one source serves whatever
 this CPU has (AVX512-BF16 intrinsics where the compiler defines ``__AVX512BF16__``, plain vectorised C elsewhere);
-no torch headers are involved, so a build takes about a second. The cache key is a hash of the source, the flags and
-the compiler's version line: a changed source, flag or compiler builds a new file, and a file whose load fails (a
-corrupt or truncated cache entry) is rebuilt once. Builds write a temporary file and rename it into place, so
-parallel test workers never load a half-written object.
+no torch headers are involved, so a build takes about a second. The cache key is a hash of the source, the flags, the
+compiler's version line and the CPU: a changed source, flag, compiler or CPU builds a new file, and a file whose
+load fails (a corrupt or truncated cache entry) is rebuilt once. Builds write a temporary file and rename it into
+place, so parallel test workers never load a half-written object.
 
 Everything that can fail (no compiler, a failed build, a failed load) is caught and becomes :class:`Unavailable`'s
 reason: the backend then keeps its torch paths (:mod:`wna16_cpu.backend`).
@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from wna16_cpu import isa
 
 FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-std=c11", "-D_GNU_SOURCE")
 """Compiler flags of the cached build (part of its cache key)."""
@@ -89,8 +91,10 @@ def _version(cc: str) -> str:
 
 def cached_path(cc: str, flags: tuple[str, ...], directory: Path | None = None) -> Path:
     """Where the build of ``native.c`` with compiler ``cc`` and ``flags`` is cached (in ``directory``, by default
-    :func:`cache_dir`): the name is a hash of the source, the flags and the compiler's version line."""
-    key = hashlib.sha256(b"\0".join([source(), " ".join(flags).encode(), _version(cc).encode()])).hexdigest()[:24]
+    :func:`cache_dir`): the name is a hash of the source, the flags, the compiler's version line and the CPU
+    (:func:`wna16_cpu.isa.cpu_identity`: ``-march=native`` code may not run on another CPU)."""
+    parts = [source(), " ".join(flags).encode(), _version(cc).encode(), isa.cpu_identity().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:24]
     return (directory or cache_dir()) / f"native-{key}.so"
 
 
