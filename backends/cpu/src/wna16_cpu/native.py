@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -66,8 +67,8 @@ class Library:
 
     path: Path
     avx512bf16: bool
-    linear: ctypes._CFuncPtr
-    dequant: ctypes._CFuncPtr
+    linear: Callable[..., int]
+    dequant: Callable[..., None]
 
 
 def _signatures(lib: ctypes.CDLL) -> Library:
