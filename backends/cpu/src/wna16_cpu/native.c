@@ -57,6 +57,14 @@ typedef struct {
 } job_t;
 
 #if WNA16_AVX512BF16
+/* vpermw table: word i = bf16((i & 15) - 8). vpermw reads only the low 5 bits of each index, so a word holding a
+ * whole byte b indexes bf16((b & 15) - 8), its low nibble, without masking; b >> 4 indexes its high nibble. */
+static inline __m512i nibble_table(void) {
+    uint16_t t[32];
+    for (int i = 0; i < 32; i++) t[i] = bf16_bits((float)((i & 15) - 8));
+    return _mm512_loadu_si512(t);
+}
+
 static inline __m512 dot_pair(__m512 acc, __m512i w, const uint32_t *xh, const uint32_t *xl, int64_t p) {
     acc = _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32((int)xh[p]));
     if (xl) acc = _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32((int)xl[p]));
@@ -67,13 +75,7 @@ static inline __attribute__((always_inline)) void block_rows(const job_t *j, int
     const int64_t kp = j->kp, gk = j->gk, groups = kp / gk, half = kp / 2;
     __m512 y[MAX_ROWS];
     for (int r = 0; r < rows; r++) y[r] = _mm512_setzero_ps();
-    __m512i lut = _mm512_setzero_si512();
-    if (!j->bits8) {
-        uint16_t t[32] = {0};
-        for (int c = 0; c < 16; c++) t[c] = bf16_bits((float)(c - 8));
-        lut = _mm512_loadu_si512(t);
-    }
-    const __m512i low = _mm512_set1_epi16(15);
+    const __m512i lut = nibble_table();
     const uint8_t *base = j->codes + b * kp * COLS; /* 16 columns x kp rows, one byte per 2 (4-bit) or 1 code */
     if (!j->bits8) base = j->codes + b * kp * COLS / 2;
     for (int64_t g = 0; g < groups; g++) {
@@ -85,9 +87,9 @@ static inline __attribute__((always_inline)) void block_rows(const job_t *j, int
             for (int64_t u = 0; u < gk / 4; u += 2) { /* two units: rows 4u .. 4u + 7 */
                 __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32 * u)));
                 __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32 * u + 32)));
-                __m512i a0 = _mm512_permutexvar_epi16(_mm512_and_si512(w0, low), lut);
+                __m512i a0 = _mm512_permutexvar_epi16(w0, lut); /* index = byte & 31: the low nibble */
                 __m512i a1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(w0, 4), lut);
-                __m512i a2 = _mm512_permutexvar_epi16(_mm512_and_si512(w1, low), lut);
+                __m512i a2 = _mm512_permutexvar_epi16(w1, lut);
                 __m512i a3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(w1, 4), lut);
                 int64_t q = (g * gk + 4 * u) / 2; /* pair index of row 4u */
                 for (int r = 0; r < rows; r++) {
@@ -247,9 +249,7 @@ void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, c
     for (int64_t b = b0; b < b1; b++) {
         const uint8_t *base = codes + (bits8 ? b * kp * COLS : b * kp * COLS / 2);
 #if WNA16_AVX512BF16
-        uint16_t t[32] = {0};
-        for (int c = 0; c < 16; c++) t[c] = bf16_bits((float)(c - 8));
-        const __m512i lut = _mm512_loadu_si512(t), low = _mm512_set1_epi16(15);
+        const __m512i lut = nibble_table();
         for (int64_t k = 0; k < kp; k += 4) {
             const int64_t g = k / gk, at = k * width + (b - b0) * COLS;
             const __m512 s = _mm512_loadu_ps(scale + g * np + b * COLS);
@@ -263,7 +263,7 @@ void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, c
                 }
             } else {
                 __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(base + (k / 4) * 32)));
-                store_pair(_mm512_permutexvar_epi16(_mm512_and_si512(w, low), lut), s, z, out, at, width, out_bf16);
+                store_pair(_mm512_permutexvar_epi16(w, lut), s, z, out, at, width, out_bf16);
                 store_pair(_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), lut), s, z, out, at + 2 * width, width,
                            out_bf16);
             }
