@@ -62,8 +62,8 @@ class Tuning:
 
 
 TUNING: dict[str, Tuning] = {
-    "AMX": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16", 12, (32, 128)),
-    "AVX512-BF16": Tuning(10, (64, 128), (16, 48), "measured on AMD Zen4", 12, (32, 128)),
+    "AMX": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16", 12, (64, 128)),
+    "AVX512-BF16": Tuning(10, (64, 128), (16, 48), "measured on AMD Zen4", 12, (64, 128)),
     "AVX512": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16 with a float32 GEMM"),
     "AVX2": Tuning(8, (32, 96), (8, 32), "measured on AMD Zen4 with ATEN_CPU_CAPABILITY=avx2"),
 }

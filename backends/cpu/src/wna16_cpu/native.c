@@ -246,49 +246,52 @@ static inline void store_pair(__m512i w, __m512 s, __m512 z, void *out, int64_t 
 void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, const float *zs, int64_t kp, int64_t np,
                           int64_t gk, int64_t b0, int64_t b1, void *out, int out_bf16) {
     const int64_t width = (b1 - b0) * COLS;
-    for (int64_t b = b0; b < b1; b++) {
-        const uint8_t *base = codes + (bits8 ? b * kp * COLS : b * kp * COLS / 2);
-#if WNA16_AVX512BF16
-        const __m512i lut = nibble_table();
-        for (int64_t k = 0; k < kp; k += 4) {
-            const int64_t g = k / gk, at = k * width + (b - b0) * COLS;
-            const __m512 s = _mm512_loadu_ps(scale + g * np + b * COLS);
-            const __m512 z = zs ? _mm512_loadu_ps(zs + g * np + b * COLS) : _mm512_setzero_ps();
-            if (bits8) {
-                for (int h = 0; h < 2; h++) {
-                    const uint8_t *p = base + (k / 2 + h) * 32;
-                    __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-                    __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
-                    store_pair((__m512i)_mm512_cvtne2ps_pbh(f1, f0), s, z, out, at + 2 * h * width, width, out_bf16);
-                }
-            } else {
-                __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(base + (k / 4) * 32)));
-                store_pair(_mm512_permutexvar_epi16(w, lut), s, z, out, at, width, out_bf16);
-                store_pair(_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), lut), s, z, out, at + 2 * width, width,
-                           out_bf16);
-            }
-        }
-#else
-        for (int64_t k = 0; k < kp; k++) {
-            const int64_t g = k / gk;
+    /* Tiles of 32 rows (kp and gk are multiples of 32) across every block: the rows being written stay in cache. */
+    for (int64_t k0 = 0; k0 < kp; k0 += 32)
+        for (int64_t b = b0; b < b1; b++) {
+            const uint8_t *base = codes + (bits8 ? b * kp * COLS : b * kp * COLS / 2);
+            const int64_t g = k0 / gk;
             const float *s = scale + g * np + b * COLS, *z = zs ? zs + g * np + b * COLS : NULL;
-            float w[COLS];
-            if (bits8) {
-                const uint8_t *p = base + (k / 2) * 32 + (k & 1);
-                for (int c = 0; c < COLS; c++) w[c] = (float)(int8_t)p[2 * c] * s[c];
-            } else {
-                const uint8_t *p = base + (k / 4) * 32 + (k & 1);
-                const int shift = (k % 4) < 2 ? 0 : 4;
-                for (int c = 0; c < COLS; c++) w[c] = (float)(((p[2 * c] >> shift) & 15) - 8) * s[c];
+#if WNA16_AVX512BF16
+            const __m512i lut = nibble_table();
+            const __m512 sv = _mm512_loadu_ps(s), zv = z ? _mm512_loadu_ps(z) : _mm512_setzero_ps();
+            for (int64_t k = k0; k < k0 + 32; k += 4) {
+                const int64_t at = k * width + (b - b0) * COLS;
+                if (bits8) {
+                    for (int h = 0; h < 2; h++) {
+                        const uint8_t *p = base + (k / 2 + h) * 32;
+                        __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+                        __m512 f1 =
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+                        store_pair((__m512i)_mm512_cvtne2ps_pbh(f1, f0), sv, zv, out, at + 2 * h * width, width,
+                                   out_bf16);
+                    }
+                } else {
+                    __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(base + (k / 4) * 32)));
+                    store_pair(_mm512_permutexvar_epi16(w, lut), sv, zv, out, at, width, out_bf16);
+                    store_pair(_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), lut), sv, zv, out, at + 2 * width,
+                               width, out_bf16);
+                }
             }
-            if (z)
-                for (int c = 0; c < COLS; c++) w[c] += z[c];
-            const int64_t at = k * width + (b - b0) * COLS;
-            if (out_bf16)
-                for (int c = 0; c < COLS; c++) ((uint16_t *)out)[at + c] = bf16_bits(w[c]);
-            else
-                memcpy((float *)out + at, w, sizeof w);
-        }
+#else
+            for (int64_t k = k0; k < k0 + 32; k++) {
+                float w[COLS];
+                if (bits8) {
+                    const uint8_t *p = base + (k / 2) * 32 + (k & 1);
+                    for (int c = 0; c < COLS; c++) w[c] = (float)(int8_t)p[2 * c] * s[c];
+                } else {
+                    const uint8_t *p = base + (k / 4) * 32 + (k & 1);
+                    const int shift = (k % 4) < 2 ? 0 : 4;
+                    for (int c = 0; c < COLS; c++) w[c] = (float)(((p[2 * c] >> shift) & 15) - 8) * s[c];
+                }
+                if (z)
+                    for (int c = 0; c < COLS; c++) w[c] += z[c];
+                const int64_t at = k * width + (b - b0) * COLS;
+                if (out_bf16)
+                    for (int c = 0; c < COLS; c++) ((uint16_t *)out)[at + c] = bf16_bits(w[c]);
+                else
+                    memcpy((float *)out + at, w, sizeof w);
+            }
 #endif
-    }
+        }
 }
