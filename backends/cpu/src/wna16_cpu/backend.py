@@ -118,7 +118,7 @@ def _native(t: Tuning, dtype: torch.dtype, label: str, precision: torch.dtype | 
     return Capability(
         bits=frozenset({2, 3, 4, 8}),
         dtypes=frozenset({dtype}),
-        group_sizes=None,  # any group: padded to a multiple of 32 rows
+        group_sizes=INT4_GROUPS,  # others would be padded to a multiple of 32 rows: up to 2x the codes
         partial_last_group=True,
         sym=True,
         asym=True,
