@@ -204,11 +204,11 @@ int wna16_native_linear(const float *x, int64_t m, int64_t kp, const uint8_t *co
                 xsum[r * groups + g] = s;
             }
     const int64_t blocks = np / COLS;
-    int64_t nt = threads < 1 ? 1 : threads;
-    if (nt > blocks) nt = blocks;
     job_t jobs[64];
     pthread_t tid[64];
-    if (nt > 64) nt = 64;
+    int64_t nt = threads > 64 ? 64 : threads;
+    if (nt > blocks) nt = blocks;
+    if (nt < 1) nt = 1;
     for (int64_t t = 0; t < nt; t++) {
         jobs[t] = (job_t){codes, scale, zs, xh, xl, xsum, y, m, kp, np, gk, bits8, blocks * t / nt,
                           blocks * (t + 1) / nt};
