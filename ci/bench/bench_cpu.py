@@ -252,16 +252,17 @@ def compact(report: dict[str, Any]) -> str:
     out = []
     for (threads, k, n), rows in groups.items():
         clock = "thread CPU time" if threads == 1 else "wall time"
-        out.append(f"{threads} thread(s), K x N = {k} x {n} ({clock}); x dense at M = {', '.join(map(str, MS))}:")
+        ms = sorted({r["m"] for r in rows})  # the Ms this run measured (--quick: 1, 16, 128)
+        out.append(f"{threads} thread(s), K x N = {k} x {n} ({clock}); x dense at M = {', '.join(map(str, ms))}:")
         out.append("")
-        out.append("| scheme | dtype | " + " | ".join(f"M={m}" for m in MS) + " | M=1 ms (dense) | M=1 % roofline |")
-        out.append("|---|---|" + "---|" * (len(MS) + 2))
+        out.append("| scheme | dtype | " + " | ".join(f"M={m}" for m in ms) + " | M=1 ms (dense) | M=1 % roofline |")
+        out.append("|---|---|" + "---|" * (len(ms) + 2))
         cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         for r in rows:
             cells.setdefault((r["scheme"], r["dtype"]), {})[r["m"]] = r
         for (scheme, dtype), by_m in cells.items():
-            ratios = " | ".join(f"{by_m[m]['x_dense']:.2f} ({by_m[m]['path'][0]})" for m in MS if m in by_m)
-            one = by_m[MS[0]]
+            ratios = " | ".join(f"{by_m[m]['x_dense']:.2f} ({by_m[m]['path'][0]})" if m in by_m else "-" for m in ms)
+            one = by_m[ms[0]]
             out.append(
                 f"| {scheme} | {dtype} | {ratios} | {one['cpu_ms']:.2f} ({one['dense_ms']:.2f}) | "
                 f"{100 * one['roofline_fraction']:.0f}% |"

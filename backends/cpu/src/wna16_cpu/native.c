@@ -7,7 +7,7 @@
  *   int8 codes (8-bit, weight c * scale + zs): units of 2 rows, 32 bytes; byte j = column j / 2, row 2u + j % 2.
  * so that widening one unit to 32 words gives, per 32-bit lane, the (row k, row k + 1) word pair of one column: the
  * operand _mm512_dpbf16_ps multiplies with a broadcast (x[k], x[k + 1]) bf16 pair.
- * scale and zs are float32 [K_padded / group_rows, N_padded]; zs (NULL when every zero is folded into the codes) is
+ * scale and zs are float32 [N_padded / 16, K_padded / group_rows, 16] (each block's parameters contiguous); zs (NULL when every zero is folded into the codes) is
  * multiplied with the per-group sum of x. Codes enter as small integers, exact in bf16; x is split into bf16
  * hi + lo (exact for fp16 and bf16 inputs), so every product is exact and every sum is float32.
  *
@@ -85,6 +85,7 @@ static inline __attribute__((always_inline)) void block_rows(const job_t *j, int
         if (!j->bits8) {
             const uint8_t *p = base + g * gk * COLS / 2;
             for (int64_t u = 0; u < gk / 4; u += 2) { /* two units: rows 4u .. 4u + 7 */
+                _mm_prefetch((const char *)(p + 32 * u + 1024), _MM_HINT_T0); /* the stream, 1 KiB ahead */
                 __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32 * u)));
                 __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32 * u + 32)));
                 __m512i a0 = _mm512_permutexvar_epi16(w0, lut); /* index = byte & 31: the low nibble */
@@ -117,8 +118,8 @@ static inline __attribute__((always_inline)) void block_rows(const job_t *j, int
                 }
             }
         }
-        __m512 s = _mm512_loadu_ps(j->scale + g * j->np + b * COLS);
-        __m512 z = j->zs ? _mm512_loadu_ps(j->zs + g * j->np + b * COLS) : _mm512_setzero_ps();
+        __m512 s = _mm512_loadu_ps(j->scale + (b * groups + g) * COLS);
+        __m512 z = j->zs ? _mm512_loadu_ps(j->zs + (b * groups + g) * COLS) : _mm512_setzero_ps();
         for (int r = 0; r < rows; r++) {
             __m512 t = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
             y[r] = _mm512_fmadd_ps(t, s, y[r]);
@@ -153,8 +154,8 @@ static inline __attribute__((always_inline)) void block_rows(const job_t *j, int
         }
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < COLS; c++) {
-                y[r][c] += acc[r][c] * j->scale[g * j->np + b * COLS + c];
-                if (j->zs) y[r][c] += j->xsum[(r0 + r) * groups + g] * j->zs[g * j->np + b * COLS + c];
+                y[r][c] += acc[r][c] * j->scale[(b * groups + g) * COLS + c];
+                if (j->zs) y[r][c] += j->xsum[(r0 + r) * groups + g] * j->zs[(b * groups + g) * COLS + c];
             }
     }
     for (int r = 0; r < rows; r++) memcpy(j->y + (r0 + r) * j->np + b * COLS, y[r], sizeof y[r]);
@@ -243,15 +244,15 @@ static inline void store_pair(__m512i w, __m512 s, __m512 z, void *out, int64_t 
 
 /* w [kp, (b1 - b0) * 16] = dequantized W^T of column blocks b0 .. b1, float32 (out_bf16 = 0) or bf16 (rounded once):
  * code * scale + zs, exact in float32 for fp16/bf16 scales. */
-void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, const float *zs, int64_t kp, int64_t np,
-                          int64_t gk, int64_t b0, int64_t b1, void *out, int out_bf16) {
+void wna16_native_dequant(const uint8_t *codes, int bits8, const float *scale, const float *zs, int64_t kp, int64_t gk,
+                          int64_t b0, int64_t b1, void *out, int out_bf16) {
     const int64_t width = (b1 - b0) * COLS;
     /* Tiles of 32 rows (kp and gk are multiples of 32) across every block: the rows being written stay in cache. */
     for (int64_t k0 = 0; k0 < kp; k0 += 32)
         for (int64_t b = b0; b < b1; b++) {
             const uint8_t *base = codes + (bits8 ? b * kp * COLS : b * kp * COLS / 2);
             const int64_t g = k0 / gk;
-            const float *s = scale + g * np + b * COLS, *z = zs ? zs + g * np + b * COLS : NULL;
+            const float *s = scale + (b * (kp / gk) + g) * COLS, *z = zs ? zs + (b * (kp / gk) + g) * COLS : NULL;
 #if WNA16_AVX512BF16
             const __m512i lut = nibble_table();
             const __m512 sv = _mm512_loadu_ps(s), zv = z ? _mm512_loadu_ps(z) : _mm512_setzero_ps();

@@ -78,7 +78,7 @@ def _signatures(lib: ctypes.CDLL) -> Library:
     linear.argtypes = [ptr, i64, i64, ptr, c_int, ptr, ptr, i64, i64, c_int, ptr, c_int]
     dequant = lib.wna16_native_dequant
     dequant.restype = None
-    dequant.argtypes = [ptr, c_int, ptr, ptr, i64, i64, i64, i64, i64, ptr, c_int]
+    dequant.argtypes = [ptr, c_int, ptr, ptr, i64, i64, i64, i64, ptr, c_int]
     lib.wna16_native_isa.restype = c_int
     return Library(Path(lib._name), bool(lib.wna16_native_isa()), linear, dequant)
 

@@ -58,8 +58,9 @@ def layout_codes(codes: torch.Tensor, bits8: bool) -> torch.Tensor:
 
 def pack_native(weight: QuantizedWeight) -> tuple[RowLayout, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Lay out a canonical weight (on CPU) for the native kernel: its row layout, the packed codes (``N' * K_padded
-    / 2`` bytes, or ``N' * K_padded`` for 8-bit, ``N' = padded_columns(N)``), float32 ``scale [K_padded / gk, N']``
-    and the zero term ``zs`` of the same shape (None when every zero is folded into the codes). Repacked
+    / 2`` bytes, or ``N' * K_padded`` for 8-bit, ``N' = padded_columns(N)``), float32 ``scale [N' / 16, K_padded /
+    gk, 16]`` and the zero term ``zs`` of the same shape (None when every zero is folded into the codes): each block
+    of 16 columns has its parameters in one run (one stream per block, not one page per group). Repacked
     ``CHUNK_ROWS`` output columns at a time, so it never holds ``N * K`` int32 codes."""
     s = weight.scheme
     if s.bits not in (2, 3, 4, 8):
@@ -93,7 +94,13 @@ def pack_native(weight: QuantizedWeight) -> tuple[RowLayout, torch.Tensor, torch
     if not shifted:
         center = INT8_CENTER if bits8 else CENTER
         zs = torch.nn.functional.pad((center - weight.zeros.to(torch.float32)[layout.block_group]) * scales, pad)
-    return layout, packed, torch.nn.functional.pad(scales, pad).contiguous(), zs
+    return layout, packed, by_block(torch.nn.functional.pad(scales, pad)), None if zs is None else by_block(zs)
+
+
+def by_block(params: torch.Tensor) -> torch.Tensor:
+    """[groups, N'] -> contiguous [N' / 16, groups, 16]: the parameter layout of ``native.c``."""
+    groups, n = params.shape
+    return params.view(groups, n // COLS, COLS).transpose(0, 1).contiguous()
 
 
 def dequantize_native(
@@ -109,11 +116,11 @@ def dequantize_native(
     """``W^T`` [K_padded, stop - start] in ``dtype`` (float32 or bf16) of padded columns ``start:stop`` (multiples of
     16), rows in the layout's order, dequantized by the native library from the packed codes."""
     lib = native.library()
-    kp, n = scale.shape[0] * block_rows, scale.shape[1]
+    kp, n = scale.shape[1] * block_rows, scale.shape[0] * COLS
     stop = n if stop is None else stop
     out = torch.empty(kp, stop - start, dtype=dtype)
     zs_ptr = None if zs is None else zs.data_ptr()
-    lib.dequant(packed.data_ptr(), int(bits8), scale.data_ptr(), zs_ptr, kp, n, block_rows, start // COLS,
+    lib.dequant(packed.data_ptr(), int(bits8), scale.data_ptr(), zs_ptr, kp, block_rows, start // COLS,
                 stop // COLS, out.data_ptr(), int(dtype == torch.bfloat16))  # fmt: skip
     return out
 
@@ -148,8 +155,8 @@ class NativeLinear(PreparedOp):
 
     @property
     def state(self) -> tuple[torch.Tensor | None, ...]:
-        """``(packed codes, float32 scale, float32 zero term or None, row destinations or None, float32 bias or
-        None)``."""
+        """``(packed codes, float32 scale and zero term (or None) [N' / 16, groups, 16], row destinations or None,
+        float32 bias or None)``."""
         return (self.packed, self.scale, self.zs, self.layout.dest, self.bias)
 
     @property
@@ -172,7 +179,7 @@ def native_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options
     packed, scale, zs, dest, bias = state
     assert packed is not None and scale is not None
     bits8, block_rows, kernel_max_m, bf16, out_features = options
-    kp, n = scale.shape[0] * block_rows, scale.shape[1]
+    kp, n = scale.shape[1] * block_rows, scale.shape[0] * COLS
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
     if m == 0:
@@ -200,7 +207,7 @@ def dequantized_matmul(
 ) -> torch.Tensor:
     """[M, N'] in ``xp``'s dtype (bf16 or float32, the GEMM dtype): ``xp @ W^T`` with ``W`` dequantized from the packed
     layout in that dtype, at most :data:`CHUNK_BYTES` of float32 at a time, each chunk then one GEMM."""
-    kp, n = xp.shape[1], scale.shape[1]
+    kp, n = xp.shape[1], scale.shape[0] * COLS
     y = xp.new_empty(xp.shape[0], n)
     step = max(COLS, CHUNK_BYTES // (4 * kp) // COLS * COLS)
     for c0 in range(0, n, step):
