@@ -185,8 +185,8 @@ def test_without_a_compiler_the_torch_paths_serve(no_compiler: None) -> None:
 @pytest.mark.parametrize("bits", [4, 8])
 def test_threads_split_columns_only(bits: int) -> None:
     """Threads take disjoint column blocks (``torch.get_num_threads()`` of them), so the product is bit for bit the
-    one-thread product, including a block count that does not divide evenly."""
-    weight = make_weight(16 * 7, 256, Scheme(bits, 64, False), seed=11)
+    one-thread product, including a block count that does not divide evenly (49 blocks: 3 threads of at least 16)."""
+    weight = make_weight(16 * 49, 256, Scheme(bits, 64, False), seed=11)
     layer = NativeLinear(weight, torch.float16, None, 1 << 30)
     x = torch.randn(5, 256).to(torch.float16)
     before = torch.get_num_threads()

@@ -27,6 +27,9 @@
 
 #define COLS 16
 #define MAX_ROWS 4
+/* Threads are created per call: each gets at least this many column blocks (256 columns), so that a small layer on
+ * a many-core machine does not spend more on thread start-up than on its share of the work. */
+#define MIN_BLOCKS_PER_THREAD 16
 
 int wna16_native_isa(void) { return WNA16_AVX512BF16; }
 
@@ -208,7 +211,7 @@ int wna16_native_linear(const float *x, int64_t m, int64_t kp, const uint8_t *co
     job_t jobs[64];
     pthread_t tid[64];
     int64_t nt = threads > 64 ? 64 : threads;
-    if (nt > blocks) nt = blocks;
+    if (nt > blocks / MIN_BLOCKS_PER_THREAD) nt = blocks / MIN_BLOCKS_PER_THREAD;
     if (nt < 1) nt = 1;
     for (int64_t t = 0; t < nt; t++) {
         jobs[t] = (job_t){codes, scale, zs, xh, xl, xsum, y, m, kp, np, gk, bits8, blocks * t / nt,
