@@ -5,7 +5,8 @@ For each cell (shape K x N, scheme at group 128, activation dtype, M, thread cou
 round (:func:`interleaved`), each cycling through enough copies of its weight to exceed four times the last-level
 cache (a model with many layers does not find its weights in cache):
 
-- ``cpu``: the ``cpu`` backend's prepared layer (whatever path its ISA-keyed dispatch takes at this M).
+- ``cpu``: the ``cpu`` backend's prepared layer (whatever path its ISA-keyed dispatch takes at this M: ``n`` the
+  native kernel, ``k`` torch's int4/int8 kernel, ``g`` dequantize + GEMM).
 - ``dense``: ``F.linear`` with the weight dequantized once to the activation dtype (the baseline the goals name).
 - ``stream``: a read-only float32 ``amax`` over a buffer of 8x the LLC; ``roofline`` = the layer's resident bytes
   (packed codes + parameters) / the best stream bandwidth of the run at the same thread count.
@@ -52,6 +53,7 @@ from wna16_autoround_lib.backend import THREADS as AUTOROUND_THREADS
 from wna16_cpu import CpuBackend, isa
 from wna16_cpu.int4 import Int4Linear
 from wna16_cpu.int8 import Int8Linear
+from wna16_cpu.native_linear import NativeLinear
 from wna16_reference import ReferenceBackend
 
 GROUP = 128
@@ -149,7 +151,8 @@ def bench_cell(
     backend = CpuBackend()
     rule = backend.check(spec).rule
     layer = backend.prepare(weight, spec)
-    assert isinstance(layer, Int4Linear | Int8Linear)
+    assert isinstance(layer, Int4Linear | Int8Linear | NativeLinear)
+    kernel = "native" if isinstance(layer, NativeLinear) else "kernel"
     layer_bytes = resident_bytes(layer)
     layers = copies(layer, max(1, math.ceil(4 * cache / layer_bytes)))
     dense = dequantize(weight).to(dtype)
@@ -161,7 +164,7 @@ def bench_cell(
     rows = []
     for m in ms:
         x = torch.randn(m, k).to(dtype)
-        path = "kernel" if m <= layer.kernel_max_m else "gemm"
+        path = kernel if m <= layer.kernel_max_m else "gemm"
         methods: dict[str, Callable[[int], object]] = {
             "cpu": lambda i, x=x: layers[i % len(layers)](x),
             "dense": lambda i, x=x: F.linear(x, denses[i % len(denses)]),
@@ -241,23 +244,25 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def compact(report: dict[str, Any]) -> str:
     """The README's tables: per (threads, shape), one row per scheme x dtype with ``x dense`` at every M (the path
-    taken in brackets: k = kernel, g = GEMM), the M = 1 times and the fraction of the roofline reached at M = 1."""
+    taken in brackets: n = native kernel, k = torch kernel, g = GEMM), the M = 1 times and the fraction of the
+    roofline reached at M = 1."""
     groups: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
     for r in report["rows"]:
         groups.setdefault((r["threads"], r["k"], r["n"]), []).append(r)
     out = []
     for (threads, k, n), rows in groups.items():
         clock = "thread CPU time" if threads == 1 else "wall time"
-        out.append(f"{threads} thread(s), K x N = {k} x {n} ({clock}); x dense at M = {', '.join(map(str, MS))}:")
+        ms = sorted({r["m"] for r in rows})  # the Ms this run measured (--quick: 1, 16, 128)
+        out.append(f"{threads} thread(s), K x N = {k} x {n} ({clock}); x dense at M = {', '.join(map(str, ms))}:")
         out.append("")
-        out.append("| scheme | dtype | " + " | ".join(f"M={m}" for m in MS) + " | M=1 ms (dense) | M=1 % roofline |")
-        out.append("|---|---|" + "---|" * (len(MS) + 2))
+        out.append("| scheme | dtype | " + " | ".join(f"M={m}" for m in ms) + " | M=1 ms (dense) | M=1 % roofline |")
+        out.append("|---|---|" + "---|" * (len(ms) + 2))
         cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         for r in rows:
             cells.setdefault((r["scheme"], r["dtype"]), {})[r["m"]] = r
         for (scheme, dtype), by_m in cells.items():
-            ratios = " | ".join(f"{by_m[m]['x_dense']:.2f} ({by_m[m]['path'][0]})" for m in MS if m in by_m)
-            one = by_m[MS[0]]
+            ratios = " | ".join(f"{by_m[m]['x_dense']:.2f} ({by_m[m]['path'][0]})" if m in by_m else "-" for m in ms)
+            one = by_m[ms[0]]
             out.append(
                 f"| {scheme} | {dtype} | {ratios} | {one['cpu_ms']:.2f} ({one['dense_ms']:.2f}) | "
                 f"{100 * one['roofline_fraction']:.0f}% |"

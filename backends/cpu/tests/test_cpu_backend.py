@@ -1,4 +1,8 @@
-"""The CPU backend against the oracle under the wna16 error model, its row layout, and its refusals.
+"""The CPU backend's torch paths against the oracle under the wna16 error model, its row layout, and its refusals.
+
+The native kernel's rules outrank the torch paths where it is built (``test_native.py`` tests them): here an autouse
+fixture resolves the backend's rules without them, so these tests keep covering the torch int4/int8 paths, which
+serve fp32 everywhere and everything on CPUs without the native kernel.
 
 Every numerical test compares with :func:`wna16.tolerance.error_ratio` (the float64 product with the oracle's
 dequantized weight, bound derived from the capability rule the backend matched), so a wrong zero term, a swapped
@@ -18,15 +22,23 @@ import torch
 from wna16 import LayerSpec, QuantizedWeight, Registry, Scheme, Shard, quantize_rtn
 from wna16.errors import FormatError, UnsupportedError
 from wna16.partition import shard_bias, shard_weight
+from wna16.protocol import LazyCapabilities
 from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
 from wna16_cpu import CpuBackend, int4, isa
-from wna16_cpu.backend import FALLBACK, TUNING, _capabilities, tuning
+from wna16_cpu.backend import FALLBACK, NATIVE, TUNING, _capabilities, tuning
 from wna16_cpu.int4 import CHUNK_ROWS, Int4Linear, PackedColumns, RowLayout, _convert, kernel_group
 from wna16_cpu.int8 import Int8Linear
 from wna16_reference import ReferenceBackend
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@pytest.fixture(autouse=True)
+def torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's rules without the native kernel's (resolved fresh, so every other rule is the real one)."""
+    rules = tuple(r for r in CpuBackend.capabilities if not r.label.startswith(NATIVE))
+    monkeypatch.setattr(CpuBackend, "capabilities", LazyCapabilities({"cpu"}, lambda: rules))
 
 
 def make_weight(

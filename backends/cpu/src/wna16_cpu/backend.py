@@ -10,6 +10,11 @@ Numerics, as declared to the conformance error model:
 - bf16 (``int4-bf16``): the kernel rounds scales and the float zero term to bf16 (``param_dtype`` = the activation
   dtype), dequantizes and accumulates in float32 and rounds the output once; above the crossover the GEMM path uses
   the same rounded parameters in float32. Shifted 2/3-bit and symmetric 4-bit codes make the kernel exact up to that.
+- bf16 and fp16 on the native kernel (``native-bf16``, ``native-fp16``; :mod:`wna16_cpu.native_linear`, only where
+  it was built with its AVX512-BF16 path and the ISA's tuning ranks it): exact codes, float32 scales, ``x`` split
+  into bf16 ``hi + lo`` (exact), float32 accumulation: parameters are exact, so the kernel's only rounding is the
+  output's. Above the crossover, bf16 dequantizes to bf16 (declared: bf16 parameters, ``param_dtype`` None) and fp16
+  to float32 (declared: ``param_dtype`` float32), then BLAS with float32 accumulation.
 - fp16 (``int4-fp16``): the kernel only has a fast bf16 loop, so ``x`` is rounded to bf16 and the output comes back
   in bf16 before its fp16 rounding: declared as ``param_dtype = accum_dtype = bfloat16``, whose accumulation term
   (``sqrt(K) * u_bf16 * |x| @ |W|``) bounds both roundings. A layer that needs fp16 precision should not run here.
@@ -28,9 +33,10 @@ import torch
 
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, LazyCapabilities, PreparedLinear
 from wna16.weight import QuantizedWeight
-from wna16_cpu import isa
+from wna16_cpu import isa, native
 from wna16_cpu.int4 import Int4Linear
 from wna16_cpu.int8 import Int8Linear
+from wna16_cpu.native_linear import NativeLinear
 
 KERNEL_OPS = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm")
 
@@ -45,6 +51,10 @@ class Tuning:
     int4_max_m: tuple[int, int]
     int8_max_m: tuple[int, int]
     note: str
+    native_priority: int = 0
+    """Priority of the native kernel's rules (0: no rule, the ISA has no measured native path)."""
+    native_max_m: tuple[int, int] = (0, 0)
+    """The native kernel's crossover to dequantize + GEMM, for bf16 and fp16 activations."""
 
     def max_m(self, pair: tuple[int, int]) -> int:
         """The crossover for the GEMM dtype this CPU uses."""
@@ -52,8 +62,8 @@ class Tuning:
 
 
 TUNING: dict[str, Tuning] = {
-    "AMX": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16"),
-    "AVX512-BF16": Tuning(10, (64, 128), (16, 48), "measured on AMD Zen4"),
+    "AMX": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16", 12, (64, 128)),
+    "AVX512-BF16": Tuning(10, (64, 128), (16, 48), "measured on AMD Zen4", 12, (64, 128)),
     "AVX512": Tuning(10, (64, 128), (16, 48), "not measured: assumed like AVX512-BF16 with a float32 GEMM"),
     "AVX2": Tuning(8, (32, 96), (8, 32), "measured on AMD Zen4 with ATEN_CPU_CAPABILITY=avx2"),
 }
@@ -67,6 +77,12 @@ GEMM_PRIORITY = 2
 """fp32 and 8-bit rules: dequantize-then-BLAS, above the reference (0) and portable fallbacks, below real kernels."""
 
 INT4_GROUPS = frozenset({-1, 32, 64, 128, 256})
+
+NATIVE = "native-"
+"""Label prefix of the native kernel's rules: :meth:`CpuBackend.build` builds the layer of the rule that matched."""
+
+NATIVE_DTYPES = (torch.bfloat16, torch.float16)
+"""Activation dtypes the native kernel serves (fp32 is not exactly two bf16 halves: it keeps the torch paths)."""
 
 
 def tuning() -> Tuning:
@@ -92,11 +108,48 @@ def _int4(dtype: torch.dtype, priority: int, label: str, precision: torch.dtype 
     )
 
 
+def uses_native(t: Tuning, dtype: torch.dtype) -> bool:
+    """Whether the native kernel's rule serves ``dtype`` here: ranked by this ISA's tuning and built with its
+    AVX512-BF16 path (:func:`wna16_cpu.native.availability`)."""
+    return dtype in NATIVE_DTYPES and t.native_priority > 0 and native.availability()[0]
+
+
+def _native(t: Tuning, dtype: torch.dtype, label: str, precision: torch.dtype | None) -> Capability:
+    return Capability(
+        bits=frozenset({2, 3, 4, 8}),
+        dtypes=frozenset({dtype}),
+        group_sizes=INT4_GROUPS,  # others would be padded to a multiple of 32 rows: up to 2x the codes
+        partial_last_group=True,
+        sym=True,
+        asym=True,
+        devices=frozenset({"cpu"}),
+        param_dtype=precision,
+        accum_dtype=torch.float32,
+        act_order=True,
+        k_slices=True,
+        priority=t.native_priority,
+        label=label,
+    )
+
+
 def _capabilities(t: Tuning) -> tuple[Capability, ...]:
     where, m4, m8 = isa.isa(), t.max_m(t.int4_max_m), t.max_m(t.int8_max_m)
     gemm = str(isa.gemm_dtype()).removeprefix("torch.")
     fp16 = max(GEMM_PRIORITY, t.int4_priority - FP16_PRIORITY_DROP)
+    native_rules: tuple[Capability, ...] = ()
+    if uses_native(t, torch.bfloat16):
+        mb, mh = t.native_max_m
+        native_rules = (
+            _native(t, torch.bfloat16, f"{NATIVE}bf16 {where}: kernel to M={mb}, then {gemm} GEMM", None),
+            _native(
+                t,
+                torch.float16,
+                f"{NATIVE}fp16 {where}: x = bf16 hi + lo, kernel to M={mh}, then fp32 GEMM",
+                torch.float32,
+            ),
+        )
     return (
+        *native_rules,
         _int4(torch.bfloat16, t.int4_priority, f"int4-bf16 {where}: kernel to M={m4}, then {gemm} GEMM", None),
         _int4(torch.float16, fp16, f"int4-fp16 {where}: via bf16, kernel to M={m4}", torch.bfloat16),
         _int4(torch.float32, GEMM_PRIORITY, "int4-fp32: float32 GEMM", None),
@@ -128,7 +181,8 @@ class CpuBackend(Backend):
     def description(self) -> str:  # type: ignore[override]  # read on use, like the rules: importing probes nothing
         """What the backend runs, with the ISA it is tuned for here."""
         return (
-            f"torch aten int4/int8 CPU kernels + float32 GEMM from one packed copy; {isa.describe()}; {tuning().note}"
+            "native small-M kernel, torch aten int4/int8 CPU kernels + GEMM from one packed copy; "
+            f"{isa.describe()}; {tuning().note}; {native.availability()[1]}"
         )
 
     def available(self, device: str | torch.device = "cpu") -> Availability:
@@ -143,6 +197,9 @@ class CpuBackend(Backend):
         weight = weight.to("cpu")
         bias = bias.to("cpu") if spec.adds_bias and bias is not None else None
         t, gemm = tuning(), isa.gemm_dtype()
+        rule = self.check(spec).rule
+        if rule is not None and rule.label.startswith(NATIVE):
+            return NativeLinear(weight, spec.dtype, bias, t.native_max_m[spec.dtype == torch.float16], gemm)
         if spec.scheme.bits == 8:
             return Int8Linear(weight, spec.dtype, bias, t.max_m(t.int8_max_m), gemm)
         return Int4Linear(weight, spec.dtype, bias, t.max_m(t.int4_max_m), gemm)

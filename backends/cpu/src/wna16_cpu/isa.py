@@ -10,6 +10,8 @@ is not chosen on another where it is slow.
 from __future__ import annotations
 
 import functools
+import platform
+from pathlib import Path
 
 import torch
 
@@ -43,3 +45,16 @@ def native_bf16() -> bool:
 def gemm_dtype() -> torch.dtype:
     """The dtype the dequantize-then-GEMM paths multiply in when the activations are bf16 (float32 otherwise)."""
     return torch.bfloat16 if native_bf16() else torch.float32
+
+
+@functools.cache
+def cpu_identity() -> str:
+    """The CPU's model name and feature flags (``/proc/cpuinfo``; the platform's processor string elsewhere): what
+    code compiled with ``-march=native`` depends on, so a build cache shared between machines (a network home)
+    keys on it and never loads another CPU's build."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = ("model name", "flags", "Features")
+    return "\n".join(dict.fromkeys(line for line in lines if line.split(":")[0].strip() in keep))
