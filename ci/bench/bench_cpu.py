@@ -167,8 +167,17 @@ def vllm_cpu(weight: QuantizedWeight, spec: LayerSpec, threads: int) -> Kernel |
     codes = weight.codes().to(torch.int32)  # [K, N], value q with the implicit zero 8 (uint4b8)
     packed = pack_quantized_values_into_int32(codes, scalar_types.uint4b8, 1)  # along N, 8 codes per int32
     blocked = packed.view(k, -1, 2).permute(1, 0, 2).reshape(-1, k * 2).contiguous()  # 16 columns per block
-    scales = weight.scales.to(spec.dtype)
-    return lambda x: ops.cpu_gemm_wna16(x, blocked, scales, None, None, 8, "vec")
+    return VllmCpuLinear(ops.cpu_gemm_wna16, blocked, weight.scales.to(spec.dtype))
+
+
+class VllmCpuLinear:
+    """vLLM-CPU's kernel bound to one weight, its tensors attributes (so that :func:`copies` clones them)."""
+
+    def __init__(self, gemm: Callable[..., torch.Tensor], blocked: torch.Tensor, scales: torch.Tensor) -> None:
+        self.gemm, self.blocked, self.scales = gemm, blocked, scales
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gemm(x, self.blocked, self.scales, None, None, 8, "vec")
 
 
 PEERS: dict[str, Callable[[QuantizedWeight, LayerSpec, int], Kernel | str]] = {
@@ -215,11 +224,11 @@ def bench_cell(
     peers: dict[str, list[Any]] = {}
     left_out: dict[str, str] = {}
     for name in PEERS:
-        kernel = checked_peer(name, weight, spec, threads)
-        if isinstance(kernel, str):
-            left_out[name] = kernel
+        peer = checked_peer(name, weight, spec, threads)
+        if isinstance(peer, str):
+            left_out[name] = peer
         else:  # one copy per layer-sized weight (``layer_bytes``: a peer holding more is still cycled past the LLC)
-            peers[name] = copies(kernel, max(1, math.ceil(4 * cache / layer_bytes)))
+            peers[name] = copies(peer, max(1, math.ceil(4 * cache / layer_bytes)))
     clock = time.thread_time if threads == 1 else time.perf_counter
     rows = []
     for m in ms:
