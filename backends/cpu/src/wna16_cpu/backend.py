@@ -90,22 +90,41 @@ def tuning() -> Tuning:
     return TUNING.get(isa.isa(), FALLBACK)
 
 
-def _int4(dtype: torch.dtype, priority: int, label: str, precision: torch.dtype | None) -> Capability:
+ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
+
+
+def _rule(
+    bits: frozenset[int],
+    dtypes: frozenset[torch.dtype],
+    group_sizes: frozenset[int] | None,
+    priority: int,
+    label: str,
+    precision: torch.dtype | None,
+    accum: torch.dtype = torch.float32,
+) -> Capability:
+    """One rule of this backend: every rule serves sym and asym, partial last groups (padded to whole kernel blocks
+    with zero-weight rows), act order (rows sorted by group once at load, x's columns scattered per call) and K-slices
+    on the CPU; they differ in bits, dtypes, groups, declared precision, priority and label."""
     return Capability(
-        bits=frozenset({2, 3, 4}),
-        dtypes=frozenset({dtype}),
-        group_sizes=INT4_GROUPS,
-        partial_last_group=True,  # padded to whole kernel blocks with zero-weight rows
+        bits=bits,
+        dtypes=dtypes,
+        group_sizes=group_sizes,
+        partial_last_group=True,
         sym=True,
         asym=True,
         devices=frozenset({"cpu"}),
         param_dtype=precision,
-        accum_dtype=precision or torch.float32,
-        act_order=True,  # rows sorted by group once at load, x's columns scattered per call
+        accum_dtype=accum,
+        act_order=True,
         k_slices=True,
         priority=priority,
         label=label,
     )
+
+
+def _int4(dtype: torch.dtype, priority: int, label: str, precision: torch.dtype | None) -> Capability:
+    return _rule(frozenset({2, 3, 4}), frozenset({dtype}), INT4_GROUPS, priority, label, precision,
+                 precision or torch.float32)  # fmt: skip
 
 
 def uses_native(t: Tuning, dtype: torch.dtype) -> bool:
@@ -115,21 +134,8 @@ def uses_native(t: Tuning, dtype: torch.dtype) -> bool:
 
 
 def _native(t: Tuning, dtype: torch.dtype, label: str, precision: torch.dtype | None) -> Capability:
-    return Capability(
-        bits=frozenset({2, 3, 4, 8}),
-        dtypes=frozenset({dtype}),
-        group_sizes=INT4_GROUPS,  # others would be padded to a multiple of 32 rows: up to 2x the codes
-        partial_last_group=True,
-        sym=True,
-        asym=True,
-        devices=frozenset({"cpu"}),
-        param_dtype=precision,
-        accum_dtype=torch.float32,
-        act_order=True,
-        k_slices=True,
-        priority=t.native_priority,
-        label=label,
-    )
+    # Groups -1/32..256 only: others would be padded to a multiple of 32 rows, up to 2x the codes.
+    return _rule(frozenset({2, 3, 4, 8}), frozenset({dtype}), INT4_GROUPS, t.native_priority, label, precision)
 
 
 def _capabilities(t: Tuning) -> tuple[Capability, ...]:
@@ -153,20 +159,13 @@ def _capabilities(t: Tuning) -> tuple[Capability, ...]:
         _int4(torch.bfloat16, t.int4_priority, f"int4-bf16 {where}: kernel to M={m4}, then {gemm} GEMM", None),
         _int4(torch.float16, fp16, f"int4-fp16 {where}: via bf16, kernel to M={m4}", torch.bfloat16),
         _int4(torch.float32, GEMM_PRIORITY, "int4-fp32: float32 GEMM", None),
-        Capability(
-            bits=frozenset({8}),
-            dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
-            group_sizes=None,
-            partial_last_group=True,
-            sym=True,
-            asym=True,
-            devices=frozenset({"cpu"}),
-            param_dtype=None,
-            accum_dtype=torch.float32,
-            act_order=True,
-            k_slices=True,
-            priority=GEMM_PRIORITY,
-            label=f"int8 {where}: bf16 per-channel kernel to M={m8}, else {gemm}/fp32 GEMM",
+        _rule(
+            frozenset({8}),
+            ALL_DTYPES,
+            None,
+            GEMM_PRIORITY,
+            f"int8 {where}: bf16 per-channel kernel to M={m8}, else {gemm}/fp32 GEMM",
+            None,
         ),
     )
 
