@@ -17,14 +17,14 @@ differ from vLLM-Omni's latents by more than 10x that bound: the check could fai
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import HERE, PROMPT, SEED, STEPS, run_omni
+from conftest import HERE, PROMPT, SEED, STEPS, OmniRun, run_omni
 from oracle import diffusers_latents, wan_unipc_scheduler
 
 import wna16
@@ -96,22 +96,15 @@ def runtime_names(name: str) -> set[str]:
     return {name, *fused}
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: Path) -> None:
-    spec = SPECS[name]
-    quantized, full = pipelines / name / "quantized", pipelines / name / "full"
-    config = quantization_config(quantized)
-    configs = [config] if len(spec.components) == 1 else [config.resolve(c) for c in spec.components]  # type: ignore[union-attr]
-    assert all(isinstance(c, Wna16AutoRoundConfig) for c in configs), configs
-
-    run = run_omni(quantized, config, spec.size, **spec.omni)
-    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, prepare=spec.prepare, **spec.call)
-    oracle = diffusers_latents(full, quantized, spec.components, **common)
-    unquantized = diffusers_latents(full, None, spec.components, **common)
-    assert run.latents.shape == oracle.shape, (run.latents.shape, oracle.shape)
-
+def judge(
+    name: str, run: OmniRun, quantized: Path, components: Sequence[str], oracle: torch.Tensor, unquantized: torch.Tensor
+) -> None:
+    """Record and assert one pipeline's run: its latents within the rounding bound of the oracle's (``STEPS`` x the
+    quantized layers x their largest K x fp32's unit roundoff x the latents' magnitude) and more than 10x the bound
+    from the unquantized model's, and every quantized checkpoint layer of ``components`` served by wna16, each
+    runtime module once."""
     layers: dict[str, int] = {}
-    for component in spec.components:
+    for component in components:
         layers.update({f"{component}.{k}": v for k, v in quantized_layers(quantized / component).items()})
     bound = STEPS * len(layers) * max(layers.values()) * unit_roundoff(torch.float32) * oracle.abs().max().item()
     diff = (run.latents - oracle).abs().max().item()
@@ -121,7 +114,7 @@ def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: P
     served_names = {prefix for prefix, _ in served}
     unserved: list[str] = []
     runtime_layers = 0  # the runtime modules the checkpoint's layers land in, per component
-    for component in spec.components:
+    for component in components:
         remap = preset_for(read_model_config(quantized / component))
         landed: set[str] = set()
         for layer in quantized_layers(quantized / component):
@@ -144,6 +137,23 @@ def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: P
     assert len(served) == runtime_layers, (served, runtime_layers)  # every expert's layers, not one expert's twice
     assert diff <= bound, (diff, bound)
     assert diff_unquantized > 10 * bound, (diff_unquantized, bound)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_latents_equal_diffusers_with_the_oracle_weights(name: str, pipelines: Path) -> None:
+    spec = SPECS[name]
+    quantized, full = pipelines / name / "quantized", pipelines / name / "full"
+    config = quantization_config(quantized)
+    configs = [config] if len(spec.components) == 1 else [config.resolve(c) for c in spec.components]  # type: ignore[union-attr]
+    assert all(isinstance(c, Wna16AutoRoundConfig) for c in configs), configs
+
+    run = run_omni(quantized, config, spec.size, **spec.omni)
+    common = dict(size=spec.size, prompt=PROMPT, steps=STEPS, seed=SEED, prepare=spec.prepare, **spec.call)
+    oracle = diffusers_latents(full, quantized, spec.components, **common)
+    unquantized = diffusers_latents(full, None, spec.components, **common)
+    assert run.latents.shape == oracle.shape, (run.latents.shape, oracle.shape)
+
+    judge(name, run, quantized, spec.components, oracle, unquantized)
 
 
 PEERS = {"qwen_image": "quantized"}

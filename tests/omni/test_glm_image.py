@@ -49,12 +49,9 @@ import torch
 from conftest import HERE, SEED, STEPS, OmniRun, _methods
 from make_glm_image import CODEBOOK
 from oracle import load_dequantized
-from test_diffusion import quantized_layers, record, runtime_names
+from test_diffusion import judge
 
-from wna16.checkpoint.config import read_model_config
-from wna16.checkpoint.presets import preset_for
 from wna16.integrations.vllm_omni import Wna16AutoRoundConfig, quantization_config
-from wna16.tolerance import unit_roundoff
 
 PROMPT = 'a photo of a cat on the mat, a sign that says "int4"'
 """A prompt with quoted text, so the glyph encoder encodes more than its empty default. Its length is even (4 bytes,
@@ -178,32 +175,4 @@ def test_dit_latents_equal_diffusers_with_the_oracle_weights(glm_pipeline: Path)
     unquantized = diffusers_latents(full, None, prior)
     assert run.latents.shape == oracle.shape, (run.latents.shape, oracle.shape)
 
-    layers = {f"transformer.{k}": v for k, v in quantized_layers(quantized / "transformer").items()}
-    bound = STEPS * len(layers) * max(layers.values()) * unit_roundoff(torch.float32) * oracle.abs().max().item()
-    diff = (run.latents - oracle).abs().max().item()
-    diff_unquantized = (run.latents - unquantized).abs().max().item()
-
-    served = [(prefix, backend) for prefix, method, backend in run.methods if method == "Wna16LinearMethod"]
-    served_names = {prefix for prefix, _ in served}
-    remap = preset_for(read_model_config(quantized / "transformer"))
-    landed: set[str] = set()
-    unserved: list[str] = []
-    for layer in quantized_layers(quantized / "transformer"):
-        found = runtime_names(remap.name(layer)) & served_names
-        landed |= found
-        if not found:
-            unserved.append(layer)
-    backends = sorted({backend for _, backend in served})
-    record("glm_image (DiT stage)", {
-        "max_abs_diff_vs_oracle": diff, "max_abs_diff_vs_unquantized": diff_unquantized, "bound": bound,
-        "engine_start_s": round(run.start_s, 2), "quantized_checkpoint_layers": len(layers),
-        "runtime_layers_by_backend": {b: sorted(p for p, x in served if x == b) for b in backends},
-    })  # fmt: skip
-    print(
-        f"glm_image DiT: max|diff| vs oracle {diff:.3g} (bound {bound:.3g}), vs unquantized {diff_unquantized:.3g}, "
-        f"engine start {run.start_s:.1f} s, {len(served)} runtime layers by wna16 {backends}"
-    )
-    assert not unserved, f"quantized layers not served by wna16: {unserved}"
-    assert len(served) == len(landed), (served, landed)
-    assert diff <= bound, (diff, bound)
-    assert diff_unquantized > 10 * bound, (diff_unquantized, bound)
+    judge("glm_image (DiT stage)", run, quantized, ("transformer",), oracle, unquantized)
