@@ -159,10 +159,10 @@ def test_build_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path: Path, monkeypa
 def no_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No C compiler found: the native library is resolved again without one, and the backend's rules too."""
     monkeypatch.setattr(native, "compiler", lambda: None)
-    native.library.cache_clear()
+    native.load.cache_clear()
     monkeypatch.setattr(CpuBackend, "capabilities", LazyCapabilities({"cpu"}, lambda: _capabilities(tuning())))
     yield
-    native.library.cache_clear()
+    native.load.cache_clear()
 
 
 def test_without_a_compiler_the_torch_paths_serve(no_compiler: None) -> None:

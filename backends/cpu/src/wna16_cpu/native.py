@@ -129,9 +129,21 @@ def build(flags: tuple[str, ...] = FLAGS, directory: Path | None = None) -> Libr
 
 
 @functools.cache
+def load() -> Library | Unavailable:
+    """The kernel or the reason it is unavailable, decided once per process: a failing build (up to
+    ``BUILD_TIMEOUT_S``) is not retried by every later rule, description or layer that asks."""
+    try:
+        return build()
+    except Unavailable as e:
+        return e
+
+
 def library() -> Library:
     """The kernel for this process (built once, then read from the cache); raises :class:`Unavailable`."""
-    return build()
+    loaded = load()
+    if isinstance(loaded, Unavailable):
+        raise Unavailable(str(loaded))  # a fresh error each time: the cached one keeps no traceback chain
+    return loaded
 
 
 def availability() -> tuple[bool, str]:
