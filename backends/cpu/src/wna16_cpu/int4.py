@@ -338,7 +338,13 @@ def int4_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options: 
     else:
         xp = scatter(x2.to(sz.dtype), dest, padded)  # bf16, or fp32 (scalar loop) without a known layout
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xp, packed, block_rows, sz)
-    y = y[:, :out_features]  # without the padding columns: a view, copied at most once below
+    return finish(y, x, bias, out_features)
+
+
+def finish(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """The end of every padded-column CPU kernel: ``y`` [M, N'] without the padding columns (a view, copied at most
+    once), the float32 bias added to the rounded product, one rounding to ``x``'s dtype, ``x``'s leading shape."""
+    y = y[:, :out_features]
     if bias is not None:
         y = y.to(torch.float32) + bias
     return y.to(x.dtype).contiguous().reshape(*x.shape[:-1], out_features)

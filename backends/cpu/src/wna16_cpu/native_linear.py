@@ -33,7 +33,16 @@ from wna16.ops import PreparedOp, register_kernel
 from wna16.packing import unpack_rows
 from wna16.weight import QuantizedWeight
 from wna16_cpu import native
-from wna16_cpu.int4 import CENTER, CHUNK_ROWS, RowLayout, kernel_codes, kernel_group, padded_columns, scatter
+from wna16_cpu.int4 import (
+    CENTER,
+    CHUNK_ROWS,
+    RowLayout,
+    finish,
+    kernel_codes,
+    kernel_group,
+    padded_columns,
+    scatter,
+)
 
 COLS = 16
 """Output columns per block of the layout (one 512-bit vector of float32 accumulators)."""
@@ -196,10 +205,7 @@ def native_linear(x: torch.Tensor, state: Sequence[torch.Tensor | None], options
                                          n, block_rows, split, y.data_ptr(), torch.get_num_threads())  # fmt: skip
         if status != 0:
             raise MemoryError(f"native CPU kernel: no memory for the bf16 copies of x [{m}, {kp}]")
-    y = y[:, :out_features]
-    if bias is not None:
-        y = y.to(torch.float32) + bias
-    return y.to(x.dtype).contiguous().reshape(*x.shape[:-1], out_features)
+    return finish(y, x, bias, out_features)
 
 
 def dequantized_matmul(
