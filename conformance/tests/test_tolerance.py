@@ -54,7 +54,7 @@ def setup() -> tuple[QuantizedWeight, torch.Tensor]:
 
 
 def test_constants_and_unit_roundoff() -> None:
-    assert (C2, C3) == (3.0, 3.0)
+    assert (C2, C3) == (8.0, 3.0)
     assert unit_roundoff(torch.float16) == 2.0**-11
     assert unit_roundoff(torch.bfloat16) == 2.0**-8
     assert unit_roundoff(torch.float32) == 2.0**-24
@@ -160,13 +160,36 @@ def test_group_scale_rounding_is_one_shared_error() -> None:
     assert 0.2 < worst <= 1, worst
 
 
+def test_accumulation_walks_to_the_result() -> None:
+    """The false failure of the thorough profile (w4 g256 asym fp32, M=211 3-D, K=176: one partial group, N=261,
+    fp16 scales): torch's fp32 matmul of the exact dequantized weight erred by 1.21 times a random-walk bound without
+    the ``S^2`` part, on outputs far from 0 relative to ``||p||_2``. Both calls of the case, and the same sum in order
+    (a sequential fp32 kernel), stay well inside the bound now; a result off by the ulps of a bf16 output does not."""
+    from wna16_conformance.cells import Cell
+    from wna16_conformance.data import Case, make_inputs
+
+    case = Case.parse("M=211,K=176,N=261,3d=1,bias=0,scales=fp16,seed=6887,x=contig,xexp=0,bdtype=act")
+    inputs = make_inputs(Cell(4, 256, False, "fp32", False), case)
+    fp32 = Precision(torch.float32, torch.float32, torch.float32)
+    wt = dequantize(inputs.weight).t()
+    for x in (inputs.x, inputs.later[0]):
+        assert 0.2 < error_ratio(x @ wt, x, inputs.weight, fp32) < 0.8
+        assert error_ratio((x @ wt).bfloat16().float(), x, inputs.weight, fp32) > 100
+
+
 def test_zero_output_fails_even_with_bf16_accumulation_declared(setup) -> None:
     """The random-walk accumulation term: an all-zero output at K=4096 fails a kernel that declares bf16
-    accumulation (the old sqrt(K) * |x| @ |W| term let it pass)."""
+    accumulation (the old sqrt(K) * |x| @ |W| term let it pass), while the sloppiest honest bf16 accumulation, one
+    bf16 rounding after every product and every addition in order, passes."""
     w, x = setup
     bf16_everything = Precision(torch.bfloat16, torch.bfloat16, torch.bfloat16)
-    assert error_ratio(torch.zeros(x.shape[0], w.out_features, dtype=x.dtype), x, w, bf16_everything) > 1.5
+    assert error_ratio(torch.zeros(x.shape[0], w.out_features, dtype=x.dtype), x, w, bf16_everything) > 1.3
     assert error_ratio(bf16_kernel(w, x), x, w, bf16_everything) < 0.5
+    wt, xf = dequantize(w).t().bfloat16().float(), x.float()
+    running = torch.zeros(x.shape[0], w.out_features)
+    for k in range(w.in_features):
+        running = (running + (xf[:, k : k + 1] * wt[k]).bfloat16().float()).bfloat16().float()
+    assert 0.1 < error_ratio(running.bfloat16(), x, w, bf16_everything) < 0.7
 
 
 def test_fp32_bound_is_tight_enough_for_a_bias_rounded_to_bf16() -> None:
