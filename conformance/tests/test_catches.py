@@ -142,3 +142,17 @@ def test_filter_file_shipped_by_backend_turns_failures_into_skips(tmp_path: Path
     assert all(v["filters"] == ["skip-3bit.toml:skip[0]"] for v in three_bit.values())
     assert "SKIPPED" in run.output and "3-bit unpacking is wrong" in run.output
     assert any(v["outcome"] == "passed" for t, v in tests.items() if "w4g128" in t)
+
+
+def test_a_named_case_runs_alone_and_skips_the_cells_it_does_not_fit(tmp_path: Path) -> None:
+    """``--wna16-case`` (what every repro line ends with) runs that one case; a cell the ``-k`` also selects but the
+    case has no data in (act order needs two groups; K=96 is one group of 128) is skipped with the reason, not
+    crashed on a ValueError."""
+    case = "M=3,K=96,N=40,3d=0,bias=1,scales=fp16,seed=5,x=pad,xexp=0,bdtype=fp32"
+    run = run_suite(tmp_path, ["reference"], "-k", "numerics and w4g128asym-fp16", f"--wna16-case={case}")
+    assert run.rc == 0, run.output[-3000:]
+    tests = run.tests("reference")
+    plain, twin = tests["numerics[w4g128asym-fp16]"], tests["numerics[w4g128asym-fp16-actorder]"]
+    assert plain["outcome"] == "passed" and plain["passed"] == 1 and 0 < plain["worst_ratio"] <= 1
+    assert twin["outcome"] == "skipped" and twin["passed"] == 0
+    assert "does not fit cell w4g128asym-fp16-actorder" in run.output and "act order needs two" in run.output

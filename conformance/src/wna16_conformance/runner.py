@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, describe_spec
 from wna16_conformance.cells import Cell, Target
 from wna16_conformance.checks import FAILED, SKIPPED, CaseResult
-from wna16_conformance.data import Case
+from wna16_conformance.data import Case, misfit
 from wna16_conformance.filters import Decision, FilterEntry
 from wna16_conformance.record import TestRecord
 from wna16_conformance.strategies import SHAPE_CLASSES, cases, k_unit, min_k, n_unit, regime
@@ -145,7 +145,7 @@ class Runner:
         ``--wna16-case`` one). In the ``ci`` profile the draw is seeded by the test's name: every cell draws its
         own cases, the same on every run and in every xdist worker."""
         if self.ctx.replay is not None:
-            body(self.ctx.replay)
+            self.fixed(body, ())
             return
         for case in fixed_cases:
             body(case)
@@ -160,8 +160,12 @@ class Runner:
         return zlib.crc32(self.target.test_name.encode())
 
     def fixed(self, body: Callable[[Case], None], fixed_cases: Sequence[Case]) -> None:
-        """Run ``body`` on fixed cases (edge values, slices), or on the ``--wna16-case`` one."""
-        for case in [self.ctx.replay] if self.ctx.replay is not None else fixed_cases:
+        """Run ``body`` on fixed cases (edge values, slices), or on the ``--wna16-case`` one (skipping a cell it does
+        not fit, with the reason: ``-k`` may select several cells)."""
+        replay = self.ctx.replay
+        if replay is not None and misfit(self.cell, replay):
+            pytest.skip(f"--wna16-case={replay.key} does not fit cell {self.cell.id}: {misfit(self.cell, replay)}")
+        for case in [replay] if replay is not None else fixed_cases:
             body(case)
 
     def finish(self) -> None:
