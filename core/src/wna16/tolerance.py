@@ -38,8 +38,9 @@ Why each term has its shape:
   ``S^2`` part matters: an output far from 0 relative to ``||p||_2`` was walked to on the way (an fp32 sum of K=176
   products ending at 3.3 ``||p||_2`` erred by 4.3 deviations, 1.2 times a bound that left it out). This is a
   statistical bound, tight to about one significant digit: an all-zero output or a bf16 partial sum is caught at
-  K=4096 even for a kernel that declares bf16 accumulation. Tests whose data is not random rely on exactness instead (the large-K cancellation edge of the
-  conformance suite is built so that every running sum is exact in fp32: a correct kernel returns 0).
+  K=4096 even for a kernel that declares bf16 accumulation, and one bf16 rounding after every addition passes. Tests
+  whose data is not random rely on exactness instead (the large-K cancellation edge of the conformance suite is
+  built so that every running sum is exact in fp32: a correct kernel returns 0).
 
 The constants are calibrated once, here, for every backend (a backend may not change them): measured with torch's CPU
 int4 kernel at K=4096, bf16, fp32 accumulation (see ``conformance/tests/test_tolerance.py`` for today's values), a
