@@ -190,7 +190,9 @@ def test_fp32_bound_is_tight_for_a_sequential_sum_at_every_k(k: int) -> None:
     running = torch.zeros(16, 64)
     for i in range(k):
         running = running + inputs.x[:, i : i + 1] * wt[i]
-    assert 0.2 < error_ratio(running, inputs.x, inputs.weight, Precision(torch.float32, torch.float32, torch.float32)) < 1
+    assert (
+        0.2 < error_ratio(running, inputs.x, inputs.weight, Precision(torch.float32, torch.float32, torch.float32)) < 1
+    )
 
 
 def test_zero_output_fails_even_with_bf16_accumulation_declared(setup) -> None:
