@@ -16,7 +16,7 @@ from wna16 import Scheme
 from wna16.errors import UnsupportedError
 from wna16.protocol import LayerSpec
 from wna16.reference import dequantize
-from wna16.tolerance import C2, C3, Precision, bound, error_ratio, error_ratios, reference_output, unit_roundoff
+from wna16.tolerance import C2, C3, CD, Precision, bound, error_ratio, error_ratios, reference_output, unit_roundoff
 from wna16.weight import QuantizedWeight
 from wna16_reference import ReferenceBackend
 
@@ -54,7 +54,7 @@ def setup() -> tuple[QuantizedWeight, torch.Tensor]:
 
 
 def test_constants_and_unit_roundoff() -> None:
-    assert (C2, C3) == (8.0, 3.0)
+    assert (C2, CD, C3) == (3.0, 8.0, 3.0)
     assert unit_roundoff(torch.float16) == 2.0**-11
     assert unit_roundoff(torch.bfloat16) == 2.0**-8
     assert unit_roundoff(torch.float32) == 2.0**-24
