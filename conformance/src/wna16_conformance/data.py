@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from wna16.groups import trivial_g_idx
-from wna16.packing import run_length
 from wna16.scheme import Scheme
 from wna16.weight import QuantizedWeight
 from wna16_conformance.cells import DTYPES, Cell
@@ -91,18 +90,6 @@ class Case:
     def generator(self) -> torch.Generator:
         """The CPU generator every tensor of the case is drawn from."""
         return torch.Generator().manual_seed(self.seed)
-
-
-def misfit(cell: Cell, case: Case) -> str:
-    """Why ``case`` has no data in ``cell`` (``""``: it has): K off the packing run of the cell's bits, or an act-order
-    cell with a single group (no permutation of ``g_idx`` is non-trivial). A ``--wna16-case`` names one case of one
-    cell; the cells it does not fit skip it with this reason."""
-    unit = run_length(cell.bits)[0]
-    if case.k % unit:
-        return f"K={case.k} is not a multiple of {unit}, the packing run of {cell.bits}-bit codes"
-    if cell.act_order and cell.scheme.num_groups(case.k) < 2:
-        return f"K={case.k} is one group of {cell.scheme}: act order needs two"
-    return ""
 
 
 def act_order_g_idx(k: int, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:

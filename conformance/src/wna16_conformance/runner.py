@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from wna16.protocol import Availability, Backend, Capability, LayerSpec, describe_spec
 from wna16_conformance.cells import Cell, Target
 from wna16_conformance.checks import FAILED, SKIPPED, CaseResult
-from wna16_conformance.data import Case, misfit
+from wna16_conformance.data import Case
 from wna16_conformance.filters import Decision, FilterEntry
 from wna16_conformance.record import TestRecord
-from wna16_conformance.strategies import SHAPE_CLASSES, cases, k_unit, min_k, n_unit, regime
+from wna16_conformance.strategies import SHAPE_CLASSES, cases, k_unit, min_k, misfit, n_unit, regime
 
 PROFILES: dict[str, settings] = {
     # Seeded by the test's name (see Runner.draw: each cell draws its own cases), fixed examples per cell, no
@@ -163,8 +163,9 @@ class Runner:
         """Run ``body`` on fixed cases (edge values, slices), or on the ``--wna16-case`` one (skipping a cell it does
         not fit, with the reason: ``-k`` may select several cells)."""
         replay = self.ctx.replay
-        if replay is not None and misfit(self.cell, replay):
-            pytest.skip(f"--wna16-case={replay.key} does not fit cell {self.cell.id}: {misfit(self.cell, replay)}")
+        why = "" if replay is None else misfit(self.cell, replay)
+        if replay is not None and why:
+            pytest.skip(f"--wna16-case={replay.key} does not fit cell {self.cell.id}: {why}")
         for case in [replay] if replay is not None else fixed_cases:
             body(case)
 

@@ -66,6 +66,18 @@ def min_k(cell: Cell, unit: int) -> int:
     return unit
 
 
+def misfit(cell: Cell, case: Case) -> str:
+    """Why ``case`` has no data in ``cell`` (``""``: it has): K off the packing run of the cell's bits, or below the
+    cell's smallest K (:func:`min_k`: act order needs two groups). A ``--wna16-case`` names one case of one cell; the
+    cells it does not fit skip it with this reason."""
+    unit = k_unit(cell, None)
+    if case.k % unit:
+        return f"K={case.k} is not a multiple of {unit}, the packing run of {cell.bits}-bit codes"
+    if case.k < min_k(cell, unit):
+        return f"K={case.k} is one group of {cell.scheme}: act order needs two (K >= {min_k(cell, unit)})"
+    return ""
+
+
 def multiples(unit: int, lo: int, cap: int) -> st.SearchStrategy[int]:
     """Multiples of ``unit`` in [lo, cap] (at least ``lo`` when the cap is below it)."""
     first = math.ceil(lo / unit)
