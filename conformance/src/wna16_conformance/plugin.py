@@ -6,14 +6,12 @@ conformance test asks for the ``conformance`` fixture: backends are resolved laz
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Generator
 from importlib import metadata
 from typing import Any
 
 import pytest
-import torch
 
 from wna16.errors import Wna16Error
 from wna16.registry import default_registry, load_object
@@ -97,30 +95,9 @@ def _resolve(config: pytest.Config) -> list[BackendUnderTest]:
     return out
 
 
-def worker_threads(workers: int, cores: int) -> int:
-    """The torch threads of each of ``workers`` xdist workers sharing ``cores`` cores: an equal share, at least one."""
-    return max(1, cores // workers)
-
-
-def share_cores(config: pytest.Config) -> None:
-    """On an xdist worker, give torch its share of the cores unless ``OMP_NUM_THREADS`` says how many it gets.
-
-    torch starts one thread per core in every worker process: with ``-n 2`` on two cores, four spinning OpenMP
-    threads take turns on two cores (the ``ci`` profile took 90 s against the reference backend and 97 s against cpu
-    that way, 33 s and 31 s with one thread per worker; 2-core Zen4). Called when a worker's first conformance test
-    builds the context, so that an unrelated suite in the same environment keeps torch's default."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is None or "OMP_NUM_THREADS" in os.environ:
-        return
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-    torch.set_num_threads(worker_threads(int(workerinput["workercount"]), cores))
-
-
 def context(config: pytest.Config) -> Context:
-    """The session's context, built on first use (a worker's threads are set then: :func:`share_cores`)."""
+    """The session's context, built on first use."""
     if CONTEXT not in config.stash:
-        share_cores(config)
         files: list[str] = config.getoption("wna16_filter")
         try:
             entries = [e for f in files for e in load(f)]
