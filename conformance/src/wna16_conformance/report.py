@@ -3,8 +3,9 @@ error-to-bound ratio and the filter entries that applied. Schema: ``report.schem
 
 Built on the controlling process from the records the tests attach to their reports (so it is the same with or
 without xdist), plus crash reports xdist makes when a worker dies. Everything outside the ``run`` block is a
-function of the backend, device, options and seeds: two runs of the same suite (``-n 0`` or ``-n 2``) give equal
-reports once ``run`` (date, duration, worker count) is removed. Ratios are rounded to 4 significant digits.
+function of the backend, device, options, seeds and torch's thread count: two runs of the same suite (``-n 0`` or
+``-n 2``, same threads) give equal reports once ``run`` (date, duration, worker count) is removed. Ratios are rounded
+to 4 significant digits.
 """
 
 from __future__ import annotations
