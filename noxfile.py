@@ -151,12 +151,13 @@ class Suite:
 
 
 def worker_threads(workers: int | None) -> dict[str, str]:
-    """`OMP_NUM_THREADS` for each of `workers` xdist workers: an equal share of the cores (none set without xdist).
+    """`OMP_NUM_THREADS` for each of `workers` xdist workers: an equal share of the cores (none without xdist, or
+    when the caller's environment already sets it).
     torch starts one thread per core in every worker: `-n 2` on two cores ran four spinning OpenMP threads and the ci
     profile took 90 s against the reference backend and 97 s against cpu, 33 s and 31 s with one thread per worker
     (2-core Zen4). Set here, not in the plugin: the suite's report is the same for any number of workers only at one
     thread count (BLAS sums in another order with other threads)."""
-    if not workers:
+    if not workers or "OMP_NUM_THREADS" in os.environ:
         return {}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {"OMP_NUM_THREADS": str(max(1, cores // workers))}

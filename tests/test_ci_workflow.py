@@ -69,6 +69,9 @@ def test_each_suite_worker_gets_an_equal_share_of_the_cores(monkeypatch) -> None
     monkeypatch.setitem(sys.modules, spec.name, noxfile)  # its dataclasses look their module up
     spec.loader.exec_module(noxfile)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert noxfile.worker_threads(2) == {"OMP_NUM_THREADS": "4"}
     assert noxfile.worker_threads(16) == {"OMP_NUM_THREADS": "1"}
     assert noxfile.worker_threads(None) == {}  # without xdist torch keeps every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert noxfile.worker_threads(2) == {}  # the caller's choice stands
