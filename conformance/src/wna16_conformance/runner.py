@@ -164,7 +164,7 @@ class Runner:
         not fit, with the reason: ``-k`` may select several cells)."""
         replay = self.ctx.replay
         why = "" if replay is None else misfit(self.cell, replay)
-        if replay is not None and why:
+        if why:
             pytest.skip(f"--wna16-case={replay.key} does not fit cell {self.cell.id}: {why}")
         for case in [replay] if replay is not None else fixed_cases:
             body(case)

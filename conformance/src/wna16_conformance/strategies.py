@@ -73,8 +73,9 @@ def misfit(cell: Cell, case: Case) -> str:
     unit = k_unit(cell, None)
     if case.k % unit:
         return f"K={case.k} is not a multiple of {unit}, the packing run of {cell.bits}-bit codes"
-    if case.k < min_k(cell, unit):
-        return f"K={case.k} is one group of {cell.scheme}: act order needs two (K >= {min_k(cell, unit)})"
+    smallest = min_k(cell, unit)
+    if case.k < smallest:
+        return f"K={case.k} is one group of {cell.scheme}: act order needs two (K >= {smallest})"
     return ""
 
 
