@@ -150,19 +150,6 @@ class Suite:
         return INVOCATION.report_name(self.platform or self.device, self.backend, self.variant)
 
 
-def worker_threads(workers: int | None) -> dict[str, str]:
-    """`OMP_NUM_THREADS` for each of `workers` xdist workers: an equal share of the cores (none without xdist, or
-    when the caller's environment already sets it).
-    torch starts one thread per core in every worker: `-n 2` on two cores ran four spinning OpenMP threads and the ci
-    profile took 90 s against the reference backend and 97 s against cpu, 33 s and 31 s with one thread per worker
-    (2-core Zen4). Set here, not in the plugin: the suite's report is the same for any number of workers only at one
-    thread count (BLAS sums in another order with other threads)."""
-    if not workers or "OMP_NUM_THREADS" in os.environ:
-        return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"OMP_NUM_THREADS": str(max(1, cores // workers))}
-
-
 def run_suite(session: nox.Session, python: Path, suite: Suite) -> dict[str, Any]:
     """Run the conformance suite of `suite`, writing reports/REPORT; insist on its floor; return the report's entry
     for the backend (totals, worst ratio, availability)."""
@@ -172,7 +159,7 @@ def run_suite(session: nox.Session, python: Path, suite: Suite) -> dict[str, Any
         str(python), suite.backend, device=suite.device, report=str(path), profile=PROFILE, max_dim=suite.max_dim,
         workers=suite.workers, extra=session.posargs,
     )  # fmt: skip
-    session.run(*cmd, external=True, env={**worker_threads(suite.workers), **suite.env})
+    session.run(*cmd, external=True, env={**INVOCATION.worker_env(suite.workers), **suite.env})
     entry: dict[str, Any] = json.loads(path.read_text())["backends"][0]
     totals = entry["totals"]
     short = (

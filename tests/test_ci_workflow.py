@@ -1,6 +1,5 @@
 """The CI workflow is valid against GitHub's workflow schema, and every nox session or tag it names exists."""
 
-import importlib.util
 import json
 import shlex
 import subprocess
@@ -60,18 +59,3 @@ def test_every_session_and_tag_exists_in_the_noxfile() -> None:
 def test_nightly_uses_the_thorough_profile() -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert "thorough" in workflow["env"]["WNA16_PROFILE"] and workflow[True]["schedule"]
-
-
-def test_each_suite_worker_gets_an_equal_share_of_the_cores(monkeypatch) -> None:
-    spec = importlib.util.spec_from_file_location("wna16_noxfile", ROOT / "noxfile.py")
-    assert spec is not None and spec.loader is not None
-    noxfile = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, noxfile)  # its dataclasses look their module up
-    spec.loader.exec_module(noxfile)
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert noxfile.worker_threads(2) == {"OMP_NUM_THREADS": "4"}
-    assert noxfile.worker_threads(16) == {"OMP_NUM_THREADS": "1"}
-    assert noxfile.worker_threads(None) == {}  # without xdist torch keeps every core
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert noxfile.worker_threads(2) == {}  # the caller's choice stands

@@ -8,6 +8,7 @@ import pytest
 
 from wna16.cli import commands, main
 from wna16_conformance.commands import conform
+from wna16_conformance.invocation import worker_env
 
 
 def test_wna16_keeps_its_subcommands_through_the_entry_point_group() -> None:
@@ -43,3 +44,13 @@ def test_a_suite_that_cannot_start_prints_its_stderr(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert "did not complete (exit status 4, no report written)" in err
     assert "--wna16-backend=no-such-backend" in err  # pytest's own usage error, not "(no output)"
+
+
+def test_each_suite_worker_gets_an_equal_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_env(2) == {"OMP_NUM_THREADS": "4"}
+    assert worker_env(16) == {"OMP_NUM_THREADS": "1"}
+    assert worker_env(None) == {}  # without xdist torch keeps every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(2) == {}  # the caller's choice stands

@@ -7,6 +7,7 @@ noxfile loads this file without installing the distribution.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -44,3 +45,18 @@ def suite_command(
     if workers is not None:
         cmd += ["-n", str(workers)]
     return [*cmd, *extra]
+
+
+def worker_env(workers: int | None) -> dict[str, str]:
+    """The environment a suite run with ``workers`` xdist workers adds: ``OMP_NUM_THREADS``, an equal share of the
+    cores per worker (nothing without xdist, or when the caller's environment already sets it).
+
+    torch starts one thread per core in every worker: ``-n 2`` on two cores ran four spinning OpenMP threads and the
+    ci profile took 90 s against the reference backend and 97 s against cpu, 33 s and 31 s with one thread per worker
+    (2-core Zen4, AVX512-BF16). Set by the caller, not the plugin: a report is the same for any number of workers only
+    at one thread count (BLAS sums in another order with other threads).
+    """
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"OMP_NUM_THREADS": str(max(1, cores // workers))}

@@ -26,7 +26,7 @@ from wna16.errors import Wna16Error
 from wna16.nn import QuantLinear
 from wna16.registry import default_registry
 from wna16.tolerance import error_ratio
-from wna16_conformance.invocation import report_name, suite_command
+from wna16_conformance.invocation import report_name, suite_command, worker_env
 from wna16_conformance.matrix import build
 
 EMBEDDED = Path("tests") / "checkpoints" / "embedded"
@@ -92,7 +92,7 @@ def run_suite(name: str, args: argparse.Namespace) -> tuple[bool, Path]:
         max_dim=args.max_dim, workers=args.workers,
     )  # fmt: skip
     print(f"[conform] {name}: {' '.join(cmd[1:])}", flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **worker_env(args.workers)})
     lines = done.stdout.strip().splitlines()
     print(f"[conform] {name}: {lines[-1] if lines else '(the suite printed nothing on stdout)'}", flush=True)
     # 0 = passed, 1 = failures (in the report); anything else, or no report, means the run itself broke.
