@@ -18,8 +18,8 @@ from wna16.partition import shard_bias, shard_weight
 from wna16.protocol import LazyCapabilities
 from wna16.reference import dequantize
 from wna16.tolerance import Precision, error_ratio
-from wna16_cpu import CpuBackend, native
-from wna16_cpu.backend import NATIVE, _capabilities, tuning
+from wna16_cpu import CpuBackend, isa, native
+from wna16_cpu.backend import NATIVE, _capabilities, tuning, uses_native
 from wna16_cpu.int4 import Int4Linear
 from wna16_cpu.native_linear import NativeLinear
 
@@ -27,7 +27,15 @@ SCHEMES = [Scheme(b, g, s) for b in (2, 3, 4, 8) for s in (True, False) for g in
 ROWS = (1, 2, 5, 8, 9, 33)
 
 fast = pytest.mark.skipif(not native.availability()[0], reason=native.availability()[1])
-"""Tests of the backend's native rules: they exist only where the AVX512-BF16 path was built."""
+"""Tests of the AVX512-BF16 kernel itself: they run wherever that path was built."""
+
+ranked = pytest.mark.skipif(
+    not uses_native(tuning(), torch.bfloat16),
+    reason=f"{native.availability()[1]}; {isa.describe()}: {tuning().note}, native rule priority "
+    f"{tuning().native_priority}",
+)
+"""Tests of the backend's native rules: they exist only where the AVX512-BF16 path was built *and* the ISA torch runs
+with ranks it (``ATEN_CPU_CAPABILITY=avx2`` on a CPU with AVX512-BF16 builds the kernel but keeps the AVX2 rules)."""
 
 
 def make_weight(n: int, k: int, scheme: Scheme, *, act_order: bool = False, seed: int = 0) -> QuantizedWeight:
@@ -59,7 +67,7 @@ def test_layout_round_trip_is_bit_exact(scheme: Scheme, act_order: bool) -> None
     assert torch.equal(layer.dequantize(), dequantize(weight))
 
 
-@fast
+@ranked
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scheme", SCHEMES, ids=str)
 def test_native_rule_matches_oracle(scheme: Scheme, dtype: torch.dtype) -> None:
@@ -72,7 +80,7 @@ def test_native_rule_matches_oracle(scheme: Scheme, dtype: torch.dtype) -> None:
     check_both_paths(layer, weight, dtype, Precision.for_backend(backend, spec))
 
 
-@fast
+@ranked
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_native_act_order_k_slice_and_bias(dtype: torch.dtype) -> None:
     """Each act-ordered K-slice (bias on rank 0) matches its own part of the weight within the declared bound. (A
