@@ -232,6 +232,8 @@ def test_int8_kernel_only_where_memory_safe() -> None:
 def test_int8_kernel_input_with_a_storage_offset() -> None:
     """``_weight_int8pack_mm`` segfaults on a contiguous view with a storage offset; the layer hands it a copy. Run in
     a child process so that a regression fails this test instead of killing the run."""
+    if tuning().max_m(tuning().int8_max_m) < 3:
+        pytest.skip(f"{isa.describe()}: the int8 kernel is not used here ({tuning().note})")
     child = textwrap.dedent(
         """
         import torch
