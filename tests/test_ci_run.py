@@ -57,9 +57,9 @@ def test_ci_run_repeats_why_a_session_failed_after_the_table(tmp_path: Path) -> 
     why = out.index("why bad(backend='x') failed (whole output in .ci-logs/bad_backend=_x__.log):")
     assert table < why, "the failures come after the table, at the very end"
     tail = out[why:].splitlines()
-    assert tail[1:] == [
-        "E       assert 0.5 <= 0.25",
+    assert tail[1:] == [  # the test's name first: a long assertion message cannot push it out
         "FAILED tests/test_x.py::test_y[w4g32] - assert 0.5 <= 0.25",
+        "E       assert 0.5 <= 0.25",
         "nox > Session bad(backend='x') failed.",
     ]
     assert "why good failed" not in out and "skip" not in out[table:]
